@@ -1,0 +1,147 @@
+"""`saexplain` command line. Each stage's typed config doubles as its options (see config.config_options)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from saexplain.config import config_options
+from saexplain.errors import SaexplainError
+from saexplain.subject.oracle import Oracle, SubjectConfig
+from saexplain.subject.train_sae import TrainSAEConfig
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True,
+    help="Explain SAE features and test every explanation on the real model.\n\n"
+         "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · demo.",
+)
+console = Console()
+
+
+def friendly_errors(fn):
+    """A SaexplainError (bad input, missing file, unknown feature…) is one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SaexplainError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _bar(value: float, top: float, width: int = 20) -> str:
+    n = 0 if top <= 0 else round(width * max(value, 0.0) / top)
+    return "█" * n
+
+
+@app.command()
+@friendly_errors
+@config_options(SubjectConfig)
+def probe(text: str = typer.Argument(..., help="text to run through the model + SAE"),
+          feature: list[int] = typer.Option(None, "--feature", "-f", help="feature id (repeatable); "
+                                            "none: the top features of each token"),
+          subject: SubjectConfig = None):
+    """Per-token activations of SAE features on TEXT (the activation oracle)."""
+    oracle = Oracle.from_config(subject)
+    (res,) = oracle.activations([text], feature or None)
+    table = Table(title=f"{subject.sae} @ {oracle.subject.hookpoint.saelens_name}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    if res.features is not None:
+        top = max(float(res.acts.max()) if res.acts.size else 0.0, 1e-9)
+        for f in res.features:
+            table.add_column(f"f{f}", justify="right")
+        table.add_column("")
+        for i, tok in enumerate(res.tokens):
+            row = [f"{v:.2f}" if v > 0 else "·" for v in res.acts[i]]
+            table.add_row(str(i), repr(tok)[1:-1], *row, _bar(float(res.acts[i].max()), top))
+    else:
+        table.add_column("top features (id:activation)")
+        for i, tok in enumerate(res.tokens):
+            pairs = [f"{int(j)}:{v:.2f}" for v, j in zip(res.acts[i][:6], res.indices[i][:6]) if v > 0]
+            table.add_row(str(i), repr(tok)[1:-1], "  ".join(pairs))
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+@config_options(SubjectConfig)
+def lens(feature: int = typer.Argument(..., help="feature id"), k: int = typer.Option(10, help="tokens each side"),
+         subject: SubjectConfig = None):
+    """Logit lens of a feature: the tokens its decoder direction promotes and suppresses."""
+    oracle = Oracle.from_config(subject)
+    view = oracle.logit_lens(feature, k)
+    table = Table(title=f"feature {feature}: logit lens")
+    table.add_column("promotes")
+    table.add_column("logit", justify="right")
+    table.add_column("suppresses")
+    table.add_column("logit", justify="right")
+    for (t1, v1), (t2, v2) in zip(view.top, view.bottom):
+        table.add_row(repr(t1), f"{v1:.2f}", repr(t2), f"{v2:.2f}")
+    console.print(table)
+
+
+@app.command("train-sae")
+@friendly_errors
+@config_options(TrainSAEConfig)
+def train_sae_cmd(force: bool = typer.Option(False, help="retrain even when the output exists"),
+                  train: TrainSAEConfig = None):
+    """Train a TopK SAE (sae-lens trainer) on the subject's residual stream; saved in SAELens format."""
+    from saexplain.subject.sae import default_sae_dir
+    from saexplain.subject.train_sae import train_sae
+
+    out = Path(train.out) if train.out else default_sae_dir()
+    if not force and (out / "sae_weights.safetensors").is_file():
+        console.print(f"SAE already trained: {out} (use --force to retrain)")
+        return
+    path = train_sae(train)
+    console.print(f"SAE saved to {path}")
+
+
+@app.command()
+@friendly_errors
+def demo(sentences: list[str] = typer.Option(None, "--sentence", help="sentences to probe")):
+    """The offline default end to end: default model + SAE (trained once if missing) → probe → logit lens."""
+    from saexplain.subject.sae import default_sae_dir
+    from saexplain.subject.train_sae import train_sae
+
+    if not (default_sae_dir() / "sae_weights.safetensors").is_file():
+        console.print("[bold]Training the default SAE (one time)…[/bold]")
+        train_sae(TrainSAEConfig())
+    cfg = SubjectConfig()
+    t0 = time.perf_counter()
+    oracle = Oracle.from_config(cfg)
+    console.print(f"loaded {cfg.model} + SAE ({oracle.d_sae} features) in {time.perf_counter() - t0:.1f}s")
+    sentences = sentences or [
+        "The stock market fell sharply on Tuesday as investors worried about interest rates.",
+        "Once upon a time there lived a king who had three beautiful daughters.",
+        "ROMEO: But soft, what light through yonder window breaks?",
+    ]
+    results = oracle.activations(sentences)
+    for res in results:
+        # the feature most active on this sentence (summed over tokens)
+        totals: dict[int, float] = {}
+        for vals, idx in zip(res.acts, res.indices):
+            for v, j in zip(vals, idx):
+                totals[int(j)] = totals.get(int(j), 0.0) + float(v)
+        best = max(totals, key=totals.get)
+        (one,) = oracle.activations([res.text], [best])
+        console.print(f"\n[bold]{res.text}[/bold]\nfeature {best}: " + " ".join(
+            f"[reverse]{t}[/reverse]({v:.1f})" if v > 0 else t for t, v in zip(one.tokens, one.acts[:, 0])))
+        view = oracle.logit_lens(best, 8)
+        console.print("  promotes: " + ", ".join(repr(t) for t, _ in view.top))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()

@@ -1,0 +1,1 @@
+"""Corpus stage: documents from local files (txt / csv / jsonl) → fixed-length token contexts."""

@@ -1,0 +1,189 @@
+"""SAE loading (SAELens folders, sparsify folders, sae_lens pretrained releases) into sae-lens classes, and
+sparse encoding that never builds a dense [tokens × d_sae] output."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from sae_lens import SAE
+
+from saexplain.errors import ConfigError
+from saexplain.paths import home
+from saexplain.registry import Registry
+from saexplain.subject.model import torch_dtype
+
+log = logging.getLogger(__name__)
+
+SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
+SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
+
+
+def default_sae_dir() -> Path:
+    from saexplain.subject.default import DEFAULT_HOOKPOINT, DEFAULT_MODEL_NAME
+
+    return home() / "saes" / DEFAULT_MODEL_NAME / f"{DEFAULT_HOOKPOINT}-topk"
+
+
+# ---------------------------------------------------------------------------------------------- formats
+@dataclass(frozen=True)
+class SAEFormat:
+    matches: Callable[[str], bool]
+    load: Callable[[str, str, str], SAE]  # (spec, device, dtype) -> SAE
+
+
+SAE_FORMATS: Registry[SAEFormat] = Registry("SAE format")
+
+
+def _has(spec: str, files: tuple[str, ...]) -> bool:
+    p = Path(spec).expanduser()
+    return p.is_dir() and all((p / f).is_file() for f in files)
+
+
+def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
+    return SAE.load_from_disk(Path(spec).expanduser(), device=device, dtype=dtype)
+
+
+def _load_sparsify(spec: str, device: str, dtype: str) -> SAE:
+    from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader
+
+    # sparsify subtracts b_dec before encoding (unless the coder is a transcoder), whatever
+    # `normalize_decoder` says; sae-lens's converter infers otherwise, so state it explicitly.
+    import json
+
+    raw = json.loads((Path(spec).expanduser() / "cfg.json").read_text())
+    overrides = {"dtype": dtype, "apply_b_dec_to_input": not raw.get("transcode", False)}
+    return SAE.load_from_disk(
+        Path(spec).expanduser(), device=device, dtype=dtype,
+        converter=lambda path, device, cfg_overrides=None: sparsify_disk_loader(
+            path, device, {**(cfg_overrides or {}), **overrides}),
+    )
+
+
+def _load_pretrained(spec: str, device: str, dtype: str) -> SAE:
+    """`sae_lens:<release>:<sae_id>` through `sae_lens.SAE.from_pretrained` (needs the hub)."""
+    try:
+        _, release, sae_id = spec.split(":", 2)
+    except ValueError:
+        raise ConfigError(f"pretrained SAE spec {spec!r} must look like sae_lens:<release>:<sae_id>") from None
+    try:
+        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    except Exception as e:  # network, unknown release, …: one line
+        raise ConfigError(f"cannot load SAE {release}/{sae_id} via sae_lens: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
+
+
+def _load_default(spec: str, device: str, dtype: str) -> SAE:
+    path = default_sae_dir()
+    if not _has(str(path), SAELENS_FILES):
+        raise ConfigError(f"the default SAE is not trained yet ({path} is missing): run `saexplain train-sae` "
+                          "(`make demo` does it)")
+    return _load_saelens(str(path), device, dtype)
+
+
+SAE_FORMATS.register("default")(SAEFormat(lambda s: s == "default", _load_default))
+SAE_FORMATS.register("saelens")(SAEFormat(lambda s: _has(s, SAELENS_FILES), _load_saelens))
+SAE_FORMATS.register("sparsify")(SAEFormat(lambda s: _has(s, SPARSIFY_FILES), _load_sparsify))
+SAE_FORMATS.register("pretrained")(SAEFormat(lambda s: s.startswith("sae_lens:"), _load_pretrained))
+
+
+def load_sae(spec: str, device: str = "cpu", dtype: str = "float32") -> SAE:
+    torch_dtype(dtype)  # validates the name
+    for _name, fmt in SAE_FORMATS.items():
+        if fmt.matches(spec):
+            return fmt.load(spec, device, dtype)
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"SAE folder {spec} has neither {' + '.join(SAELENS_FILES)} (SAELens) nor "
+                          f"{' + '.join(SPARSIFY_FILES)} (sparsify)")
+    raise ConfigError(f"SAE not found: {spec!r} (a SAELens or sparsify folder, 'default', or "
+                      "sae_lens:<release>:<sae_id>)")
+
+
+def sae_hook_name(sae: SAE) -> str | None:
+    return sae.cfg.metadata.get("hook_name")
+
+
+def sae_prepend_bos(sae: SAE) -> bool:
+    value = sae.cfg.metadata.get("prepend_bos")
+    return True if value is None else bool(value)
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+class SparseEncoder:
+    """Per-architecture encoding of SAE inputs [N, d_in] into
+    - `features(x, ids)`: activations of chosen features [N, len(ids)], computing only those columns where
+      the architecture allows (ReLU, JumpReLU); TopK gathers from the top-k without scattering;
+    - `topk(x, k)`: (values, indices) [N, k], descending — for TopK SAEs exactly the SAE's active set."""
+
+    def __init__(self, sae: SAE):
+        self.sae = sae
+
+    def sae_in(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.process_sae_in(x)
+
+    def features(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        acts = self.sae.encode(x)  # generic: dense, then select
+        return acts[:, ids]
+
+    def topk(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        acts = self.sae.encode(x)
+        values, indices = acts.topk(min(k, acts.shape[-1]), dim=-1)
+        return values, indices
+
+
+ENCODERS: Registry[type[SparseEncoder]] = Registry("SAE architecture")
+
+
+@ENCODERS.register("standard")
+class ReLUEncoder(SparseEncoder):
+    def _pre(self, x, ids=None):
+        W, b = self.sae.W_enc, self.sae.b_enc
+        if ids is not None:
+            W, b = W[:, ids], b[ids]
+        return self.sae_in(x) @ W + b
+
+    def _act(self, pre, ids=None):
+        return pre.relu()
+
+    def features(self, x, ids):
+        return self._act(self._pre(x, ids), ids)
+
+    def topk(self, x, k):
+        acts = self._act(self._pre(x))
+        return acts.topk(min(k, acts.shape[-1]), dim=-1)
+
+
+@ENCODERS.register("jumprelu")
+class JumpReLUEncoder(ReLUEncoder):
+    def _act(self, pre, ids=None):
+        threshold = self.sae.threshold if ids is None else self.sae.threshold[ids]
+        return pre.relu() * (pre > threshold).to(pre.dtype)
+
+
+@ENCODERS.register("topk")
+class TopKEncoder(SparseEncoder):
+    def _active(self, x):
+        pre = self.sae_in(x) @ self.sae.W_enc + self.sae.b_enc
+        if self.sae.cfg.rescale_acts_by_decoder_norm:
+            pre = pre * self.sae.W_dec.norm(dim=-1)
+        values, indices = pre.topk(self.sae.cfg.k, dim=-1, sorted=True)
+        return values.relu(), indices
+
+    def features(self, x, ids):
+        values, indices = self._active(x)  # [N, k]
+        match = indices.unsqueeze(-1) == ids.view(1, 1, -1)  # [N, k, F]
+        return (values.unsqueeze(-1) * match.to(values.dtype)).sum(dim=1)
+
+    def topk(self, x, k):
+        values, indices = self._active(x)
+        return values[:, :k], indices[:, :k]
+
+
+def encoder_for(sae: SAE) -> SparseEncoder:
+    arch = sae.cfg.architecture()
+    cls = ENCODERS.get(arch) if arch in ENCODERS else SparseEncoder
+    return cls(sae)

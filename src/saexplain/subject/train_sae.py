@@ -1,0 +1,189 @@
+"""Train the offline default SAE: TopK on Gemma 3 270M's layer-6 residual stream, with sae-lens's trainer.
+
+Activations come from our truncated forward (blocks after the hookpoint never run), are generated once into
+RAM as float16, then shuffled into training batches for as many passes as `tokens` asks. The result is saved
+in SAELens format with its metrics (fraction of variance explained, L0, dead features) beside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from saexplain.config import Config
+from saexplain.data.corpus import default_corpus, iter_documents
+from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
+from saexplain.subject.sae import default_sae_dir
+
+log = logging.getLogger(__name__)
+
+
+class TrainSAEConfig(Config):
+    cli_name: ClassVar[str] = "train"
+    model: str = Field("default", description="subject model (HF id, folder, .gguf or 'default')")
+    hookpoint: str = Field("blocks.6.hook_resid_post", description="residual-stream hookpoint")
+    corpus: list[str] = Field(default_factory=list, description="corpus files/folders (default: ../shared/data)")
+    context: int = Field(128, ge=8, description="tokens per context (BOS first)")
+    max_corpus_tokens: int = Field(2_000_000, description="cap on distinct tokens of activations held in RAM")
+    tokens: int = Field(2_000_000, description="training tokens seen (passes repeat the activations)")
+    d_sae: int = Field(4096, description="number of SAE features")
+    k: int = Field(32, description="active features per token (TopK)")
+    lr: float = Field(4e-4, description="Adam learning rate")
+    batch_tokens: int = Field(4096, description="tokens per training step")
+    eval_fraction: float = Field(0.05, description="held-out share of contexts for the metrics")
+    seed: int = Field(0)
+    out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/...)")
+
+
+def collect_activations(subject: SubjectModel, texts, context: int, max_tokens: int,
+                        batch_size: int = 16) -> tuple[torch.Tensor, int]:
+    """Contexts of `context` tokens (BOS + text tokens) → hookpoint activations of the text tokens, fp16."""
+    tok = subject.tokenizer
+    bos = [tok.bos_token_id] if subject.prepend_bos else []
+    body = context - len(bos)
+
+    def contexts():
+        buf: list[int] = []
+        for t in texts:
+            buf += tok(t, add_special_tokens=False)["input_ids"]
+            while len(buf) >= body:
+                yield bos + buf[:body]
+                buf = buf[body:]
+
+    n_ctx = max_tokens // body
+    out = torch.empty((n_ctx * body, subject.d_model), dtype=torch.float16)
+    filled = 0
+    batch: list[list[int]] = []
+    pbar = tqdm(total=n_ctx * body, desc="activations", unit="tok", unit_scale=True)
+    t0 = time.perf_counter()
+
+    def flush():
+        nonlocal filled
+        h = subject.hidden(torch.tensor(batch))[:, len(bos):, :].reshape(-1, subject.d_model)
+        out[filled:filled + len(h)] = h.to(torch.float16)
+        filled += len(h)
+        pbar.update(len(h))
+        batch.clear()
+
+    for ctx in contexts():
+        batch.append(ctx)
+        if len(batch) == batch_size:
+            flush()
+        if filled + len(batch) * body >= len(out):
+            break
+    if batch and filled + len(batch) * body <= len(out):
+        flush()
+    pbar.close()
+    log.info("collected %d tokens in %.0fs", filled, time.perf_counter() - t0)
+    return out[:filled], body
+
+
+def batches(acts: torch.Tensor, batch_tokens: int, seed: int):
+    """Endless shuffled float32 batches over `acts` (one permutation per pass)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(len(acts), generator=g)
+        for i in range(0, len(perm) - batch_tokens + 1, batch_tokens):
+            yield acts[perm[i:i + batch_tokens]].float()
+
+
+@torch.no_grad()
+def sae_metrics(sae, acts: torch.Tensor, chunk: int = 8192) -> dict:
+    """Fraction of variance explained, mean L0 and dead-feature fraction on held-out activations."""
+    d_sae = sae.cfg.d_sae
+    fired = torch.zeros(d_sae, dtype=torch.long)
+    sse = 0.0
+    l0 = 0.0
+    mean = acts.float().mean(0)
+    sst = 0.0
+    for i in range(0, len(acts), chunk):
+        x = acts[i:i + chunk].float()
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        sse += float(((x - x_hat) ** 2).sum())
+        sst += float(((x - mean) ** 2).sum())
+        nz = f > 0
+        l0 += float(nz.sum())
+        fired += nz.sum(0)
+    return {
+        "fraction_variance_explained": 1 - sse / sst,
+        "mean_l0": l0 / len(acts),
+        "dead_fraction": float((fired == 0).float().mean()),
+        "eval_tokens": len(acts),
+    }
+
+
+def train_sae(cfg: TrainSAEConfig) -> Path:
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out) if cfg.out else default_sae_dir()
+    model, tokenizer = load_model_and_tokenizer(cfg.model)
+    subject = SubjectModel(model, tokenizer, cfg.hookpoint, name=cfg.model, prepend_bos=True)
+    texts = (d.text for d in iter_documents(cfg.corpus or default_corpus()))
+    t0 = time.perf_counter()
+    acts, body = collect_activations(subject, texts, cfg.context, cfg.max_corpus_tokens)
+    collect_s = time.perf_counter() - t0
+    # Hold out whole contexts (not shuffled tokens) for the metrics.
+    n_ctx = len(acts) // body
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(n_ctx, generator=g)
+    n_eval = max(1, int(n_ctx * cfg.eval_fraction))
+    eval_idx, train_idx = perm[:n_eval], perm[n_eval:]
+    view = acts.view(n_ctx, body, -1)
+    eval_acts = view[eval_idx].reshape(-1, acts.shape[1])
+    train_acts = view[train_idx].reshape(-1, acts.shape[1])
+    del view, acts
+
+    steps = math.ceil(cfg.tokens / cfg.batch_tokens)
+    sae_cfg = TopKTrainingSAEConfig(
+        d_in=subject.d_model, d_sae=cfg.d_sae, k=cfg.k, normalize_activations="expected_average_only_in",
+        aux_loss_coefficient=1.0 / 32,
+    )
+    sae_cfg.metadata.model_name = cfg.model
+    sae_cfg.metadata.hook_name = subject.hookpoint.saelens_name
+    sae_cfg.metadata.context_size = cfg.context
+    sae_cfg.metadata.prepend_bos = True
+    sae_cfg.metadata.exclude_special_tokens = True
+    sae = TopKTrainingSAE(sae_cfg)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * cfg.batch_tokens, train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr, lr_end=cfg.lr / 10,
+        lr_warm_up_steps=min(50, steps // 10), lr_decay_steps=steps // 5, device="cpu",
+        dead_feature_window=max(50, steps // 4), feature_sampling_window=max(50, steps // 4),
+        n_batches_for_norm_estimate=min(100, max(1, len(train_acts) // cfg.batch_tokens)),
+    )
+    t1 = time.perf_counter()
+    trainer = SAETrainer(trainer_cfg, sae, batches(train_acts, cfg.batch_tokens, cfg.seed))
+    sae = trainer.fit()
+    train_s = time.perf_counter() - t1
+    metrics = sae_metrics(sae, eval_acts)
+    metrics.update(train_tokens_seen=trainer.n_training_samples, distinct_train_tokens=len(train_acts),
+                   steps=steps, collect_seconds=round(collect_s, 1), train_seconds=round(train_s, 1),
+                   trainer="sae-lens " + _version("sae-lens"))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    sae.save_inference_model(tmp)
+    cfg.save(tmp / "saexplain_train_config.json")
+    (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.warning("SAE saved to %s: %s", out, metrics)
+    return out
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+
+    return version(pkg)
