@@ -81,7 +81,9 @@ def config_options(*config_classes: type[Config]):
 
     def deco(fn):
         sig = inspect.signature(fn)
-        own = [p for p in sig.parameters.values() if p.name not in {_param_name(c) for c in config_classes}]
+        hints = typing.get_type_hints(fn)  # resolve string annotations (from __future__ import annotations)
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+               if p.name not in {_param_name(c) for c in config_classes}]
         params = list(own)
         seen = {p.name for p in own}
         owners: dict[str, type[Config]] = {}

@@ -48,19 +48,35 @@ def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
 
 
 def _load_sparsify(spec: str, device: str, dtype: str) -> SAE:
-    from sae_lens.loading.pretrained_sae_loaders import sparsify_disk_loader
+    """EleutherAI sparsify folder (cfg.json + sae.safetensors) → a sae-lens TopKSAE.
 
-    # sparsify subtracts b_dec before encoding (unless the coder is a transcoder), whatever
-    # `normalize_decoder` says; sae-lens's converter infers otherwise, so state it explicitly.
+    Our own converter: sae-lens 6.54's `sparsify_disk_loader` transposes W_dec (sparsify stores it as
+    [num_latents, d_in], like sae-lens) and skips b_dec on the input when `normalize_decoder` is set, while
+    sparsify always subtracts b_dec before encoding (unless the coder is a transcoder)."""
     import json
+    import re
 
-    raw = json.loads((Path(spec).expanduser() / "cfg.json").read_text())
-    overrides = {"dtype": dtype, "apply_b_dec_to_input": not raw.get("transcode", False)}
-    return SAE.load_from_disk(
-        Path(spec).expanduser(), device=device, dtype=dtype,
-        converter=lambda path, device, cfg_overrides=None: sparsify_disk_loader(
-            path, device, {**(cfg_overrides or {}), **overrides}),
-    )
+    from safetensors.torch import load_file
+
+    folder = Path(spec).expanduser()
+    raw = json.loads((folder / "cfg.json").read_text())
+    if raw.get("activation", "topk") != "topk" or raw.get("skip_connection") or raw.get("transcode"):
+        raise ConfigError(f"{folder}/cfg.json: only sparsify TopK SAEs without skip connection are supported")
+    w = load_file(folder / "sae.safetensors")
+    d_in = int(raw.get("d_in") or w["encoder.weight"].shape[1])
+    d_sae = int(raw.get("num_latents") or d_in * raw["expansion_factor"])
+    W_dec = w["W_dec"]
+    if W_dec.shape != (d_sae, d_in):
+        raise ConfigError(f"{folder}/sae.safetensors: W_dec has shape {tuple(W_dec.shape)}, expected {(d_sae, d_in)}")
+    m = re.search(r"layers[._](\d+)", folder.name)
+    cfg = {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": int(raw["k"]), "dtype": dtype,
+           "device": device, "apply_b_dec_to_input": True, "rescale_acts_by_decoder_norm": False,
+           "metadata": {"hook_name": f"blocks.{m.group(1)}.hook_resid_post" if m else None, "prepend_bos": True}}
+    sae = SAE.from_dict(cfg)
+    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"], "W_dec": W_dec,
+             "b_dec": w["b_dec"]}
+    sae.load_state_dict({k: v.to(torch_dtype(dtype)) for k, v in state.items()})
+    return sae.to(device)
 
 
 def _load_pretrained(spec: str, device: str, dtype: str) -> SAE:

@@ -1,0 +1,133 @@
+"""Tiny *real* models for the fast suite: a randomly initialised 2-block Gemma-3 (d_model 64) with a BPE
+tokenizer trained here, and SAEs of each architecture written by sae-lens itself (or in sparsify's format)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+D_MODEL = 64
+D_SAE = 96
+
+SENTENCES = [
+    "The cat sat on the mat.",
+    "Once upon a time there lived a king who had three daughters.",
+    "Stocks fell sharply on Tuesday as investors worried about rates.",
+    "ROMEO: But soft, what light through yonder window breaks?",
+    "a",
+    "  leading spaces and   double spaces  ",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    """Tests never touch the user's $SAEXPLAIN_HOME."""
+    import os
+
+    old = os.environ.get("SAEXPLAIN_HOME")
+    os.environ["SAEXPLAIN_HOME"] = str(tmp_path_factory.mktemp("saexplain_home"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("SAEXPLAIN_HOME", None)
+    else:
+        os.environ["SAEXPLAIN_HOME"] = old
+
+
+def _train_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = (SHARED / "grimm_tales.txt").read_text(encoding="utf-8", errors="replace")[:200_000]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"],
+                                  initial_alphabet=list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()$&%"))
+    tok.train_from_iterator(text.splitlines(), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    tokenizer = _train_tokenizer()
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=D_MODEL, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+        sliding_window=16, bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = Gemma3ForCausalLM(cfg).eval()
+    with torch.no_grad():  # a random init with zero norms would make every block an identity-ish map
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("tiny_gemma3")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_subject(tiny_model_dir):
+    from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    return SubjectModel(model, tok, "blocks.0.hook_resid_post", name=str(tiny_model_dir))
+
+
+def make_saelens_sae(arch: str, d_in: int = D_MODEL, hook: str = "blocks.0.hook_resid_post", **cfg_kw):
+    """A sae-lens SAE of `arch` with random, non-trivial weights (biases and thresholds non-zero)."""
+    from sae_lens import SAE
+
+    cfg = {"architecture": arch, "d_in": d_in, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
+           "metadata": {"hook_name": hook, "prepend_bos": True, "model_name": "tiny"}, **cfg_kw}
+    if arch == "topk":
+        cfg.setdefault("k", 8)
+    sae = SAE.from_dict(cfg)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, D_SAE, generator=g) / d_in ** 0.5)
+        sae.W_dec.copy_(torch.randn(D_SAE, d_in, generator=g) * (0.5 + torch.rand(D_SAE, 1, generator=g)))
+        sae.b_enc.copy_(torch.randn(D_SAE, generator=g) * 0.3)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.3)
+        if arch == "jumprelu":
+            sae.threshold.copy_(torch.rand(D_SAE, generator=g) * 0.5)
+    return sae
+
+
+@pytest.fixture(scope="session")
+def sae_folders(tmp_path_factory) -> dict[str, Path]:
+    """One folder per (format, architecture), written by sae-lens (SAELens) or by hand (sparsify)."""
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("saes")
+    out = {}
+    for arch in ("standard", "jumprelu", "topk"):
+        out[arch] = root / arch
+        make_saelens_sae(arch).save_model(out[arch])
+    out["standard-normrescale"] = root / "standard-normrescale"
+    make_saelens_sae("standard", normalize_activations="constant_norm_rescale").save_model(out["standard-normrescale"])
+    out["topk-norescale"] = root / "topk-norescale"
+    make_saelens_sae("topk", rescale_acts_by_decoder_norm=False).save_model(out["topk-norescale"])
+    # sparsify layout: <run>/layers.0/{cfg.json, sae.safetensors}; encoder.weight is [d_sae, d_in]
+    g = torch.Generator().manual_seed(2)
+    sp = root / "sparsify_run" / "layers.0"
+    sp.mkdir(parents=True)
+    (sp / "cfg.json").write_text(json.dumps({"activation": "topk", "expansion_factor": 1, "normalize_decoder": True,
+                                             "num_latents": D_SAE, "k": 8, "multi_topk": False,
+                                             "skip_connection": False, "transcode": False, "d_in": D_MODEL}))
+    save_file({"encoder.weight": torch.randn(D_SAE, D_MODEL, generator=g) / 8,
+               "encoder.bias": torch.randn(D_SAE, generator=g) * 0.1,
+               "W_dec": torch.randn(D_SAE, D_MODEL, generator=g),
+               "b_dec": torch.randn(D_MODEL, generator=g) * 0.3}, sp / "sae.safetensors")
+    out["sparsify"] = sp
+    return out
