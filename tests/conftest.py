@@ -23,19 +23,13 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_home(tmp_path_factory):
-    """Tests never touch the user's $SAEXPLAIN_HOME."""
-    import os
-
-    old = os.environ.get("SAEXPLAIN_HOME")
-    os.environ["SAEXPLAIN_HOME"] = str(tmp_path_factory.mktemp("saexplain_home"))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("SAEXPLAIN_HOME", None)
-    else:
-        os.environ["SAEXPLAIN_HOME"] = old
+@pytest.fixture(autouse=True)
+def _isolated_home(request, monkeypatch, tmp_path_factory):
+    """Fast tests never touch the user's $SAEXPLAIN_HOME; slow tests use it (the converted default model and
+    the trained default SAE live there)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("SAEXPLAIN_HOME", str(tmp_path_factory.getbasetemp() / "saexplain_home"))
 
 
 def _train_tokenizer():
