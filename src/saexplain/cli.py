@@ -12,15 +12,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from saexplain.cache.latents import CacheConfig
 from saexplain.config import config_options
+from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import SaexplainError
+from saexplain.sampling.sampler import SamplingConfig
+from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
 from saexplain.subject.train_sae import TrainSAEConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Explain SAE features and test every explanation on the real model.\n\n"
-         "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · demo.",
+         "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · "
+         "cache → features → sample (the data plane) · demo.",
 )
 console = Console()
 
@@ -106,6 +111,81 @@ def train_sae_cmd(force: bool = typer.Option(False, help="retrain even when the 
         return
     path = train_sae(train)
     console.print(f"SAE saved to {path}")
+
+
+@app.command()
+@friendly_errors
+@config_options(SubjectConfig, CorpusConfig, CacheConfig)
+def cache(store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
+          subject: SubjectConfig = None, corpus: CorpusConfig = None, cache: CacheConfig = None):
+    """Latent cache: run the corpus through model + SAE, keep the sparse activations, compute feature stats."""
+    from saexplain.cache.pipeline import build_cache, default_store_path
+
+    with Store(store or default_store_path()) as db:
+        t0 = time.perf_counter()
+        run = build_cache(subject, corpus, cache, db)
+        usage = run.cache.storage()
+        stats = db.feature_stats(run.run_id)
+        dead = sum(r["dead"] for r in stats)
+        console.print(f"cache run {run.run_id}: {run.cache.n_contexts} contexts × {run.cache.context} tokens, "
+                      f"{usage['nonzeros']:,} non-zeros, {usage['bytes_per_nonzero']:.2f} bytes each, "
+                      f"{dead}/{len(stats)} dead features ({time.perf_counter() - t0:.0f}s) → {run.cache.path}")
+
+
+@app.command()
+@friendly_errors
+def features(top: int = typer.Option(20, help="rows"), by: str = typer.Option("density", help="density | max"),
+             run: int = typer.Option(None, help="cache run id (default: the latest)"),
+             store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
+    """Table of features of a cache run: id, max activation, density, top tokens."""
+    from saexplain.cache.pipeline import default_store_path
+
+    with Store(store or default_store_path(), readonly=True) as db:
+        run_id = run if run is not None else _latest_run(db, "cache")
+        rows = db.feature_stats(run_id, order_by=by, limit=top, alive_only=True)
+    table = Table(title=f"cache run {run_id}: top {top} features by {by}")
+    for col, just in (("id", "right"), ("max", "right"), ("density", "right"), ("top tokens", "left")):
+        table.add_column(col, justify=just)
+    for r in rows:
+        table.add_row(str(r["feature"]), f"{r['max_act']:.2f}", f"{r['frequency']:.2e}",
+                      "  ".join(repr(t) for t in r["top_tokens"]))
+    console.print(table)
+
+
+@app.command()
+@friendly_errors
+@config_options(SamplingConfig)
+def sample(feature: list[int] = typer.Option(..., "--feature", "-f", help="feature id (repeatable)"),
+           run: int = typer.Option(None, help="cache run id (default: the latest)"),
+           show: int = typer.Option(5, help="examples shown per pool"),
+           store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
+           sampling: SamplingConfig = None):
+    """Draw each feature's explain and score pools (disjoint contexts) from a cache run and store them."""
+    from saexplain.cache.pipeline import default_store_path, open_cache_run
+    from saexplain.sampling.pipeline import sample_features
+
+    with Store(store or default_store_path()) as db:
+        cache_run = open_cache_run(db, run if run is not None else _latest_run(db, "cache"))
+        run_id, examples = sample_features(cache_run, feature, sampling, db)
+    for f, exs in examples.items():
+        console.print(f"\n[bold]feature {f}[/bold] (sample run {run_id})")
+        for pool in ("explain", "score"):
+            kinds = {}
+            for e in exs:
+                if e.pool == pool:
+                    kinds[e.kind] = kinds.get(e.kind, 0) + 1
+            console.print(f"  {pool}: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+            for e in [e for e in exs if e.pool == pool and e.kind == "top"][:show]:
+                strings, _ = cache_run.contexts.window(e.context, e.start, e.end)
+                console.print(f"    {e.max_act:6.2f}  " + "".join(
+                    f"[reverse]{t}[/reverse]" if a > 0 else t for t, a in zip(strings, e.acts)).replace("\n", " "))
+
+
+def _latest_run(db: Store, kind: str) -> int:
+    runs = db.runs(kind)
+    if not runs:
+        raise SaexplainError(f"no {kind} run in {db.path}: run `saexplain {kind}` first")
+    return int(runs[-1]["id"])
 
 
 @app.command()

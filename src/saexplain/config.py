@@ -8,12 +8,28 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from saexplain.errors import ConfigError
+
+
+def _parse_count(value: Any) -> Any:
+    """'1M', '100k', '2.5m', '1_000_000' → int; other values pass through to pydantic."""
+    if isinstance(value, str):
+        v = value.strip().lower().replace("_", "")
+        scale = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}.get(v[-1:], 1)
+        try:
+            return int(float(v[:-1] if scale > 1 else v) * scale)
+        except ValueError:
+            return value
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_parse_count)]
+"""An integer that also accepts 1M / 100k on the command line."""
 
 
 class Config(BaseModel):
@@ -94,6 +110,7 @@ def config_options(*config_classes: type[Config]):
                 seen.add(name)
                 owners[name] = cls
                 choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
+                as_text = any(isinstance(m, BeforeValidator) for m in field.metadata)
                 help_text = (field.description or "") + (f" [one of: {', '.join(map(str, choices))}]" if choices else "")
                 params.append(
                     inspect.Parameter(
@@ -101,7 +118,7 @@ def config_options(*config_classes: type[Config]):
                         inspect.Parameter.KEYWORD_ONLY,
                         default=typer.Option(field.get_default(call_default_factory=True), help=help_text,
                                              show_default=True),
-                        annotation=_cli_type(field.annotation),
+                        annotation=str if as_text else _cli_type(field.annotation),
                     )
                 )
 

@@ -91,11 +91,50 @@ def read_jsonl(path: Path, column: str | None, stats: ReadStats) -> Iterator[Doc
             yield Document(f"{path.name}:{i}", str(obj[key]))
 
 
+@READERS.register(".parquet")
+def read_parquet(path: Path, column: str | None, stats: ReadStats) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    key = column or "text"
+    if key not in table.column_names:
+        raise SaexplainError(f"{path}: no column {key!r} (columns: {', '.join(table.column_names)})")
+    for i, value in enumerate(table.column(key).to_pylist()):
+        if value is not None and str(value).strip():
+            yield Document(f"{path.name}:{i}", str(value))
+
+
+def iter_hf_dataset(spec: str, column: str | None, stats: ReadStats) -> Iterator[Document]:
+    """`hf:<dataset id>[:<split>]` through `datasets.load_dataset` (needs the hub, or its local cache)."""
+    from datasets import load_dataset
+
+    _, _, rest = spec.partition("hf:")
+    name, _, split = rest.partition(":")
+    try:
+        ds = load_dataset(name, split=split or "train", streaming=True)
+    except Exception as e:  # network, unknown dataset: one line
+        raise SaexplainError(f"cannot load dataset {name!r}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+    key = column or "text"
+    for i, row in enumerate(ds):
+        if key not in row:
+            raise SaexplainError(f"dataset {name}: no column {key!r} (columns: {', '.join(row)})")
+        if str(row[key]).strip():
+            yield Document(f"{name}:{i}", str(row[key]))
+
+
 def iter_documents(paths: list[str | Path], column: str | None = None,
                    stats: ReadStats | None = None) -> Iterator[Document]:
     stats = stats if stats is not None else ReadStats()
     files: list[Path] = []
-    for p in map(lambda s: Path(s).expanduser(), paths):
+    for spec in paths:
+        if str(spec).startswith("hf:"):
+            n = 0
+            for doc in iter_hf_dataset(str(spec), column, stats):
+                n += 1
+                yield doc
+            stats.per_file[str(spec)] = n
+            stats.documents += n
+    for p in (Path(s).expanduser() for s in paths if not str(s).startswith("hf:")):
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.suffix in READERS)
         elif p.is_file():

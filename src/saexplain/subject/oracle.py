@@ -143,6 +143,19 @@ class Oracle:
                 start += n
         return results  # type: ignore[return-value]
 
+    @torch.inference_mode()
+    def codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Sparse codes of pre-tokenised input [B, T] (BOS included by the caller): CSR over the B×T tokens,
+        (counts [B*T], indices [nnz], values [nnz]); BOS and padding positions have no entries."""
+        hidden = self.subject.hidden(input_ids, attention_mask)
+        keep = torch.ones(input_ids.shape, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        keep = keep & (input_ids != self.subject.tokenizer.bos_token_id) if self.subject.prepend_bos else keep
+        counts = torch.zeros(input_ids.numel(), dtype=torch.long)
+        flat_keep = keep.reshape(-1)
+        c, idx, val = self.encoder.nonzeros(hidden.reshape(-1, hidden.shape[-1])[flat_keep.to(hidden.device)])
+        counts[flat_keep] = c.cpu()
+        return counts, idx.cpu(), val.float().cpu()
+
     def max_activation(self, texts: Sequence[str], feature: int) -> list[float]:
         return [r.max(feature) for r in self.activations(texts, [feature])]
 

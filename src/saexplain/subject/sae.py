@@ -150,6 +150,15 @@ class SparseEncoder:
         values, indices = acts.topk(min(k, acts.shape[-1]), dim=-1)
         return values, indices
 
+    def nonzeros(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All non-zero activations as CSR over tokens: (counts [N], indices [nnz], values [nnz])."""
+        acts = self.dense(x)
+        rows, cols = acts.nonzero(as_tuple=True)
+        return torch.bincount(rows, minlength=len(x)), cols, acts[rows, cols]
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sae.encode(x)
+
 
 ENCODERS: Registry[type[SparseEncoder]] = Registry("SAE architecture")
 
@@ -167,6 +176,9 @@ class ReLUEncoder(SparseEncoder):
 
     def features(self, x, ids):
         return self._act(self._pre(x, ids), ids)
+
+    def dense(self, x):
+        return self._act(self._pre(x))
 
     def topk(self, x, k):
         acts = self._act(self._pre(x))
@@ -197,6 +209,11 @@ class TopKEncoder(SparseEncoder):
     def topk(self, x, k):
         values, indices = self._active(x)
         return values[:, :k], indices[:, :k]
+
+    def nonzeros(self, x):
+        values, indices = self._active(x)  # straight from the top-k, never scattered to [N, d_sae]
+        keep = values > 0
+        return keep.sum(dim=1), indices[keep], values[keep]
 
 
 def encoder_for(sae: SAE) -> SparseEncoder:

@@ -17,7 +17,7 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from saexplain.config import Config
+from saexplain.config import Config, Count
 from saexplain.data.corpus import default_corpus, iter_documents
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import default_sae_dir
@@ -31,8 +31,8 @@ class TrainSAEConfig(Config):
     hookpoint: str = Field("blocks.6.hook_resid_post", description="residual-stream hookpoint")
     corpus: list[str] = Field(default_factory=list, description="corpus files/folders (default: ../shared/data)")
     context: int = Field(128, ge=8, description="tokens per context (BOS first)")
-    max_corpus_tokens: int = Field(2_000_000, description="cap on distinct tokens of activations held in RAM")
-    tokens: int = Field(2_000_000, description="training tokens seen (passes repeat the activations)")
+    max_corpus_tokens: Count = Field(2_000_000, description="cap on distinct tokens of activations held in RAM")
+    tokens: Count = Field(2_000_000, description="training tokens seen (passes repeat the activations)")
     d_sae: int = Field(4096, description="number of SAE features")
     k: int = Field(32, description="active features per token (TopK)")
     lr: float = Field(4e-4, description="Adam learning rate")

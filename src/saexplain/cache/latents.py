@@ -1,0 +1,252 @@
+"""The latent cache: stream contexts through the truncated forward + SAE and keep the non-zero activations on
+disk in shards, flushed as the run goes (RAM bounded by one shard whatever the corpus size).
+
+Shard format (`shard_<first ctx>_<end ctx>.npz`, written to a temporary name and renamed, so a shard file
+is complete or absent): CSR over the shard's tokens —
+  counts  uint16 [n_ctx × L]   non-zeros per token (0 for BOS)
+  indices uint16 [nnz]         feature ids (uint32 when d_sae > 65,535)
+  values  float32 [nnz]        activations, exactly as the oracle computed them
+= 6 bytes per stored non-zero (8 with uint32 ids) plus 2 bytes per token for the counts.
+
+A run killed at any point resumes after its last complete shard; a finished cache (meta.json says
+`complete`) is reused when its config hash matches."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from saexplain.config import Config, Count
+from saexplain.data.contexts import Contexts
+from saexplain.errors import SaexplainError
+
+HIST_BINS = 30
+HIST_DECADES = 3  # histogram edges: max × 10^linspace(-3, 0, 31), per feature
+
+
+class CacheConfig(Config):
+    cli_name: ClassVar[str] = "cache"
+    tokens: Count = Field(1_000_000, ge=1, description="tokens to cache (at most the corpus)")
+    shard_contexts: int = Field(256, ge=1, description="contexts per shard file")
+    batch_contexts: int = Field(16, ge=1, description="contexts per forward batch")
+
+
+@dataclass
+class Shard:
+    start: int  # first context
+    end: int  # one past the last context
+    counts: np.ndarray
+    indices: np.ndarray
+    values: np.ndarray
+
+    @property
+    def token_index(self) -> np.ndarray:
+        """Flat token index (within the shard) of each stored non-zero."""
+        return np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts.astype(np.int64))
+
+
+class LatentCache:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise SaexplainError(f"no latent cache in {self.path}")
+        self.meta = json.loads(meta_path.read_text())
+
+    # ---------------------------------------------------------------------------------------- building
+    @classmethod
+    def build(cls, oracle, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict,
+              progress: bool = True) -> LatentCache:
+        path.mkdir(parents=True, exist_ok=True)
+        n_ctx = min(contexts.n_contexts, max(1, cfg.tokens // contexts.length))
+        meta = {"config": config_json, "d_sae": oracle.d_sae, "n_contexts": n_ctx, "context": contexts.length,
+                "contexts_path": str(contexts.path), "index_dtype": "uint16" if oracle.d_sae <= 65535 else "uint32",
+                "complete": False}
+        meta_path = path / "meta.json"
+        if meta_path.is_file():
+            old = json.loads(meta_path.read_text())
+            if old.get("complete"):
+                return cls(path)
+            if {k: old.get(k) for k in ("config", "n_contexts", "d_sae")} != \
+                    {k: meta[k] for k in ("config", "n_contexts", "d_sae")}:
+                raise SaexplainError(f"{path} holds a different cache; remove it or change $SAEXPLAIN_HOME")
+        else:
+            _atomic_write(meta_path, json.dumps(meta, indent=1))
+        done = _covered(path)
+        idx_dtype = np.dtype(meta["index_dtype"])
+        pbar = tqdm(total=n_ctx * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
+                    desc="caching", disable=not progress)
+        start = done
+        while start < n_ctx:
+            end = min(n_ctx, start + cfg.shard_contexts)
+            counts, indices, values = [], [], []
+            for b in range(start, end, cfg.batch_contexts):
+                ids = torch.from_numpy(np.asarray(contexts.tokens[b:min(end, b + cfg.batch_contexts)], np.int64))
+                c, i, v = oracle.codes(ids)
+                counts.append(c.numpy())
+                indices.append(i.numpy())
+                values.append(v.numpy())
+                pbar.update(ids.numel())
+            c = np.concatenate(counts)
+            if c.max(initial=0) > np.iinfo(np.uint16).max:
+                raise SaexplainError("more than 65,535 active features on one token")
+            _save_shard(path / f"shard_{start:09d}_{end:09d}.npz", counts=c.astype(np.uint16),
+                        indices=np.concatenate(indices).astype(idx_dtype),
+                        values=np.concatenate(values).astype(np.float32))
+            start = end
+        pbar.close()
+        cache = cls(path)
+        cache.meta["complete"] = True
+        cache.meta["finished"] = time.time()
+        _atomic_write(meta_path, json.dumps(cache.meta, indent=1))
+        return cache
+
+    # ----------------------------------------------------------------------------------------- reading
+    @property
+    def d_sae(self) -> int:
+        return int(self.meta["d_sae"])
+
+    @property
+    def context(self) -> int:
+        return int(self.meta["context"])
+
+    @property
+    def n_contexts(self) -> int:
+        return int(self.meta["n_contexts"])
+
+    def shard_paths(self) -> list[Path]:
+        return sorted(self.path.glob("shard_*.npz"))
+
+    def shards(self) -> Iterator[Shard]:
+        for p in self.shard_paths():
+            _, a, b = p.stem.split("_")
+            with np.load(p) as z:
+                yield Shard(int(a), int(b), z["counts"], z["indices"], z["values"])
+
+    def storage(self) -> dict:
+        nnz = sum(int(np.load(p, mmap_mode="r")["values"].shape[0]) for p in self.shard_paths())
+        size = sum(p.stat().st_size for p in self.shard_paths())
+        return {"nonzeros": nnz, "bytes": size, "bytes_per_nonzero": size / max(nnz, 1)}
+
+    def statistics(self) -> list[dict]:
+        """Per feature: max, frequency, mean non-zero, log-spaced histogram, dead — two streaming passes."""
+        d = self.d_sae
+        mx = np.zeros(d, np.float32)
+        n = np.zeros(d, np.int64)
+        total = np.zeros(d, np.float64)
+        tokens = 0
+        for s in self.shards():
+            tokens += len(s.counts) - (s.end - s.start)  # text tokens: one BOS per context
+            np.maximum.at(mx, s.indices, s.values)
+            n += np.bincount(s.indices, minlength=d)
+            total += np.bincount(s.indices, weights=s.values, minlength=d)
+        hist = np.zeros((d, HIST_BINS), np.int64)
+        safe = np.where(mx > 0, mx, 1.0)
+        for s in self.shards():
+            pos = s.values > 0
+            f, v = s.indices[pos].astype(np.int64), s.values[pos]
+            b = np.floor((np.log10(v / safe[f]) + HIST_DECADES) * HIST_BINS / HIST_DECADES).astype(np.int64)
+            b = np.clip(b, 0, HIST_BINS - 1)
+            hist += np.bincount(f * HIST_BINS + b, minlength=d * HIST_BINS).reshape(d, HIST_BINS)
+        edges_rel = (10.0 ** np.linspace(-HIST_DECADES, 0, HIST_BINS + 1)).tolist()
+        out = []
+        for j in range(d):
+            out.append({"feature": j, "max_act": float(mx[j]), "frequency": n[j] / max(tokens, 1),
+                        "mean_nonzero": float(total[j] / n[j]) if n[j] else 0.0, "n_nonzero": int(n[j]),
+                        "histogram": {"edges": [e * float(mx[j]) for e in edges_rel], "counts": hist[j].tolist()},
+                        "dead": bool(n[j] == 0)})
+        return out
+
+    def top_activations(self, n: int = 50) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per feature, its `n` strongest activations (context, position, value), streamed over the shards."""
+        L = self.context
+        keep_f = np.zeros(0, np.int64)
+        keep_t = np.zeros(0, np.int64)  # global token index
+        keep_v = np.zeros(0, np.float32)
+        for s in self.shards():
+            f = np.concatenate([keep_f, s.indices.astype(np.int64)])
+            t = np.concatenate([keep_t, s.start * L + s.token_index])
+            v = np.concatenate([keep_v, s.values])
+            order = np.lexsort((-v, f))
+            f, t, v = f[order], t[order], v[order]
+            group_start = np.r_[0, np.flatnonzero(f[1:] != f[:-1]) + 1]
+            rank = np.arange(len(f)) - np.repeat(group_start, np.diff(np.r_[group_start, len(f)]))
+            m = rank < n
+            keep_f, keep_t, keep_v = f[m], t[m], v[m]
+        out = {}
+        bounds = np.r_[0, np.flatnonzero(keep_f[1:] != keep_f[:-1]) + 1, len(keep_f)]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                out[int(keep_f[a])] = (keep_t[a:b] // L, keep_t[a:b] % L, keep_v[a:b])
+        return out
+
+    def collect(self, features: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """All non-zeros of the given features: {feature: (context, position, value)} in one pass."""
+        feats = np.asarray(sorted(set(features)), dtype=np.int64)
+        parts: dict[int, list] = {int(f): [] for f in feats}
+        L = self.context
+        for s in self.shards():
+            sel = np.isin(s.indices, feats)
+            if not sel.any():
+                continue
+            tok = s.token_index[sel]
+            f, v = s.indices[sel].astype(np.int64), s.values[sel]
+            for j in np.unique(f):
+                m = f == j
+                parts[int(j)].append((s.start + tok[m] // L, tok[m] % L, v[m]))
+        out = {}
+        for j, chunks in parts.items():
+            if chunks:
+                out[j] = tuple(np.concatenate([c[i] for c in chunks]) for i in range(3))
+            else:
+                out[j] = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        return out
+
+
+def top_token_ids(tokens: np.ndarray, ctx: np.ndarray, pos: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
+    """The token ids at which a feature fires hardest: the strongest activations' tokens, weighted by value."""
+    if len(ctx) == 0:
+        return np.zeros(0, np.int64)
+    best = np.argsort(-val)[:100]
+    ids = np.asarray(tokens[ctx[best], pos[best]])
+    uniq, inv = np.unique(ids, return_inverse=True)
+    weight = np.bincount(inv, weights=val[best])
+    return uniq[np.argsort(-weight, kind="stable")][:n]
+
+
+def _covered(path: Path) -> int:
+    """Number of leading contexts covered by complete, contiguous shards (stray temporaries removed)."""
+    for tmp in path.glob("*.tmp*"):
+        tmp.unlink()
+    end = 0
+    for p in sorted(path.glob("shard_*.npz")):
+        _, a, b = p.stem.split("_")
+        if int(a) != end:
+            raise SaexplainError(f"{path}: shards are not contiguous at context {end}")
+        end = int(b)
+    return end
+
+
+def _save_shard(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

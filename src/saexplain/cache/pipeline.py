@@ -1,0 +1,79 @@
+"""`saexplain cache`: corpus → contexts → latent cache → per-feature statistics in the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from saexplain.cache.latents import CacheConfig, LatentCache, top_token_ids
+from saexplain.data.contexts import Contexts, CorpusConfig, build_contexts
+from saexplain.paths import home
+from saexplain.store import Store
+from saexplain.subject.oracle import Oracle, SubjectConfig
+
+log = logging.getLogger(__name__)
+
+
+def default_store_path() -> Path:
+    return home() / "saexplain.db"
+
+
+@dataclass
+class CacheRun:
+    run_id: int
+    cache: LatentCache
+    contexts: Contexts
+    config: dict
+
+
+def cache_config_json(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig) -> dict:
+    """What identifies a cache: the model + SAE, the corpus (with its files' fingerprint), and the cache
+    layout; batch size is left out (it changes speed, not results)."""
+    return {"subject": json.loads(subject.to_json()), "corpus": json.loads(corpus.to_json()),
+            "corpus_fingerprint": corpus.fingerprint(),
+            "cache": {k: v for k, v in json.loads(cache.to_json()).items() if k != "batch_contexts"}}
+
+
+def build_cache(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig, store: Store,
+                oracle: Oracle | None = None, progress: bool = True) -> CacheRun:
+    config = cache_config_json(subject, corpus, cache)
+    text = json.dumps(config, sort_keys=True)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    run_id = store.get_or_create_run("cache", key, text)
+    path = home() / "caches" / key
+    if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text()).get("complete"):
+        latents = LatentCache(path)
+        contexts = Contexts.open(Path(latents.meta["contexts_path"]))
+    else:
+        oracle = oracle or Oracle.from_config(subject)
+        contexts = build_contexts(corpus, oracle.subject.tokenizer, max_tokens=cache.tokens)
+        latents = LatentCache.build(oracle, contexts, cache, path, config, progress=progress)
+    if not store.feature_stats(run_id, limit=1):
+        oracle = oracle or Oracle.from_config(subject)
+        decode = oracle.subject.tokenizer.decode
+        stats = latents.statistics()
+        top = latents.top_activations(50)
+        for row in stats:
+            if row["feature"] in top:
+                ids = top_token_ids(contexts.tokens, *top[row["feature"]], n=5)
+                row["top_tokens"] = [decode([int(i)]) for i in ids]
+        store.put_feature_stats(run_id, stats)
+    store.set_run_status(run_id, "complete")
+    return CacheRun(run_id, latents, contexts, config)
+
+
+def open_cache_run(store: Store, run_id: int) -> CacheRun:
+    """A finished cache run from the store (its config says where the cache and the contexts are)."""
+    from saexplain.errors import SaexplainError
+
+    run = store.run(run_id)
+    if run["kind"] != "cache":
+        raise SaexplainError(f"run {run_id} is a {run['kind']} run, not a cache run")
+    path = home() / "caches" / run["config_hash"]
+    latents = LatentCache(path)
+    if not latents.meta.get("complete"):
+        raise SaexplainError(f"cache run {run_id} is not finished: run `saexplain cache` again to resume it")
+    return CacheRun(run_id, latents, Contexts.open(Path(latents.meta["contexts_path"])), json.loads(run["config_json"]))

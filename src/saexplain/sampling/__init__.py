@@ -1,0 +1,1 @@
+"""Example sampling: per feature, disjoint explain / score pools of context windows."""
