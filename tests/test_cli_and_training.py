@@ -94,3 +94,22 @@ def test_corpus_bad_bytes_counted_and_bad_input_errors(tmp_path):
     (tmp_path / "x.csv").write_text("label,text\n1,hello\n")
     with pytest.raises(SaexplainError, match="no column 'body'"):
         list(iter_documents([tmp_path / "x.csv"], column="body"))
+
+
+def test_parquet_and_hf_dataset_path_on_a_local_folder(tmp_path):
+    """The `hf:` path is `datasets.load_dataset`, as online; here it reads a local folder of parquet files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pq.write_table(pa.table({"body": ["first document", "second one", ""], "label": [1, 2, 3]}),
+                   folder / "train.parquet")
+    docs = list(iter_documents([folder / "train.parquet"], column="body"))
+    assert [d.text for d in docs] == ["first document", "second one"]
+    hf = list(iter_documents([f"hf:{folder}:train"], column="body"))
+    assert [d.text for d in hf] == ["first document", "second one"]
+    with pytest.raises(SaexplainError, match="no column 'text'"):
+        list(iter_documents([f"hf:{folder}:train"]))
+    with pytest.raises(SaexplainError, match="cannot load dataset"):
+        list(iter_documents([f"hf:{tmp_path / 'nope'}:train"]))

@@ -52,3 +52,52 @@ def test_truncated_forward_matches_full_forward_on_gemma(default_oracle):
     with torch.no_grad():
         full = subject.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[7]
     np.testing.assert_allclose(subject.hidden(torch.tensor([ids])).numpy(), full.numpy(), rtol=1e-4, atol=1e-3)
+
+
+KILL_CACHE = """
+from saexplain.cache.latents import CacheConfig
+from saexplain.cache.pipeline import build_cache, default_store_path
+from saexplain.data.contexts import CorpusConfig
+from saexplain.store import Store
+from saexplain.subject.oracle import SubjectConfig
+build_cache(SubjectConfig(), CorpusConfig(), CacheConfig(tokens=1_000_000), Store(default_store_path()),
+            progress=False)
+"""
+
+
+def test_default_cache_of_the_whole_corpus_survives_sigkill_and_resumes():
+    """1M tokens asked; the shared corpus holds about 823k at 64-token contexts, so all of it is cached."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from saexplain.cache.latents import CacheConfig
+    from saexplain.cache.pipeline import build_cache, cache_config_json, default_store_path
+    from saexplain.data.contexts import CorpusConfig
+    from saexplain.paths import home
+    from saexplain.store import Store
+    from saexplain.subject.oracle import SubjectConfig
+    import hashlib
+
+    subject, corpus, cfg = SubjectConfig(), CorpusConfig(), CacheConfig(tokens=1_000_000)
+    key = hashlib.sha256(json.dumps(cache_config_json(subject, corpus, cfg), sort_keys=True).encode()).hexdigest()[:16]
+    path = home() / "caches" / key
+    if not (path / "meta.json").is_file() or not json.loads((path / "meta.json").read_text()).get("complete"):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_CACHE], env=os.environ)
+        deadline = time.time() + 1800
+        while time.time() < deadline and len(list(path.glob("shard_*.npz"))) < 3:
+            time.sleep(1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kept = {p.name: p.stat().st_mtime_ns for p in path.glob("shard_*.npz")}
+        assert kept and not json.loads((path / "meta.json").read_text())["complete"]
+    else:
+        kept = {}
+    run = build_cache(subject, corpus, cfg, Store(default_store_path()))
+    assert run.cache.meta["complete"] and run.cache.n_contexts * run.cache.context > 800_000
+    for name, mtime in kept.items():
+        assert (path / name).stat().st_mtime_ns == mtime
+    ends = [int(p.stem.split("_")[2]) for p in run.cache.shard_paths()]
+    assert ends[-1] == run.cache.n_contexts and run.cache.storage()["bytes_per_nonzero"] <= 8

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -167,18 +168,8 @@ def sample(feature: list[int] = typer.Option(..., "--feature", "-f", help="featu
     with Store(store or default_store_path()) as db:
         cache_run = open_cache_run(db, run if run is not None else _latest_run(db, "cache"))
         run_id, examples = sample_features(cache_run, feature, sampling, db)
-    for f, exs in examples.items():
-        console.print(f"\n[bold]feature {f}[/bold] (sample run {run_id})")
-        for pool in ("explain", "score"):
-            kinds = {}
-            for e in exs:
-                if e.pool == pool:
-                    kinds[e.kind] = kinds.get(e.kind, 0) + 1
-            console.print(f"  {pool}: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
-            for e in [e for e in exs if e.pool == pool and e.kind == "top"][:show]:
-                strings, _ = cache_run.contexts.window(e.context, e.start, e.end)
-                console.print(f"    {e.max_act:6.2f}  " + "".join(
-                    f"[reverse]{t}[/reverse]" if a > 0 else t for t, a in zip(strings, e.acts)).replace("\n", " "))
+    console.print(f"sample run {run_id}")
+    _print_examples(cache_run, examples, show)
 
 
 def _latest_run(db: Store, kind: str) -> int:
@@ -190,36 +181,66 @@ def _latest_run(db: Store, kind: str) -> int:
 
 @app.command()
 @friendly_errors
-def demo(sentences: list[str] = typer.Option(None, "--sentence", help="sentences to probe")):
-    """The offline default end to end: default model + SAE (trained once if missing) → probe → logit lens."""
+def demo(sentences: list[str] = typer.Option(None, "--sentence", help="sentences to probe"),
+         tokens: int = typer.Option(262_144, help="tokens of the default corpus to cache")):
+    """The offline default end to end: default model + SAE (trained once if missing) → probe → latent cache →
+    feature table → explain/score examples of one feature."""
+    from saexplain.cache.pipeline import build_cache, default_store_path
+    from saexplain.sampling.pipeline import sample_features
     from saexplain.subject.sae import default_sae_dir
     from saexplain.subject.train_sae import train_sae
 
     if not (default_sae_dir() / "sae_weights.safetensors").is_file():
-        console.print("[bold]Training the default SAE (one time)…[/bold]")
+        console.print("[bold]Training the default SAE (one time, about 25 minutes on 2 cores)…[/bold]")
         train_sae(TrainSAEConfig())
-    cfg = SubjectConfig()
+    subject = SubjectConfig()
     t0 = time.perf_counter()
-    oracle = Oracle.from_config(cfg)
-    console.print(f"loaded {cfg.model} + SAE ({oracle.d_sae} features) in {time.perf_counter() - t0:.1f}s")
-    sentences = sentences or [
-        "The stock market fell sharply on Tuesday as investors worried about interest rates.",
-        "Once upon a time there lived a king who had three beautiful daughters.",
-        "ROMEO: But soft, what light through yonder window breaks?",
-    ]
-    results = oracle.activations(sentences)
-    for res in results:
-        # the feature most active on this sentence (summed over tokens)
-        totals: dict[int, float] = {}
-        for vals, idx in zip(res.acts, res.indices):
-            for v, j in zip(vals, idx):
-                totals[int(j)] = totals.get(int(j), 0.0) + float(v)
-        best = max(totals, key=totals.get)
-        (one,) = oracle.activations([res.text], [best])
-        console.print(f"\n[bold]{res.text}[/bold]\nfeature {best}: " + " ".join(
-            f"[reverse]{t}[/reverse]({v:.1f})" if v > 0 else t for t, v in zip(one.tokens, one.acts[:, 0])))
-        view = oracle.logit_lens(best, 8)
-        console.print("  promotes: " + ", ".join(repr(t) for t, _ in view.top))
+    oracle = Oracle.from_config(subject)
+    console.print(f"loaded Gemma 3 270M + TopK SAE ({oracle.d_sae} features at "
+                  f"{oracle.subject.hookpoint.saelens_name}) in {time.perf_counter() - t0:.1f}s")
+    with Store(default_store_path()) as db:
+        console.print(f"[bold]Latent cache of {tokens:,} tokens of ../shared/data[/bold]")
+        run = build_cache(subject, CorpusConfig(), CacheConfig(tokens=tokens), db, oracle=oracle)
+        stats = {r["feature"]: r for r in db.feature_stats(run.run_id)}
+        specific = [f for f, r in stats.items() if 1e-4 <= r["frequency"] <= 1e-2]
+        table = Table(title="strongest specific features (density 0.01 %–1 %)")
+        for col in ("id", "max", "density", "top tokens"):
+            table.add_column(col)
+        for f in sorted(specific, key=lambda f: -stats[f]["max_act"])[:10]:
+            r = stats[f]
+            table.add_row(str(f), f"{r['max_act']:.1f}", f"{r['frequency']:.2e}",
+                          "  ".join(repr(t) for t in r["top_tokens"]))
+        console.print(table)
+        sentences = sentences or [
+            "The stock market fell sharply on Tuesday as investors worried about interest rates.",
+            "Once upon a time there lived a king who had three beautiful daughters.",
+            "ROMEO: But soft, what light through yonder window breaks?",
+        ]
+        chosen = []
+        for res in oracle.activations(sentences, specific):
+            j = int(np.unravel_index(res.acts.argmax(), res.acts.shape)[1])
+            f = specific[j]
+            chosen.append(f)
+            console.print(f"\n[bold]{res.text}[/bold]\nfeature {f} (density {stats[f]['frequency']:.1e}): " + "".join(
+                f"[reverse]{t}[/reverse]" if v > 0 else t for t, v in zip(res.tokens, res.acts[:, j])))
+            console.print("  logit lens, promotes: " + ", ".join(repr(t) for t, _ in oracle.logit_lens(f, 8).top))
+        _, examples = sample_features(run, chosen[:1], SamplingConfig(), db)
+    _print_examples(run, examples, show=5)
+
+
+def _print_examples(run, examples: dict, show: int) -> None:
+    for f, exs in examples.items():
+        console.print(f"\n[bold]feature {f}[/bold]: explain and score pools (disjoint contexts)")
+        for pool in ("explain", "score"):
+            kinds: dict[str, int] = {}
+            for e in exs:
+                if e.pool == pool:
+                    kinds[e.kind] = kinds.get(e.kind, 0) + 1
+            console.print(f"  {pool}: " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+            for e in [e for e in exs if e.pool == pool and e.kind == "top"][:show]:
+                strings, _ = run.contexts.window(e.context, e.start, e.end)
+                console.print(f"    {e.max_act:6.2f}  " + "".join(
+                    f"[reverse]{t}[/reverse]" if a > 0 else t for t, a in zip(strings, e.acts)).replace("\n", " "))
 
 
 def main() -> None:
