@@ -104,6 +104,17 @@ _MIGRATIONS: list[str] = [
     );
     CREATE INDEX llm_calls_key ON llm_calls (request_key);
     """,
+    # 1 → 2: the LLM request cache, and attempts per logged call
+    """
+    CREATE TABLE llm_cache (
+        key      TEXT PRIMARY KEY,               -- sha256 of (backend, model, request)
+        backend  TEXT NOT NULL,
+        model    TEXT NOT NULL,
+        response TEXT NOT NULL,                  -- JSON Completion
+        created  REAL NOT NULL
+    );
+    ALTER TABLE llm_calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -232,6 +243,43 @@ class Store:
                 'INSERT INTO examples (run_id, feature, pool, kind, rank, context, start, "end", max_act, decile) '
                 "VALUES (:run_id, :feature, :pool, :kind, :rank, :context, :start, :end, :max_act, :decile)",
                 [{"decile": None, **r, "run_id": run_id, "feature": feature} for r in rows])
+
+    # --------------------------------------------------------------------------------------------- LLM
+    def llm_cache_get(self, key: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT response FROM llm_cache WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row["response"])
+
+    def llm_cache_put(self, key: str, backend: str, model: str, response: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO llm_cache (key, backend, model, response, created) VALUES (?,?,?,?,?)",
+                      (key, backend, model, json.dumps(response), time.time()))
+
+    def log_llm_call(self, run_id: int | None, feature: int | None, backend: str, model: str, key: str,
+                     request: dict[str, Any], response: dict[str, Any] | None, error: str | None,
+                     tokens_in: int, tokens_out: int, seconds: float, attempts: int) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT INTO llm_calls (run_id, feature, backend, model, request_key, request, response, "
+                      "error, tokens_in, tokens_out, seconds, attempts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (run_id, feature, backend, model, key, json.dumps(request),
+                       None if response is None else json.dumps(response), error, tokens_in, tokens_out, seconds,
+                       attempts, time.time()))
+
+    def llm_calls(self, run_id: int | None = None, failed_only: bool = False) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM llm_calls WHERE 1=1", []
+        if run_id is not None:
+            q += " AND run_id=?"
+            args.append(run_id)
+        if failed_only:
+            q += " AND error IS NOT NULL"
+        return [dict(r) for r in self.conn.execute(q + " ORDER BY id", args)]
+
+    def llm_usage(self, run_id: int) -> dict[int | None, dict[str, Any]]:
+        """Per feature (None: not tied to one): calls, failures, tokens in/out, seconds."""
+        rows = self.conn.execute(
+            "SELECT feature, COUNT(*) AS calls, SUM(error IS NOT NULL) AS failures, SUM(tokens_in) AS tokens_in, "
+            "SUM(tokens_out) AS tokens_out, SUM(seconds) AS seconds FROM llm_calls WHERE run_id=? GROUP BY feature",
+            (run_id,))
+        return {r["feature"]: dict(r) for r in rows}
 
     def examples(self, run_id: int, feature: int, pool: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM examples WHERE run_id=? AND feature=?"

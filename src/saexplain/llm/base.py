@@ -1,0 +1,117 @@
+"""LLM requests, completions, usage, errors, and the backend interface + registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from saexplain.errors import SaexplainError
+from saexplain.registry import Registry
+
+
+class LLMError(SaexplainError):
+    """A request failed for good (after retries, or a fault that retrying cannot fix)."""
+
+
+class RetryableError(LLMError):
+    """Timeout, 429, 5xx, malformed or empty reply: worth another attempt (after `retry_after` if given)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LLMParseError(LLMError):
+    """A structured reply that stayed invalid after one corrective retry; `raw` keeps the text."""
+
+    def __init__(self, message: str, raw: str):
+        super().__init__(message)
+        self.raw = raw
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request: chat `messages` ((role, content) pairs) or a completion `prompt`."""
+
+    messages: tuple[tuple[str, str], ...] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    json_schema: dict | None = None
+    logprobs: int | None = None  # number of top logprobs per generated token
+    seed: int | None = None
+
+    def __post_init__(self):
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a request has either messages or a prompt")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def key(self, backend: str, model: str) -> str:
+        blob = json.dumps({"backend": backend, "model": model, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    cached: int = 0
+    failures: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+    cost: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        for f in self.__dataclass_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    logprobs: list[list[dict[str, float]]] | None = None  # per text: per generated token, top token → logprob
+    tokens_in: int = 0
+    tokens_out: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.texts[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], cached: bool = False) -> Completion:
+        return cls(**d, cached=cached)
+
+
+class Backend(ABC):
+    """Turns a Request into a Completion. Raise RetryableError for transient faults, LLMError otherwise."""
+
+    name: str = "backend"
+    model: str = ""
+    supports_json_schema: bool = False
+
+    @abstractmethod
+    async def complete(self, request: Request, timeout: float) -> Completion: ...
+
+    async def aclose(self) -> None:
+        return None
+
+
+BACKENDS: Registry = Registry("LLM backend")  # name → factory(target: str, cfg: LLMConfig) -> Backend

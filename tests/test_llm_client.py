@@ -1,0 +1,157 @@
+"""The LLM client against a fault-injecting OpenAI-compatible server on 127.0.0.1 (tests named `fault`), the
+request cache, accounting and structured replies. The server returns canned text: it tests the client's
+parsing and fault handling, never what an LLM would say."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from fault_server import FaultServer
+from saexplain.llm import LLM, LLMConfig, LLMError, LLMParseError, parse_json
+from saexplain.store import Store
+
+MSG = [("user", "Say ok.")]
+
+
+def client(server: FaultServer, store=None, **kw) -> LLM:
+    cfg = LLMConfig(llm=f"openai-compatible:{server.url}#scripted", backoff=0.05, max_backoff=2.0,
+                    **{"timeout": 2.0, **kw})
+    return LLM(cfg, store=store, run_id=None)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_fault_429_with_retry_after_then_500_then_success():
+    with FaultServer([("429", 0.4), ("500",), ("ok", "fine")]) as server:
+        llm = client(server)
+        t0 = time.perf_counter()
+        comp = run(llm.generate(MSG))
+        elapsed = time.perf_counter() - t0
+    assert comp.text == "fine" and len(server.requests) == 3
+    assert elapsed >= 0.4, "Retry-After must be honoured"
+    assert llm.usage.calls == 1 and llm.usage.tokens_in == 11 and llm.usage.tokens_out == 3
+
+
+def test_fault_timeout_is_retried_and_nothing_hangs():
+    with FaultServer([("timeout", 3.0), ("ok", "after timeout")]) as server:
+        llm = client(server, timeout=0.5)
+        t0 = time.perf_counter()
+        assert run(llm.generate(MSG)).text == "after timeout"
+        assert time.perf_counter() - t0 < 2.5
+    with FaultServer([("timeout", 5.0)] * 3) as server:
+        llm = client(server, timeout=0.4, retries=2)
+        t0 = time.perf_counter()
+        with pytest.raises(LLMError, match="failed after 3 attempts"):
+            run(llm.generate(MSG))
+        assert time.perf_counter() - t0 < 3.5, "three 0.4 s attempts plus short backoffs"
+
+
+def test_fault_malformed_json_and_empty_choices_are_retried():
+    with FaultServer([("malformed",), ("empty",), ("ok", "third time")]) as server:
+        assert run(client(server).generate(MSG)).text == "third time"
+        assert len(server.requests) == 3
+
+
+def test_fault_persistent_errors_surface_cleanly_and_are_recorded(tmp_path):
+    store = Store(tmp_path / "s.db")
+    with FaultServer([("500",)] * 10) as server:
+        llm = client(server, store=store, retries=3)
+        with pytest.raises(LLMError) as e:
+            run(llm.generate(MSG, feature=7))
+    assert "failed after 4 attempts" in str(e.value) and "HTTP 500" in str(e.value)
+    assert "\n" not in str(e.value)
+    failed = store.llm_calls(failed_only=True)
+    assert len(failed) == 1 and failed[0]["feature"] == 7 and failed[0]["attempts"] == 4
+    assert llm.usage.failures == 1
+    with FaultServer([("empty",)] * 10) as server:
+        with pytest.raises(LLMError, match="empty choice list"):
+            run(client(server, retries=1).generate(MSG))
+
+
+def test_fault_client_errors_are_not_retried():
+    with FaultServer([("ok", "x")]) as server:
+        bad = LLM(LLMConfig(llm=f"openai-compatible:{server.url.replace('/v1', '/nope')}#m", retries=3,
+                            backoff=0.01, timeout=2))
+        with pytest.raises(LLMError, match="HTTP 404"):
+            run(bad.generate(MSG))
+    with pytest.raises(LLMError, match="needs a URL"):
+        LLM(LLMConfig(llm="openai-compatible:localhost:8080"))
+    with pytest.raises(Exception, match="unknown LLM backend 'gpt'"):
+        LLM(LLMConfig(llm="gpt:4"))
+
+
+def test_cache_makes_a_second_identical_run_free(tmp_path):
+    store = Store(tmp_path / "s.db")
+    prompts = [[("user", f"question {i}")] for i in range(5)]
+
+    async def batch(llm):
+        return [c.text for c in await asyncio.gather(*(llm.generate(p, feature=i) for i, p in enumerate(prompts)))]
+
+    with FaultServer(default_text="answer") as server:
+        first = run(batch(client(server, store=store)))
+        n = len(server.requests)
+        second_llm = client(server, store=store)
+        second = run(batch(second_llm))
+        assert len(server.requests) == n == 5, "the second identical run makes zero calls"
+        assert first == second and second_llm.usage.cached == 5 and second_llm.usage.calls == 0
+        run(client(server, store=store, cache=False).generate(prompts[0]))
+        assert len(server.requests) == 6, "--no-cache goes to the server"
+    logged = {r["feature"] for r in store.llm_calls()[:5]}  # per-feature accounting of the first run
+    assert logged == {0, 1, 2, 3, 4}
+
+
+def test_concurrency_limit_is_honoured():
+    with FaultServer(default_text="x", delay=0.2) as server:
+        llm = client(server, max_concurrency=2)
+
+        async def many():
+            await asyncio.gather(*(llm.generate([("user", str(i))]) for i in range(6)))
+
+        run(many())
+        assert server.max_in_flight == 2
+
+
+def test_logprobs_and_completion_mode_are_parsed():
+    with FaultServer(default_text="yes") as server:
+        llm = client(server)
+        comp = run(llm.generate(MSG, logprobs=2))
+        assert comp.logprobs == [[{"yes": -0.1, "other": -2.4}]]
+        assert server.requests[-1]["top_logprobs"] == 2
+        comp = run(llm.generate(prompt="Q: 2+2?\nA:", stop=["\n"], n=2, temperature=0.9))
+        assert comp.texts == ["yes", "yes"] and server.requests[-1]["prompt"] == "Q: 2+2?\nA:"
+
+
+SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}, "score": {"type": "integer"}},
+          "required": ["label", "score"]}
+
+
+def test_structured_reply_is_retried_once_with_the_parse_error_shown():
+    with FaultServer([("ok", "label: cats"), ("ok", '{"label": "cats", "score": 3}')]) as server:
+        obj, comp = run(client(server).generate_json(MSG, SCHEMA))
+    assert obj == {"label": "cats", "score": 3}
+    retry_messages = server.requests[1]["messages"]
+    assert retry_messages[-2] == {"role": "assistant", "content": "label: cats"}
+    assert "no JSON object found" in retry_messages[-1]["content"]
+    assert server.requests[0]["response_format"]["json_schema"]["schema"] == SCHEMA
+
+
+def test_structured_reply_that_stays_invalid_is_a_recorded_failure(tmp_path):
+    store = Store(tmp_path / "s.db")
+    with FaultServer([("ok", '{"label": "x"}'), ("ok", '{"label": "x", "score": "high"}')]) as server:
+        with pytest.raises(LLMParseError) as e:
+            run(client(server, store=store).generate_json(MSG, SCHEMA, feature=3))
+    assert e.value.raw == '{"label": "x", "score": "high"}'
+    assert "score: 'high' is not of type 'integer'" in str(e.value)
+    assert any(c["feature"] == 3 and "not valid JSON" in c["error"] for c in store.llm_calls(failed_only=True))
+
+
+@pytest.mark.parametrize("text,ok", [('{"label": "a", "score": 1}', True), ('```json\n{"label": "a", "score": 1}\n```', True),
+                                     ('{"label": "a", "score": 1', False), ('[1, 2]', False), ('', False)])
+def test_parse_json(text, ok):
+    obj, err = parse_json(text, SCHEMA)
+    assert (err is None) == ok and (obj is not None) == ok
