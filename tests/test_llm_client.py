@@ -155,3 +155,46 @@ def test_structured_reply_that_stays_invalid_is_a_recorded_failure(tmp_path):
 def test_parse_json(text, ok):
     obj, err = parse_json(text, SCHEMA)
     assert (err is None) == ok and (obj is not None) == ok
+
+
+def test_templates_render_as_chat_or_completion_from_one_file(tmp_path):
+    from saexplain.errors import SaexplainError
+    from saexplain.llm.prompts import Template, template
+    import saexplain.llm.client as client_module
+
+    t = template(client_module.__file__, "yes_no")
+    chat = t.chat(description="cats", snippet="A cat sat.")
+    assert chat[0][0] == "system" and [r for r, _ in chat[1:]] == ["user", "assistant", "user", "assistant", "user"]
+    assert chat[-1][1].endswith("Snippet: A cat sat.\nDoes the snippet match the description?")
+    prompt = t.completion(description="cats", snippet="A cat sat.")
+    assert prompt.count("Answer:") == 3 and prompt.endswith("Does the snippet match the description?\nAnswer:")
+    with pytest.raises(SaexplainError, match="no value for snippet"):
+        t.chat(description="cats")
+    (tmp_path / "bad.toml").write_text("user = 'x'")
+    with pytest.raises(SaexplainError, match="missing 'system'"):
+        Template.load(tmp_path / "bad.toml")
+    with FaultServer(default_text="yes") as server:
+        llm = client(server, mode="completion")
+        assert run(llm.ask(t, description="cats", snippet="A cat.")).text == "yes"
+        assert server.requests[-1]["prompt"].endswith("Answer:") and server.requests[-1]["stop"] == ["\n"]
+        llm = client(server)
+        run(llm.ask(t, description="cats", snippet="A cat.", max_tokens=3))
+        assert server.requests[-1]["messages"][0]["role"] == "system" and server.requests[-1]["max_tokens"] == 3
+
+
+def test_ask_command_uses_the_llm_layer_and_its_cache(tmp_path):
+    from typer.testing import CliRunner
+
+    from saexplain.cli import app
+
+    runner = CliRunner()
+    with FaultServer(default_text="Paris") as server:
+        args = ["ask", "Capital of France?", "--llm", f"openai-compatible:{server.url}#scripted",
+                "--store", str(tmp_path / "s.db")]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert "Paris" in res.output and "11 tokens in" in res.output
+        res = runner.invoke(app, args)
+        assert "from cache" in res.output and len(server.requests) == 1
+        res = runner.invoke(app, [*args[:3], "openai-compatible:nowhere", *args[4:]])
+        assert res.exit_code == 2 and "needs a URL" in res.output

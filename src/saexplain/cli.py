@@ -17,6 +17,7 @@ from saexplain.cache.latents import CacheConfig
 from saexplain.config import config_options
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import SaexplainError
+from saexplain.llm import LLMConfig
 from saexplain.sampling.sampler import SamplingConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
@@ -26,7 +27,7 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Explain SAE features and test every explanation on the real model.\n\n"
          "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · "
-         "cache → features → sample (the data plane) · demo.",
+         "cache → features → sample (the data plane) · ask (the LLM layer) · demo.",
 )
 console = Console()
 
@@ -170,6 +171,31 @@ def sample(feature: list[int] = typer.Option(..., "--feature", "-f", help="featu
         run_id, examples = sample_features(cache_run, feature, sampling, db)
     console.print(f"sample run {run_id}")
     _print_examples(cache_run, examples, show)
+
+
+@app.command()
+@friendly_errors
+@config_options(LLMConfig)
+def ask(prompt: str = typer.Argument(..., help="a question for the configured LLM"),
+        max_tokens: int = typer.Option(128, help="longest reply"),
+        store: Path = typer.Option(None, help="SQLite store for the request cache (default: $SAEXPLAIN_HOME/saexplain.db)"),
+        llm: LLMConfig = None):
+    """Send one prompt through the LLM layer (cache, retries, accounting) — a check of an --llm setting."""
+    import asyncio
+
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.llm import LLM
+
+    with Store(store or default_store_path()) as db:
+        client = LLM(llm, store=db)
+        if client.chat:
+            comp = asyncio.run(client.generate([("user", prompt)], max_tokens=max_tokens))
+        else:
+            comp = asyncio.run(client.generate(prompt=prompt, max_tokens=max_tokens))
+    console.print(comp.text)
+    u = client.usage
+    console.print(f"[dim]{client.backend.name}:{client.backend.model} · {u.tokens_in} tokens in, {u.tokens_out} out, "
+                  f"{u.seconds:.1f}s{' · from cache' if comp.cached else ''}[/dim]")
 
 
 def _latest_run(db: Store, kind: str) -> int:

@@ -106,6 +106,7 @@ class Backend(ABC):
     name: str = "backend"
     model: str = ""
     supports_json_schema: bool = False
+    chat_model: bool = True  # instruction-tuned with a chat template (else: completion prompts)
 
     @abstractmethod
     async def complete(self, request: Request, timeout: float) -> Completion: ...

@@ -43,6 +43,8 @@ class LLMConfig(Config):
     json_mode: Literal["json_schema", "json_object"] = Field(
         "json_schema", description="how an OpenAI-compatible server is asked for JSON (llama-cpp-python: json_object)")
     device: str = Field("cpu", description="device (transformers backend)")
+    mode: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="prompt style: chat messages or few-shot completion (auto: from the backend)")
 
 
 def make_backend(cfg: LLMConfig):
@@ -137,6 +139,20 @@ class LLM:
     def _account(self, usage: Usage, feature: int | None) -> None:
         self.usage.add(usage)
         self.usage_by_feature[feature].add(usage)
+
+    @property
+    def chat(self) -> bool:
+        """Whether templates render as chat messages (else as a few-shot completion prompt)."""
+        return self.cfg.mode == "chat" or (self.cfg.mode == "auto" and self.backend.chat_model)
+
+    async def ask(self, template, *, feature: int | None = None, **kw) -> Completion:
+        """Render a prompt Template for this backend (chat or completion) and generate; `kw` fills the
+        template's fields, generation options (max_tokens, temperature, …) pass through."""
+        gen = {k: kw.pop(k) for k in ("max_tokens", "temperature", "stop", "n", "logprobs", "seed") if k in kw}
+        if self.chat:
+            return await self.generate(template.chat(**kw), feature=feature, **gen)
+        gen.setdefault("stop", ["\n"])
+        return await self.generate(prompt=template.completion(**kw), feature=feature, **gen)
 
     # ----------------------------------------------------------------------------------- structured replies
     async def generate_json(self, messages: Sequence[tuple[str, str]], schema: dict, *, max_tokens: int = 512,

@@ -31,6 +31,7 @@ class LlamaCpp(Backend):
         self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all,
                          verbose=False)
         self.lock = threading.Lock()
+        self.chat_model = bool(self.llm.metadata.get("tokenizer.chat_template"))
 
     async def complete(self, request: Request, timeout: float) -> Completion:
         if request.logprobs and not self.logits_all:
@@ -89,7 +90,9 @@ def _smoke(target: str, cfg) -> Backend:
     """Gemma 3 270M (a base model, fast, answers at chance): only for smoke tests."""
     from saexplain.llm.default import gemma_gguf
 
-    return LlamaCpp(str(gemma_gguf()), cfg.n_ctx, cfg.threads, cfg.logprobs)
+    backend = LlamaCpp(str(gemma_gguf()), cfg.n_ctx, cfg.threads, cfg.logprobs)
+    backend.chat_model = False  # pretrained, not instruction-tuned: completion prompts only
+    return backend
 
 
 class Transformers(Backend):
@@ -107,6 +110,7 @@ class Transformers(Backend):
             self.lm = AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32).to(device).eval()
         except OSError as e:
             raise LLMError(f"cannot load transformers model {spec!r}: {str(e).splitlines()[0]}") from None
+        self.chat_model = bool(getattr(self.tokenizer, "chat_template", None))
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
