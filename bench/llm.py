@@ -1,0 +1,106 @@
+"""The default LLM (Qwen2.5-Coder-1.5B-Instruct Q4_K_M) in process and through llama.cpp's server:
+prompt tok/s, generation tok/s, what prompt-prefix KV reuse saves on a growing conversation, and server
+throughput at 1/2/4/8 concurrent requests.
+
+    .venv/bin/python bench/llm.py [--threads 2]
+
+Last line: `generation: <tok/s in process>`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from saexplain.llm import LLM, LLMConfig
+from saexplain.llm.default import qwen_gguf
+
+TEXT = ("Sparse autoencoders decompose a language model's activations into features. Each feature should fire "
+        "on one recognisable pattern of the input, such as a word, a topic or a syntactic role. ") * 6
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def timed(llm: LLM, messages, max_tokens: int) -> tuple[float, int, int]:
+    t = time.perf_counter()
+    comp = await llm.generate(messages, max_tokens=max_tokens, temperature=0.0)
+    return time.perf_counter() - t, comp.tokens_in, comp.tokens_out
+
+
+async def speeds(llm: LLM, tag: str) -> tuple[float, float]:
+    """prompt tok/s: a fresh ~300-token prompt answered with one token; generation tok/s: the same prompt again
+    (its KV cache is reused, so nearly all the time is generation) answered with up to 96 tokens."""
+    msgs = [("user", f"[{tag} {time.time()}] {TEXT}\nSummarise this in one long paragraph.")]
+    t1, n_in, _ = await timed(llm, msgs, 1)
+    t2, _, n_out = await timed(llm, msgs, 96)
+    return n_in / t1, n_out / t2
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    gguf = qwen_gguf()
+    base = dict(cache=False, n_ctx=2048, threads=args.threads, logprobs=False, timeout=600, retries=0)
+
+    # ---- in process
+    local = LLM(LLMConfig(llm=f"llamacpp:{gguf}", **base))
+    asyncio.run(timed(local, [("user", "Hi")], 1))  # warm-up
+    p_local, g_local = asyncio.run(speeds(local, "local"))
+    print(f"in process: prompt {p_local:.1f} tok/s, generation {g_local:.1f} tok/s")
+
+    # ---- prefix reuse on a growing conversation (in process)
+    convo = [("system", "You test hypotheses about a feature of a language model."), ("user", TEXT)]
+    asyncio.run(timed(local, convo, 8))
+    convo2 = convo + [("assistant", "Hypothesis 1: the feature fires on technical vocabulary."),
+                      ("user", "Design one probe sentence for hypothesis 1.")]
+    t_reuse, n_in, _ = asyncio.run(timed(local, convo2, 1))
+    local.backend.llm.reset()  # forget the KV cache: the same prompt from scratch
+    t_fresh, _, _ = asyncio.run(timed(local, convo2, 1))
+    print(f"prefix reuse: next turn of a {n_in}-token conversation {t_reuse:.2f}s with the KV cache vs "
+          f"{t_fresh:.2f}s from scratch ({t_fresh / t_reuse:.1f}x)")
+    del local
+
+    # ---- through llama.cpp's server
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(args.threads)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise SystemExit("llama.cpp server did not start")
+                time.sleep(0.5)
+        remote = LLM(LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#qwen", max_concurrency=8, **base))
+        asyncio.run(timed(remote, [("user", "Hi")], 1))
+        p_srv, g_srv = asyncio.run(speeds(remote, "server"))
+        print(f"server: prompt {p_srv:.1f} tok/s, generation {g_srv:.1f} tok/s "
+              f"(in process ÷ server: prompt {p_local / p_srv:.2f}, generation {g_local / g_srv:.2f})")
+        for conc in (1, 2, 4, 8):
+            async def burst():
+                t = time.perf_counter()
+                outs = await asyncio.gather(*(timed(remote, [("user", f"Request {i} at {time.time()}: name a colour.")],
+                                                    32) for i in range(conc)))
+                return sum(o[2] for o in outs) / (time.perf_counter() - t)
+            print(f"server, {conc} concurrent requests: {asyncio.run(burst()):.1f} generated tok/s in all")
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"generation: {g_local:.1f}")
+
+
+if __name__ == "__main__":
+    main()
