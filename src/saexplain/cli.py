@@ -104,10 +104,9 @@ def lens(feature: int = typer.Argument(..., help="feature id"), k: int = typer.O
 def train_sae_cmd(force: bool = typer.Option(False, help="retrain even when the output exists"),
                   train: TrainSAEConfig = None):
     """Train a TopK SAE (sae-lens trainer) on the subject's residual stream; saved in SAELens format."""
-    from saexplain.subject.sae import default_sae_dir
     from saexplain.subject.train_sae import train_sae
 
-    out = Path(train.out) if train.out else default_sae_dir()
+    out = train.output_dir()
     if not force and (out / "sae_weights.safetensors").is_file():
         console.print(f"SAE already trained: {out} (use --force to retrain)")
         return

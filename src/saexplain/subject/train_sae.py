@@ -43,7 +43,18 @@ class TrainSAEConfig(Config):
     aux_loss_coefficient: float = Field(1.0, description="weight of the AuxK loss that revives dead features")
     eval_fraction: float = Field(0.05, description="held-out share of contexts for the metrics")
     seed: int = Field(0)
-    out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/...)")
+    out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/<model>/<hookpoint>-topk)")
+
+    def output_dir(self) -> Path:
+        """Where the SAE goes: `out`, the default SAE's folder for the default stack, else one per model."""
+        if self.out:
+            return Path(self.out).expanduser()
+        from saexplain.subject.default import DEFAULT_HOOKPOINT
+
+        if self.model == "default" and self.hookpoint == DEFAULT_HOOKPOINT:
+            return default_sae_dir()
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model.strip("/"))[-80:]
+        return home() / "saes" / slug / f"{self.hookpoint}-topk"
 
 
 def collect_activations(subject: SubjectModel, texts, context: int, max_tokens: int,
@@ -151,7 +162,7 @@ def train_sae(cfg: TrainSAEConfig) -> Path:
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out) if cfg.out else default_sae_dir()
+    out = cfg.output_dir()
     model, tokenizer = load_model_and_tokenizer(cfg.model)
     subject = SubjectModel(model, tokenizer, cfg.hookpoint, name=cfg.model, prepend_bos=True)
     t0 = time.perf_counter()
