@@ -253,3 +253,26 @@ def test_subject_config_validation_and_saving(tmp_path):
         SubjectConfig.build(dtype="float64")
     with pytest.raises(ConfigError, match="nonsense"):
         SubjectConfig.build(nonsense=1)
+
+
+def test_real_sparsify_checkpoint_matches_sparsify_own_encode(tiny_model_dir, tmp_path):
+    """A checkpoint written by EleutherAI sparsify's own Trainer, loaded by our converter: the oracle's
+    activations equal sparsify's SparseCoder.encode on the same hidden states."""
+    from datasets import Dataset
+    from sparsify import SaeConfig, SparseCoder, Trainer, TrainConfig
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok_ids = [[2] + [(7 * i + j) % 500 + 4 for j in range(31)] for i in range(64)]
+    cfg = TrainConfig(SaeConfig(num_latents=D_SAE, k=6), batch_size=8, layers=[0], save_dir=str(tmp_path),
+                      run_name="run", log_to_wandb=False, save_every=10**9)
+    Trainer(cfg, Dataset.from_dict({"input_ids": tok_ids}).with_format("torch"), model).fit()
+    folder = tmp_path / "run" / "layers.0"
+    oracle = oracle_for(tiny_model_dir, folder)
+    coder = SparseCoder.load_from_disk(folder)
+    for text in SENTENCES[:3]:
+        (res,) = oracle.activations([text], list(range(D_SAE)))
+        h = reference_hidden(oracle.subject, text, 1)
+        out = coder.encode(h)
+        want = torch.zeros(len(h), D_SAE).scatter(-1, out.top_indices, out.top_acts.float())
+        np.testing.assert_allclose(res.acts, want.detach().numpy(), rtol=1e-4, atol=1e-4)
