@@ -25,6 +25,8 @@ class FaultServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers: clients reuse connections
+
             def log_message(self, *a):
                 pass
 

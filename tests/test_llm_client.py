@@ -116,6 +116,14 @@ def test_concurrency_limit_is_honoured():
         assert server.max_in_flight == 2
 
 
+def test_one_client_serves_several_event_loops():
+    """CLI and tests call asyncio.run per batch; kept-alive connections must not leak across loops."""
+    with FaultServer(default_text="again") as server:
+        llm = client(server)
+        for _ in range(3):
+            assert run(llm.generate(MSG)).text == "again"
+
+
 def test_logprobs_and_completion_mode_are_parsed():
     with FaultServer(default_text="yes") as server:
         llm = client(server)

@@ -22,15 +22,16 @@ SCHEMA = {"type": "object", "properties": {"colour": {"type": "string"}, "confid
 
 
 @pytest.fixture(scope="module")
-def server_url():
+def server_url(tmp_path_factory):
     from saexplain.llm.default import qwen_gguf
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a file, not a pipe: llama.cpp is chatty
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(qwen_gguf()), "--host",
                              "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 180
     while True:
         try:
@@ -38,7 +39,8 @@ def server_url():
             break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode()[-2000:])
+                log.seek(0)
+                raise RuntimeError(log.read()[-2000:])
             if time.time() > deadline:
                 proc.kill()
                 raise RuntimeError("llama.cpp server did not come up in 180 s")

@@ -3,6 +3,7 @@ Ollama, OpenRouter. Retries are ours (the client's are off), so every fault is c
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -21,7 +22,19 @@ class OpenAICompatible(Backend):
         self.model = model
         self.base_url = base_url
         self.json_mode = json_mode  # "json_schema" (OpenAI, vLLM) or "json_object" (llama-cpp-python server)
-        self.client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0)
+        self.api_key = api_key or "not-needed"
+        self._client: openai.AsyncOpenAI | None = None
+        self._loop = None
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """One async client per event loop: its connection pool belongs to the loop that opened it, and
+        synchronous callers (CLI, tests) run each batch in a fresh loop."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0)
+            self._loop = loop
+        return self._client
 
     async def complete(self, request: Request, timeout: float) -> Completion:
         t0 = time.perf_counter()
