@@ -258,3 +258,20 @@ def test_cli_cache_features_sample(tiny_model_dir, sae_folders, corpus_file, tmp
     assert res.exit_code == 2 and "unknown feature id 99999" in res.output
     res = runner.invoke(app, ["features", "--by", "size", "--store", str(db)])
     assert res.exit_code == 2 and "cannot order features by 'size'" in res.output
+
+
+def test_a_retrained_sae_in_the_same_folder_gets_a_new_cache(oracle, corpus_file, tmp_path, sae_folders):
+    import shutil
+
+    from saexplain.cache.pipeline import cache_config_json
+
+    folder = tmp_path / "sae"
+    shutil.copytree(sae_folders["topk"], folder)
+    subject = SubjectConfig(model=oracle.subject.name, sae=str(folder))
+    corpus, cfg = CorpusConfig(corpus=[str(corpus_file)], context=CONTEXT), CacheConfig(tokens=1000)
+    before = cache_config_json(subject, corpus, cfg)
+    time.sleep(0.01)
+    (folder / "sae_weights.safetensors").write_bytes((folder / "sae_weights.safetensors").read_bytes())
+    assert cache_config_json(subject, corpus, cfg) != before
+    assert cache_config_json(subject, corpus, CacheConfig(tokens=1000, batch_contexts=3)) == \
+        cache_config_json(subject, corpus, cfg), "batch size changes speed, not the cache"

@@ -41,6 +41,7 @@ class TrainSAEConfig(Config):
     lr: float = Field(4e-4, description="Adam learning rate")
     batch_tokens: int = Field(4096, description="tokens per training step")
     aux_loss_coefficient: float = Field(1.0, description="weight of the AuxK loss that revives dead features")
+    dead_window_steps: int = Field(10, ge=1, description="steps without firing before AuxK treats a feature as dead")
     eval_fraction: float = Field(0.05, description="held-out share of contexts for the metrics")
     seed: int = Field(0)
     out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/<model>/<hookpoint>-topk)")
@@ -156,6 +157,15 @@ def sae_metrics(sae, acts: torch.Tensor, chunk: int = 8192) -> dict:
     }
 
 
+@torch.no_grad()
+def firing_counts(sae, acts: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """How many tokens each feature fires on."""
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
+    for i in range(0, len(acts), chunk):
+        fired += (sae.encode(acts[i:i + chunk].float()) > 0).sum(0)
+    return fired
+
+
 def train_sae(cfg: TrainSAEConfig) -> Path:
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
@@ -193,7 +203,7 @@ def train_sae(cfg: TrainSAEConfig) -> Path:
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * cfg.batch_tokens, train_batch_size_samples=cfg.batch_tokens, lr=cfg.lr, lr_end=cfg.lr / 10,
         lr_warm_up_steps=min(50, steps // 10), lr_decay_steps=steps // 5, device="cpu",
-        dead_feature_window=max(50, steps // 4), feature_sampling_window=max(50, steps // 4),
+        dead_feature_window=cfg.dead_window_steps, feature_sampling_window=max(50, steps // 4),
         n_batches_for_norm_estimate=min(100, max(1, len(train_acts) // cfg.batch_tokens)),
     )
     t1 = time.perf_counter()
@@ -209,6 +219,9 @@ def train_sae(cfg: TrainSAEConfig) -> Path:
     sae = trainer.fit()
     train_s = time.perf_counter() - t1
     metrics = sae_metrics(sae, eval_acts)
+    fired = firing_counts(sae, train_acts) + firing_counts(sae, eval_acts)
+    metrics["never_fires_fraction"] = float((fired == 0).float().mean())  # over every token of the corpus
+    metrics["fires_under_10_times_fraction"] = float((fired < 10).float().mean())
     metrics.update(train_tokens_seen=trainer.n_training_samples, distinct_train_tokens=len(train_acts),
                    steps=steps, collect_seconds=round(collect_s, 1), train_seconds=round(train_s, 1),
                    trainer="sae-lens " + _version("sae-lens"))
