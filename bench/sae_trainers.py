@@ -14,8 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from saexplain.data.corpus import default_corpus, iter_documents
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import load_sae
@@ -43,7 +41,7 @@ def main() -> None:
         results["sae-lens"] = {"seconds": time.perf_counter() - t, **sae_metrics(load_sae(str(path)), eval_acts)}
 
         from datasets import Dataset
-        from sparsify import SaeConfig, Trainer, TrainConfig
+        from sparsify import SaeConfig, TrainConfig, Trainer
 
         bos = [tok.bos_token_id]
         ctxs, buf = [], []

@@ -67,6 +67,7 @@ build_cache(SubjectConfig(), CorpusConfig(), CacheConfig(tokens=1_000_000), Stor
 
 def test_default_cache_of_the_whole_corpus_survives_sigkill_and_resumes():
     """1M tokens asked; the shared corpus holds about 823k at 64-token contexts, so all of it is cached."""
+    import hashlib
     import os
     import signal
     import subprocess
@@ -79,7 +80,6 @@ def test_default_cache_of_the_whole_corpus_survives_sigkill_and_resumes():
     from saexplain.paths import home
     from saexplain.store import Store
     from saexplain.subject.oracle import SubjectConfig
-    import hashlib
 
     subject, corpus, cfg = SubjectConfig(), CorpusConfig(), CacheConfig(tokens=1_000_000)
     key = hashlib.sha256(json.dumps(cache_config_json(subject, corpus, cfg), sort_keys=True).encode()).hexdigest()[:16]

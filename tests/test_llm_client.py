@@ -68,9 +68,8 @@ def test_fault_persistent_errors_surface_cleanly_and_are_recorded(tmp_path):
     failed = store.llm_calls(failed_only=True)
     assert len(failed) == 1 and failed[0]["feature"] == 7 and failed[0]["attempts"] == 4
     assert llm.usage.failures == 1
-    with FaultServer([("empty",)] * 10) as server:
-        with pytest.raises(LLMError, match="empty choice list"):
-            run(client(server, retries=1).generate(MSG))
+    with FaultServer([("empty",)] * 10) as server, pytest.raises(LLMError, match="empty choice list"):
+        run(client(server, retries=1).generate(MSG))
 
 
 def test_fault_client_errors_are_not_retried():
@@ -166,9 +165,9 @@ def test_parse_json(text, ok):
 
 
 def test_templates_render_as_chat_or_completion_from_one_file(tmp_path):
+    import saexplain.llm.client as client_module
     from saexplain.errors import SaexplainError
     from saexplain.llm.prompts import Template, template
-    import saexplain.llm.client as client_module
 
     t = template(client_module.__file__, "yes_no")
     chat = t.chat(description="cats", snippet="A cat sat.")

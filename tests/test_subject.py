@@ -259,7 +259,7 @@ def test_real_sparsify_checkpoint_matches_sparsify_own_encode(tiny_model_dir, tm
     """A checkpoint written by EleutherAI sparsify's own Trainer, loaded by our converter: the oracle's
     activations equal sparsify's SparseCoder.encode on the same hidden states."""
     from datasets import Dataset
-    from sparsify import SaeConfig, SparseCoder, Trainer, TrainConfig
+    from sparsify import SaeConfig, SparseCoder, TrainConfig, Trainer
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -4,5 +4,14 @@ from saexplain.llm import inprocess, openai_compat  # noqa: F401  (register the 
 from saexplain.llm.base import Completion, LLMError, LLMParseError, Request, RetryableError, Usage
 from saexplain.llm.client import LLM, LLMConfig, parse_json
 
-__all__ = ["LLM", "LLMConfig", "Completion", "LLMError", "LLMParseError", "Request", "RetryableError", "Usage",
-           "parse_json"]
+__all__ = [
+           "LLM",
+           "Completion",
+           "LLMConfig",
+           "LLMError",
+           "LLMParseError",
+           "Request",
+           "RetryableError",
+           "Usage",
+           "parse_json",
+]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -100,7 +99,7 @@ class LLM:
                     comp = await asyncio.wait_for(self.backend.complete(request, self.cfg.timeout),
                                                   self.cfg.timeout + 1.0)
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     last = RetryableError(f"no reply within {self.cfg.timeout:.0f}s")
                 except RetryableError as e:
                     last = e
@@ -193,7 +192,7 @@ def parse_json(text: str, schema: dict) -> tuple[Any, str | None]:
     t = text.strip()
     if t.startswith("```"):
         t = t.strip("`")
-        t = t[4:] if t.startswith("json") else t
+        t = t.removeprefix("json")
     start, end = t.find("{"), t.rfind("}")
     if start < 0 or end < start:
         return None, "no JSON object found"
