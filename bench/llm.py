@@ -85,17 +85,22 @@ def main() -> None:
                     raise SystemExit("llama.cpp server did not start")
                 time.sleep(0.5)
         remote = LLM(LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#qwen", max_concurrency=8, **base))
-        asyncio.run(timed(remote, [("user", "Hi")], 1))
-        p_srv, g_srv = asyncio.run(speeds(remote, "server"))
-        print(f"server: prompt {p_srv:.1f} tok/s, generation {g_srv:.1f} tok/s "
-              f"(in process ÷ server: prompt {p_local / p_srv:.2f}, generation {g_local / g_srv:.2f})")
-        for conc in (1, 2, 4, 8):
-            async def burst():
+
+        async def against_server():
+            await timed(remote, [("user", "Hi")], 1)
+            p_srv, g_srv = await speeds(remote, "server")
+            print(f"server: prompt {p_srv:.1f} tok/s, generation {g_srv:.1f} tok/s "
+                  f"(in process ÷ server: prompt {p_local / p_srv:.2f}, generation {g_local / g_srv:.2f})")
+            for conc in (1, 2, 4, 8):
                 t = time.perf_counter()
-                outs = await asyncio.gather(*(timed(remote, [("user", f"Request {i} at {time.time()}: name a colour.")],
-                                                    32) for i in range(conc)))
-                return sum(o[2] for o in outs) / (time.perf_counter() - t)
-            print(f"server, {conc} concurrent requests: {asyncio.run(burst()):.1f} generated tok/s in all")
+                outs = await asyncio.gather(*(timed(remote, [("user", f"Request {i} at {time.time()}: write three "
+                                                               "sentences about the sea.")], 48) for i in range(conc)))
+                wall = time.perf_counter() - t
+                print(f"server, {conc} concurrent requests: {sum(o[2] for o in outs) / wall:.1f} generated tok/s, "
+                      f"{conc / wall:.2f} requests/s, {sum(o[0] for o in outs) / conc:.1f}s mean latency")
+            await remote.aclose()
+
+        asyncio.run(against_server())
     finally:
         server.terminate()
         server.wait()

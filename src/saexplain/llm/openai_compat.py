@@ -36,6 +36,11 @@ class OpenAICompatible(Backend):
             self._loop = loop
         return self._client
 
+    async def aclose(self) -> None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
+            await self._client.close()
+            self._client = None
+
     async def complete(self, request: Request, timeout: float) -> Completion:
         t0 = time.perf_counter()
         common = {"model": self.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
