@@ -205,3 +205,25 @@ def test_ask_command_uses_the_llm_layer_and_its_cache(tmp_path):
         assert "from cache" in res.output and len(server.requests) == 1
         res = runner.invoke(app, [*args[:3], "openai-compatible:nowhere", *args[4:]])
         assert res.exit_code == 2 and "needs a URL" in res.output
+
+
+def test_transformers_backend_on_the_tiny_base_model(tiny_model_dir):
+    """In-process transformers: a base model (no chat template) answers completion prompts; logprobs are
+    the model's own log-softmax; chat messages are refused with one clear line."""
+    import torch
+
+    llm = LLM(LLMConfig(llm=f"transformers:{tiny_model_dir}", cache=False))
+    assert not llm.chat
+    comp = run(llm.generate(prompt="Once upon a time", max_tokens=5, logprobs=3))
+    assert comp.tokens_out == 5 and len(comp.logprobs[0]) == 5
+    first = comp.logprobs[0][0]
+    backend = llm.backend
+    ids = backend.tokenizer("Once upon a time", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        lp = torch.log_softmax(backend.lm(ids).logits[0, -1], -1)
+    assert max(first.values()) == pytest.approx(float(lp.max()), abs=1e-4)
+    assert comp.text.strip().startswith(backend.tokenizer.decode([int(lp.argmax())], skip_special_tokens=True).strip())
+    two = run(llm.generate(prompt="The king", max_tokens=4, n=2, temperature=1.0, seed=3))
+    assert len(two.texts) == 2
+    with pytest.raises(LLMError, match="no chat template"):
+        run(llm.generate(MSG))
