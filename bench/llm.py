@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
+import tempfile
 import time
-import urllib.request
+from pathlib import Path
 
 from saexplain.llm import LLM, LLMConfig
 from saexplain.llm.default import qwen_gguf
+from saexplain.llm.server import start_llama_server
 
 TEXT = ("Sparse autoencoders decompose a language model's activations into features. Each feature should fire "
         "on one recognisable pattern of the input, such as a word, a topic or a syntactic role. ") * 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def timed(llm: LLM, messages, max_tokens: int) -> tuple[float, int, int]:
@@ -70,21 +63,9 @@ def main() -> None:
     del local
 
     # ---- through llama.cpp's server
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                               "--port", str(port), "--n_ctx", "2048", "--n_threads", str(args.threads)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, url = start_llama_server(gguf, Path(tempfile.mkdtemp()) / "server.log", threads=args.threads)
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("llama.cpp server did not start")
-                time.sleep(0.5)
-        remote = LLM(LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#qwen", max_concurrency=8, **base))
+        remote = LLM(LLMConfig(llm=f"openai-compatible:{url}#qwen", max_concurrency=8, **base))
 
         async def against_server():
             await timed(remote, [("user", "Hi")], 1)

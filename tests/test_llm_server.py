@@ -4,11 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -24,28 +19,10 @@ SCHEMA = {"type": "object", "properties": {"colour": {"type": "string"}, "confid
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
     from saexplain.llm.default import qwen_gguf
+    from saexplain.llm.server import start_llama_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # a file, not a pipe: llama.cpp is chatty
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(qwen_gguf()), "--host",
-                             "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "true"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(log.read()[-2000:])
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError("llama.cpp server did not come up in 180 s")
-            time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}/v1"
+    proc, url = start_llama_server(qwen_gguf(), tmp_path_factory.mktemp("server") / "server.log")
+    yield url
     proc.terminate()
     proc.wait(timeout=30)
 
