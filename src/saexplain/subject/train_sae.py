@@ -41,7 +41,7 @@ class TrainSAEConfig(Config):
     lr: float = Field(4e-4, description="Adam learning rate")
     batch_tokens: int = Field(4096, description="tokens per training step")
     aux_loss_coefficient: float = Field(1.0, description="weight of the AuxK loss that revives dead features")
-    dead_window_steps: int = Field(10, ge=1, description="steps without firing before AuxK treats a feature as dead")
+    dead_window_steps: int = Field(122, ge=1, description="steps without firing before AuxK treats a feature as dead")
     eval_fraction: float = Field(0.05, description="held-out share of contexts for the metrics")
     seed: int = Field(0)
     out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/<model>/<hookpoint>-topk)")
