@@ -62,10 +62,6 @@ class LLM:
         self._semaphore: asyncio.Semaphore | None = None
         self._loop = None
 
-    @classmethod
-    def from_config(cls, cfg: LLMConfig, store: Store | None = None, run_id: int | None = None) -> LLM:
-        return cls(cfg, store, run_id)
-
     def _sem(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._loop is not loop:
@@ -178,10 +174,6 @@ class LLM:
         err = LLMParseError(f"reply is not valid JSON for the schema after a corrective retry: {error2}", comp2.text)
         self._fail(Request(messages=tuple(retry)), "", err, feature, 2)
         raise err
-
-    def run_sync(self, coro):
-        """Run a coroutine from synchronous code (CLI, tests)."""
-        return asyncio.run(coro)
 
     async def aclose(self) -> None:
         await self.backend.aclose()
