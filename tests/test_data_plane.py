@@ -270,8 +270,12 @@ def test_a_retrained_sae_in_the_same_folder_gets_a_new_cache(oracle, corpus_file
     subject = SubjectConfig(model=oracle.subject.name, sae=str(folder))
     corpus, cfg = CorpusConfig(corpus=[str(corpus_file)], context=CONTEXT), CacheConfig(tokens=1000)
     before = cache_config_json(subject, corpus, cfg)
-    time.sleep(0.01)
-    (folder / "sae_weights.safetensors").write_bytes((folder / "sae_weights.safetensors").read_bytes())
+    weights = folder / "sae_weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    weights.write_bytes(data)  # rewritten, same bytes: same SAE, same cache
+    assert cache_config_json(subject, corpus, cfg) == before
+    data[-1] ^= 1  # one weight changed (a retrained SAE saved over the old one)
+    weights.write_bytes(data)
     assert cache_config_json(subject, corpus, cfg) != before
     assert cache_config_json(subject, corpus, CacheConfig(tokens=1000, batch_contexts=3)) == \
         cache_config_json(subject, corpus, cfg), "batch size changes speed, not the cache"

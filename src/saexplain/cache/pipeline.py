@@ -10,6 +10,7 @@ from pathlib import Path
 
 from saexplain.cache.latents import CacheConfig, LatentCache, top_token_ids
 from saexplain.data.contexts import Contexts, CorpusConfig, build_contexts
+from saexplain.fingerprint import path_fingerprint
 from saexplain.paths import home
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
@@ -29,29 +30,14 @@ class CacheRun:
     config: dict
 
 
-def files_fingerprint(spec: str) -> str:
-    """For a local file or folder: a hash of its files' names, sizes and modification times (a retrained SAE
-    in the same folder is a different SAE); otherwise the spec itself (a hub id names one artefact)."""
-    path = Path(spec).expanduser()
-    if not path.exists():
-        return spec
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for f in files:
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.relative_to(path) if path.is_dir() else f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
 def cache_config_json(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig) -> dict:
     """What identifies a cache: the model + SAE (with their files' fingerprints), the corpus (with its files'
     fingerprint), and the cache layout; batch size is left out (it changes speed, not results)."""
     from saexplain.subject.sae import default_sae_dir
 
     sae_path = str(default_sae_dir()) if subject.sae == "default" else subject.sae
-    return {"subject": json.loads(subject.to_json()), "sae_fingerprint": files_fingerprint(sae_path),
-            "model_fingerprint": files_fingerprint(subject.model),
+    return {"subject": json.loads(subject.to_json()), "sae_fingerprint": path_fingerprint(sae_path),
+            "model_fingerprint": path_fingerprint(subject.model),
             "corpus": json.loads(corpus.to_json()), "corpus_fingerprint": corpus.fingerprint(),
             "cache": {k: v for k, v in json.loads(cache.to_json()).items() if k != "batch_contexts"}}
 

@@ -24,6 +24,7 @@ from pydantic import Field
 from saexplain.config import Config
 from saexplain.data.corpus import ReadStats, default_corpus, iter_documents
 from saexplain.errors import SaexplainError
+from saexplain.fingerprint import path_fingerprint
 from saexplain.paths import home
 
 SEPARATOR = "\n\n"
@@ -41,17 +42,8 @@ class CorpusConfig(Config):
         return list(self.corpus) or default_corpus()
 
     def fingerprint(self) -> str:
-        """Changes when a source file changes (path, size, mtime) or the config does."""
-        parts = [self.to_json()]
-        for src in self.sources():
-            p = Path(src).expanduser()
-            files = sorted(p.rglob("*")) if p.is_dir() else [p]
-            for f in files:
-                if f.is_file():
-                    st = f.stat()
-                    parts.append(f"{f.resolve()}:{st.st_size}:{int(st.st_mtime)}")
-            if not p.exists():
-                parts.append(src)
+        """Changes when a source's content changes or the config does (not when files are merely copied)."""
+        parts = [self.to_json()] + [path_fingerprint(src) for src in self.sources()]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
