@@ -125,3 +125,37 @@ def sae_folders(tmp_path_factory) -> dict[str, Path]:
                "b_dec": torch.randn(D_MODEL, generator=g) * 0.3}, sp / "sae.safetensors")
     out["sparsify"] = sp
     return out
+
+
+GROUND_TRUTH_WORD = "wife"
+
+
+@pytest.fixture(scope="session")
+def ground_truth(tiny_model_dir, tmp_path_factory) -> dict:
+    """An SAE (SAELens format, ReLU) on the tiny model's embeddings (blocks.0.hook_resid_pre) whose feature 0
+    fires on exactly one token id, "▁wife", and nowhere else: the explanation naming that token is right by
+    construction. Feature 1 fires on "▁the"; the rest are random."""
+    from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(tiny_model_dir))
+    subject = SubjectModel(model, tok, "blocks.0.hook_resid_pre", name=str(tiny_model_dir))
+    vocab = len(tok)
+    with torch.no_grad():
+        emb = subject.hidden(torch.arange(vocab).view(1, -1))[0].float()  # [vocab, d]: position-independent
+    sae = make_saelens_sae("standard", hook="blocks.0.hook_resid_pre")
+    ids = {}
+    with torch.no_grad():
+        sae.b_dec.zero_()
+        for j, word in enumerate((GROUND_TRUTH_WORD, "the")):
+            (tid,) = tok.encode(" " + word, add_special_tokens=False)
+            ids[word] = tid
+            direction = emb[tid] / emb[tid].norm()
+            proj = emb @ direction
+            others = torch.cat([proj[:tid], proj[tid + 1:]]).max()
+            assert proj[tid] > others + 1e-3
+            sae.W_enc[:, j] = direction
+            sae.b_enc[j] = -(proj[tid] + others) / 2
+    path = tmp_path_factory.mktemp("ground_truth_sae")
+    sae.save_model(path)
+    return {"sae": path, "model": tiny_model_dir, "feature": 0, "token_id": ids[GROUND_TRUTH_WORD],
+            "word": GROUND_TRUTH_WORD, "the_feature": 1}

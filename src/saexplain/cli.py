@@ -197,6 +197,107 @@ def ask(prompt: str = typer.Argument(..., help="a question for the configured LL
                   f"{u.seconds:.1f}s{' · from cache' if comp.cached else ''}[/dim]")
 
 
+def _stage_classes():
+    from saexplain.pipeline.runner import RunConfig, StageConfigs
+
+    return (RunConfig, *StageConfigs.CLASSES.values())
+
+
+@app.command()
+@friendly_errors
+@config_options(*_stage_classes())
+def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, oneshot=None, sage=None,
+        detection=None, fuzzing=None, simulation=None, embedding=None, generation=None, contrast=None):
+    """Cache → sample → explain → score → report, resumable per feature (the same command continues a
+    killed run; more features, explainers or scorers extend it)."""
+    from saexplain.pipeline.runner import StageConfigs
+
+    cfgs = StageConfigs(run, subject, corpus, cache, sampling, llm, oneshot, sage, detection, fuzzing, simulation,
+                        embedding, generation, contrast)
+    h = run_all_and_print(cfgs)
+    console.print(f"[bold]run {h.run_id}[/bold]: report in {h.folder}")
+
+
+def run_all_and_print(cfgs):
+    from saexplain.pipeline.runner import run_all
+
+    return run_all(cfgs, echo=lambda m: console.print(m, markup=False, highlight=False))
+
+
+@app.command()
+@friendly_errors
+def score(run_id: int = typer.Option(None, "--run", help="run id (default: the latest run)"),
+          scorers: str = typer.Option(None, help="comma-separated scorers (default: the run's)"),
+          store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
+    """Score every explanation of a run (resumable per explanation and scorer), then rewrite its report."""
+    import asyncio
+
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.llm import LLM
+    from saexplain.pipeline.runner import open_run, score_stage
+    from saexplain.report import write_report
+    from saexplain.score import SCORERS
+
+    names = [x.strip() for x in scorers.split(",")] if scorers else None
+    for n in names or []:
+        SCORERS.get(n)
+    echo = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    with Store(store or default_store_path()) as db:
+        run_id = run_id or _latest_run(db, "run")
+        h, oracle = open_run(db, run_id, echo=echo)
+        llm = LLM(h.configs.llm, store=db, run_id=run_id)
+
+        async def go():
+            c = await score_stage(h, db, llm, oracle, names, echo)
+            await llm.aclose()
+            return c
+
+        c = asyncio.run(go())
+        echo(f"score: {c['done']} new, {c['skipped']} already done, {c['failed']} failed")
+        paths = write_report(db, run_id, h.folder)
+    console.print(f"report: {paths['markdown']}")
+
+
+@app.command()
+@friendly_errors
+def report(run_id: int = typer.Option(None, "--run", help="run id (default: the latest run)"),
+           baseline: str = typer.Option(None, help="method the others are compared with (default: oneshot)"),
+           out: Path = typer.Option(None, help="folder (default: $SAEXPLAIN_HOME/runs/<run>)"),
+           store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
+    """Method × scorer table with bootstrap 95 % CIs (markdown, JSON, PNG), rebuilt from the store alone."""
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.pipeline.runner import run_folder
+    from saexplain.report import write_report
+
+    with Store(store or default_store_path(), readonly=True) as db:
+        run_id = run_id or _latest_run(db, "run")
+        if db.run(run_id)["kind"] != "run":
+            raise SaexplainError(f"run {run_id} is not an explain/score run")
+        paths = write_report(db, run_id, out or run_folder(run_id), baseline)
+    console.print(paths["markdown"].read_text(), markup=False, highlight=False)
+    console.print(f"written: {paths['markdown']}  {paths['json']}  {paths['png']}")
+
+
+@app.command()
+@friendly_errors
+def trace(feature: int = typer.Option(..., help="feature id"),
+          run_id: int = typer.Option(None, "--run", help="run id (default: the latest run)"),
+          method: str = typer.Option("sage", help="explainer"),
+          store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
+    """Print an explainer's whole trace for one feature: prompts, replies, probes with per-token
+    activations, status changes, why it stopped."""
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.pipeline.trace import format_trace
+
+    with Store(store or default_store_path(), readonly=True) as db:
+        run_id = run_id or _latest_run(db, "run")
+        steps = db.trace(run_id, feature, method)
+        exp = db.explanations(run_id, feature=feature, method=method)
+        if not exp:
+            raise SaexplainError(f"run {run_id} has no {method} explanation of feature {feature}")
+    console.print(format_trace(steps, exp[0]), markup=False, highlight=False)
+
+
 def _latest_run(db: Store, kind: str) -> int:
     runs = db.runs(kind)
     if not runs:

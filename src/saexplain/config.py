@@ -92,7 +92,8 @@ def config_options(*config_classes: type[Config]):
 
     ``@app.command() @config_options(SubjectConfig)`` gives ``--model``, ``--sae`` … and calls
     ``fn(subject=SubjectConfig(...), **other_options)``. The parameter name of each config is the
-    class's ``cli_name`` (default: lower-case class name without 'config').
+    class's ``cli_name`` (default: lower-case class name without 'config'). A class with a ``cli_prefix``
+    (e.g. "sage_") gets its options prefixed (``--sage-max-llm-calls``), so stages can share field names.
     """
 
     def deco(fn):
@@ -102,13 +103,15 @@ def config_options(*config_classes: type[Config]):
                if p.name not in {_param_name(c) for c in config_classes}]
         params = list(own)
         seen = {p.name for p in own}
-        owners: dict[str, type[Config]] = {}
+        owners: dict[str, tuple[type[Config], str]] = {}
         for cls in config_classes:
-            for name, field in cls.model_fields.items():
+            prefix = getattr(cls, "cli_prefix", "")
+            for field_name, field in cls.model_fields.items():
+                name = prefix + field_name
                 if name in seen:
                     raise ValueError(f"option --{name} defined twice")
                 seen.add(name)
-                owners[name] = cls
+                owners[name] = (cls, field_name)
                 choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
                 as_text = any(isinstance(m, BeforeValidator) for m in field.metadata)
                 help_text = (field.description or "") + (f" [one of: {', '.join(map(str, choices))}]" if choices else "")
@@ -125,7 +128,7 @@ def config_options(*config_classes: type[Config]):
         def wrapper(**kwargs):
             configs = {}
             for cls in config_classes:
-                values = {k: kwargs.pop(k) for k in list(kwargs) if owners.get(k) is cls}
+                values = {owners[k][1]: kwargs.pop(k) for k in list(kwargs) if k in owners and owners[k][0] is cls}
                 configs[_param_name(cls)] = cls.build(**values)
             return fn(**kwargs, **configs)
 

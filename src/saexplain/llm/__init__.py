@@ -2,7 +2,7 @@
 
 from saexplain.llm import inprocess, openai_compat  # noqa: F401  (register the backends)
 from saexplain.llm.base import Completion, LLMError, LLMParseError, Request, RetryableError, Usage
-from saexplain.llm.client import LLM, LLMConfig, parse_json
+from saexplain.llm.client import LLM, LLMConfig, metered, parse_json
 
 __all__ = [
            "LLM",
@@ -10,6 +10,7 @@ __all__ = [
            "LLMConfig",
            "LLMError",
            "LLMParseError",
+           "metered",
            "Request",
            "RetryableError",
            "Usage",

@@ -80,6 +80,7 @@ class Usage:
 class Completion:
     texts: list[str]
     logprobs: list[list[dict[str, float]]] | None = None  # per text: per generated token, top token → logprob
+    tokens: list[list[str]] | None = None  # per text: the generated tokens (with logprobs), aligned with logprobs
     tokens_in: int = 0
     tokens_out: int = 0
     seconds: float = 0.0

@@ -8,7 +8,9 @@ import asyncio
 import json
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
 
 import jsonschema
@@ -41,7 +43,7 @@ class LLMConfig(Config):
     logprobs: bool = Field(True, description="load in-process llama.cpp with logits_all (needed for logprobs)")
     json_mode: Literal["json_schema", "json_object"] = Field(
         "json_schema", description="how an OpenAI-compatible server is asked for JSON (llama-cpp-python: json_object)")
-    device: str = Field("cpu", description="device (transformers backend)")
+    llm_device: str = Field("cpu", description="torch device of the in-process transformers LLM backend")
     mode: Literal["auto", "chat", "completion"] = Field(
         "auto", description="prompt style: chat messages or few-shot completion (auto: from the backend)")
 
@@ -49,6 +51,21 @@ class LLMConfig(Config):
 def make_backend(cfg: LLMConfig):
     kind, _, target = cfg.llm.partition(":")
     return BACKENDS.get(kind)(target, cfg)
+
+
+_METERS: ContextVar[tuple[Usage, ...]] = ContextVar("saexplain_llm_meters", default=())
+
+
+@contextmanager
+def metered() -> Iterator[Usage]:
+    """Usage of every LLM call made inside this block by this task (asyncio tasks each carry their own
+    context, so concurrent explainers and scorers are metered apart). Meters nest."""
+    usage = Usage()
+    token = _METERS.set(_METERS.get() + (usage,))
+    try:
+        yield usage
+    finally:
+        _METERS.reset(token)
 
 
 class LLM:
@@ -134,6 +151,8 @@ class LLM:
     def _account(self, usage: Usage, feature: int | None) -> None:
         self.usage.add(usage)
         self.usage_by_feature[feature].add(usage)
+        for meter in _METERS.get():
+            meter.add(usage)
 
     @property
     def chat(self) -> bool:
@@ -151,15 +170,15 @@ class LLM:
 
     # ----------------------------------------------------------------------------------- structured replies
     async def generate_json(self, messages: Sequence[tuple[str, str]], schema: dict, *, max_tokens: int = 512,
-                            temperature: float = 0.0, feature: int | None = None, seed: int | None = None
-                            ) -> tuple[Any, Completion]:
+                            temperature: float = 0.0, feature: int | None = None, seed: int | None = None,
+                            logprobs: int | None = None) -> tuple[Any, Completion]:
         """A reply that parses as JSON and validates against `schema`. The schema becomes a grammar where the
         backend supports it; otherwise (or if it still fails) the parse error is shown once and the request
         retried; a reply still invalid raises LLMParseError with the raw text (recorded in the store)."""
         messages = list(messages)
         use_schema = schema if self.backend.supports_json_schema else None
         comp = await self.generate(messages, max_tokens=max_tokens, temperature=temperature,
-                                   json_schema=use_schema, feature=feature, seed=seed)
+                                   json_schema=use_schema, feature=feature, seed=seed, logprobs=logprobs)
         obj, error = parse_json(comp.text, schema)
         if error is None:
             return obj, comp
@@ -167,7 +186,7 @@ class LLM:
                             ("user", f"That reply is not valid: {error}. Reply again with only a JSON object that "
                                      f"matches this schema: {json.dumps(schema)}")]
         comp2 = await self.generate(retry, max_tokens=max_tokens, temperature=temperature, json_schema=use_schema,
-                                    feature=feature, seed=seed)
+                                    feature=feature, seed=seed, logprobs=logprobs)
         obj, error2 = parse_json(comp2.text, schema)
         if error2 is None:
             return obj, comp2

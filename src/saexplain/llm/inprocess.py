@@ -41,6 +41,7 @@ class LlamaCpp(Backend):
     def _complete(self, request: Request) -> Completion:
         t0 = time.perf_counter()
         texts, logprobs, tin, tout = [], [] if request.logprobs else None, 0, 0
+        tokens: list[list[str]] | None = [] if request.logprobs else None
         with self.lock:
             for i in range(request.n):
                 seed = None if request.seed is None else request.seed + i
@@ -59,6 +60,7 @@ class LlamaCpp(Backend):
                         content = (choice.get("logprobs") or {}).get("content") or []
                         logprobs.append([{t["token"]: t["logprob"] for t in tok.get("top_logprobs", [])}
                                          for tok in content])
+                        tokens.append([tok["token"] for tok in content])
                 else:
                     if request.logprobs:
                         kwargs["logprobs"] = request.logprobs
@@ -66,10 +68,12 @@ class LlamaCpp(Backend):
                     choice = out["choices"][0]
                     texts.append(choice["text"])
                     if logprobs is not None:
-                        logprobs.append([dict(d) for d in (choice.get("logprobs") or {}).get("top_logprobs", [])])
+                        lp = choice.get("logprobs") or {}
+                        logprobs.append([dict(d) for d in lp.get("top_logprobs", [])])
+                        tokens.append(list(lp.get("tokens", [])))
                 tin += out["usage"]["prompt_tokens"]
                 tout += out["usage"]["completion_tokens"]
-        return Completion(texts, logprobs, tokens_in=tin, tokens_out=tout, seconds=time.perf_counter() - t0)
+        return Completion(texts, logprobs, tokens, tokens_in=tin, tokens_out=tout, seconds=time.perf_counter() - t0)
 
 
 @BACKENDS.register("llamacpp")
@@ -141,6 +145,7 @@ class Transformers(Backend):
                                    return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
         n_in = enc["input_ids"].shape[1]
         texts, logprobs, tout = [], [] if request.logprobs else None, 0
+        tokens: list[list[str]] | None = [] if request.logprobs else None
         for i, seq in enumerate(out.sequences):
             gen = seq[n_in:]
             gen = gen[gen != self.tokenizer.pad_token_id]
@@ -156,10 +161,11 @@ class Transformers(Backend):
                     top = lp.topk(request.logprobs)
                     steps.append({self.tokenizer.decode([int(j)]): float(v) for v, j in zip(top.values, top.indices)})
                 logprobs.append(steps)
-        return Completion(texts, logprobs, tokens_in=n_in * request.n, tokens_out=tout,
+                tokens.append([self.tokenizer.decode([int(j)]) for j in gen])
+        return Completion(texts, logprobs, tokens, tokens_in=n_in * request.n, tokens_out=tout,
                           seconds=time.perf_counter() - t0)
 
 
 @BACKENDS.register("transformers")
 def _transformers(target: str, cfg) -> Backend:
-    return Transformers(target, cfg.device)
+    return Transformers(target, cfg.llm_device)

@@ -87,6 +87,7 @@ class OpenAICompatible(Backend):
         if not isinstance(choices, list) or not choices:
             raise RetryableError(f"empty choice list from {self.base_url or 'OpenAI'}")
         texts, logprobs = [], [] if request.logprobs else None
+        tokens: list[list[str]] | None = [] if request.logprobs else None
         for ch in choices:
             if request.messages is not None:
                 msg = getattr(ch, "message", None)
@@ -97,21 +98,25 @@ class OpenAICompatible(Backend):
                 raise RetryableError(f"a choice without text from {self.base_url or 'OpenAI'}")
             texts.append(text)
             if logprobs is not None:
-                logprobs.append(_logprobs_of(ch, request.messages is not None))
+                top, toks = _logprobs_of(ch, request.messages is not None)
+                logprobs.append(top)
+                tokens.append(toks)
         usage = getattr(resp, "usage", None)
-        return Completion(texts=texts, logprobs=logprobs, seconds=seconds,
+        return Completion(texts=texts, logprobs=logprobs, tokens=tokens, seconds=seconds,
                           tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
                           tokens_out=int(getattr(usage, "completion_tokens", 0) or 0))
 
 
-def _logprobs_of(choice, chat: bool) -> list[dict[str, float]]:
+def _logprobs_of(choice, chat: bool) -> tuple[list[dict[str, float]], list[str]]:
+    """(top logprobs per generated token, the generated tokens)."""
     lp = getattr(choice, "logprobs", None)
     if lp is None:
         raise LLMError("logprobs were asked for but the server returned none (does it support logprobs?)")
     if chat:
-        return [{t.token: t.logprob for t in (tok.top_logprobs or [])} or {tok.token: tok.logprob}
-                for tok in (lp.content or [])]
-    return [dict(d) for d in (lp.top_logprobs or [])]
+        content = lp.content or []
+        return ([{t.token: t.logprob for t in (tok.top_logprobs or [])} or {tok.token: tok.logprob}
+                 for tok in content], [tok.token for tok in content])
+    return [dict(d) for d in (lp.top_logprobs or [])], list(lp.tokens or [])
 
 
 def _retry_after(e: openai.APIStatusError) -> float | None:

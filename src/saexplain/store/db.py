@@ -115,6 +115,14 @@ _MIGRATIONS: list[str] = [
     );
     ALTER TABLE llm_calls ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
     """,
+    # v3: failures are rows too (error set, retried by the next run); scores remember their scorer's config
+    """
+    ALTER TABLE explanations ADD COLUMN error TEXT;
+    ALTER TABLE explanations ADD COLUMN seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE scores ADD COLUMN error TEXT;
+    ALTER TABLE scores ADD COLUMN config_hash TEXT NOT NULL DEFAULT '';
+    ALTER TABLE scores ADD COLUMN seconds REAL NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -187,6 +195,10 @@ class Store:
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
+
+    def set_run_config(self, run_id: int, config_json: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET config_json=?, updated=? WHERE id=?", (config_json, time.time(), run_id))
 
     def run(self, run_id: int) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -288,3 +300,94 @@ class Store:
             q += " AND pool=?"
             args.append(pool)
         return [dict(r) for r in self.conn.execute(q + " ORDER BY pool, kind, rank", args)]
+
+    # ------------------------------------------------------------------------------------- explanations
+    def put_explanation(self, run_id: int, feature: int, method: str, description: str, labels: list[str],
+                        evidence: dict[str, Any], usage: dict[str, Any], trace: list[dict[str, Any]],
+                        error: str | None = None, seconds: float = 0.0) -> int:
+        """Insert or replace the (run, feature, method) explanation with its trace, in one transaction. A
+        replaced explanation's scores and trace are deleted (they judged another text)."""
+        now = time.time()
+        with self.transaction() as c:
+            old = c.execute("SELECT id FROM explanations WHERE run_id=? AND feature=? AND method=?",
+                            (run_id, feature, method)).fetchone()
+            if old is not None:
+                c.execute("DELETE FROM scores WHERE explanation_id=?", (old["id"],))
+                c.execute("DELETE FROM traces WHERE explanation_id=?", (old["id"],))
+                c.execute("DELETE FROM explanations WHERE id=?", (old["id"],))
+            c.execute("DELETE FROM traces WHERE run_id=? AND feature=? AND method=?", (run_id, feature, method))
+            cur = c.execute(
+                "INSERT INTO explanations (run_id, feature, method, description, labels, evidence, usage, created, "
+                "error, seconds) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, feature, method, description, json.dumps(labels), json.dumps(evidence, default=_jsonable),
+                 json.dumps(usage), now, error, seconds))
+            eid = int(cur.lastrowid)
+            c.executemany("INSERT INTO traces (explanation_id, run_id, feature, method, step, kind, content, created) "
+                          "VALUES (?,?,?,?,?,?,?,?)",
+                          [(eid, run_id, feature, method, i, step["kind"],
+                            json.dumps(step.get("content"), default=_jsonable), step.get("time", now))
+                           for i, step in enumerate(trace)])
+            return eid
+
+    def explanations(self, run_id: int, feature: int | None = None, method: str | None = None,
+                     ok_only: bool = False) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM explanations WHERE run_id=?", [run_id]
+        if feature is not None:
+            q += " AND feature=?"
+            args.append(feature)
+        if method is not None:
+            q += " AND method=?"
+            args.append(method)
+        if ok_only:
+            q += " AND error IS NULL"
+        out = []
+        for r in self.conn.execute(q + " ORDER BY feature, method", args):
+            d = dict(r)
+            for k in ("labels", "evidence", "usage"):
+                d[k] = json.loads(d[k])
+            out.append(d)
+        return out
+
+    def trace(self, run_id: int, feature: int, method: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT step, kind, content, created FROM traces WHERE run_id=? AND feature=? "
+                                 "AND method=? ORDER BY step", (run_id, feature, method))
+        return [{"step": r["step"], "kind": r["kind"], "content": json.loads(r["content"]), "time": r["created"]}
+                for r in rows]
+
+    # ------------------------------------------------------------------------------------------- scores
+    def put_score(self, explanation_id: int, scorer: str, value: float | None, details: dict[str, Any],
+                  usage: dict[str, Any], config_hash: str = "", error: str | None = None,
+                  seconds: float = 0.0) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO scores (explanation_id, scorer, value, details, usage, created, error, "
+                      "config_hash, seconds) VALUES (?,?,?,?,?,?,?,?,?)",
+                      (explanation_id, scorer, value, json.dumps(details, default=_jsonable), json.dumps(usage),
+                       time.time(), error, config_hash, seconds))
+
+    def score(self, explanation_id: int, scorer: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM scores WHERE explanation_id=? AND scorer=?",
+                                (explanation_id, scorer)).fetchone()
+        if row is None:
+            return None
+        d = dict(row)
+        d["details"], d["usage"] = json.loads(d["details"]), json.loads(d["usage"])
+        return d
+
+    def scores(self, run_id: int) -> list[dict[str, Any]]:
+        """Every score of a run's explanations, with the explanation's feature and method."""
+        rows = self.conn.execute(
+            "SELECT s.*, e.feature, e.method FROM scores s JOIN explanations e ON e.id = s.explanation_id "
+            "WHERE e.run_id=? ORDER BY e.feature, e.method, s.scorer", (run_id,))
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["details"], d["usage"] = json.loads(d["details"]), json.loads(d["usage"])
+            out.append(d)
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays inside details/evidence/traces."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"cannot store {type(obj).__name__} as JSON")

@@ -1,0 +1,72 @@
+"""The explainer interface and registry. `explain(record, llm, oracle)` may read only the record's *explain*
+pool (the score pool is for scorers) and returns an Explanation."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from saexplain.config import Config
+from saexplain.registry import Registry
+from saexplain.sampling.record import FeatureRecord
+
+
+@dataclass
+class Explanation:
+    description: str
+    labels: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)  # {"kind", "content", "time"} steps
+    usage: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Tracer:
+    """Collects an explainer's steps (prompts, replies, probes, status changes) for the store."""
+
+    def __init__(self):
+        self.steps: list[dict[str, Any]] = []
+
+    def __call__(self, kind: str, content: Any) -> None:
+        self.steps.append({"kind": kind, "content": content, "time": time.time()})
+
+
+class Explainer(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[Config]]
+
+    def __init__(self, cfg: Config | None = None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    @abstractmethod
+    async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation: ...
+
+    async def explain(self, record: FeatureRecord, llm, oracle) -> Explanation:
+        from saexplain.llm import metered
+
+        trace = Tracer()
+        t0 = time.perf_counter()
+        with metered() as usage:
+            exp = await self.run(record, llm, oracle, trace)
+        exp.usage = usage.to_dict()
+        exp.trace = trace.steps
+        exp.seconds = time.perf_counter() - t0
+        return exp
+
+
+EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
+
+
+def format_window(tokens: list[str], acts, max_act: float, mark: tuple[str, str] = ("<<", ">>")) -> str:
+    """One example line: the text with firing tokens marked, then each firing token with its level 0–10."""
+    import numpy as np
+
+    from saexplain.sampling.record import Window
+
+    w = Window(list(tokens), np.asarray(acts, np.float32), "explain", "top")
+    text = " ".join(w.marked(None, *mark).split())
+    levels = [f"{t.strip() or repr(t)} {round(10 * a / max_act) if max_act else 0}"
+              for t, a in zip(tokens, acts) if a > 0]
+    return f"{text}\n   activations: {', '.join(levels) if levels else 'none'}"

@@ -1,0 +1,442 @@
+"""SAGE (Han et al., arXiv 2511.20820): an agent that explains a feature by testing hypotheses on the real
+subject model + SAE.
+
+GET_EXEMPLARS → ANALYZE_EXEMPLARS (observation, ≥ 3 hypotheses, one negative case) → rounds of
+DESIGN_TEST (probes + expected level, all active hypotheses in one reply) → RUN_TEST (every probe of the
+round in one oracle batch) → ANALYZE_RESULT + UPDATE → REVIEW_ALL → FINAL_CONCLUSION (description + labels),
+then a final selection among the candidates by a cheap proxy on the explain pool.
+
+The LLM proposes hypotheses, probes and rewrites; by default the verdicts are computed from measurements
+(a probe is consistent when it measured what the LLM said it expected, relative to the feature's max):
+CONFIRMED needs ≥ 2 consistent tests and none contradicting, REFUTED ≥ 2 contradicting and none consistent,
+mixed results are REFINED (rewritten by the LLM, then tested afresh), and no hypothesis stays UNCHANGED after
+2 tests. `verdict="llm"` lets the LLM judge instead (for strong LLMs; an UNCHANGED after 2 tests is replaced by
+the measured verdict). Budgets (LLM calls, tokens, probes, seconds) are checked before every step; when one
+runs out the agent concludes with what it has and records why. Corpus text is data: the agent's only action
+is running probe sentences, and every reply must fit a JSON schema."""
+
+from __future__ import annotations
+
+import re
+import time
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from saexplain.config import Config
+from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, format_window
+from saexplain.llm import LLMError, Usage, metered
+from saexplain.llm.prompts import Template
+from saexplain.sampling.record import FeatureRecord
+
+ACTIVE, CONFIRMED, REFUTED = "ACTIVE", "CONFIRMED", "REFUTED"
+
+
+class SAGEConfig(Config):
+    cli_prefix: ClassVar[str] = "sage_"
+    exemplars: int = Field(10, ge=1, description="top windows of the explain pool shown (GET_EXEMPLARS)")
+    window: int = Field(24, ge=4, description="tokens per exemplar (around the strongest)")
+    hypotheses: int = Field(3, ge=1, le=6, description="positive hypotheses asked for (plus one negative case)")
+    probes_per_round: int = Field(2, ge=1, le=4, description="probes per active hypothesis per round")
+    max_rounds: int = Field(3, ge=1, description="test/review rounds")
+    max_refinements: int = Field(2, ge=0, description="rewrites of one hypothesis before mixed results refute it")
+    verdict: Literal["measured", "llm"] = Field("measured", description="who decides CONFIRMED/REFUTED/REFINED")
+    high: float = Field(0.3, gt=0, le=1, description="'high' holds when a probe reaches this fraction of the max")
+    low: float = Field(0.1, ge=0, le=1, description="'none' holds when a probe stays below this fraction of the max")
+    selection: Literal["embedding", "none"] = Field("embedding", description="final pick among candidates on the explain pool")
+    max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
+    max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
+    max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
+    max_seconds: float = Field(900.0, gt=0, description="budget: wall time per feature")
+    reply_tokens: int = Field(400, ge=64, description="reply length cap per call")
+
+
+@dataclass
+class Test:
+    probe: str
+    expected: str  # "high" | "none"
+    measured: float = 0.0  # max activation on the probe
+    relative: float = 0.0  # measured / the feature's max
+    consistent: bool = False
+    tokens: list[str] = field(default_factory=list)
+    acts: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Hypothesis:
+    id: int
+    text: str
+    negative: bool = False
+    status: str = ACTIVE
+    tests: list[Test] = field(default_factory=list)  # since the last rewrite
+    history: list[dict[str, Any]] = field(default_factory=list)  # earlier texts with their tests
+    refinements: int = 0
+
+    @property
+    def consistent(self) -> int:
+        return sum(t.consistent for t in self.tests)
+
+    @property
+    def contradicting(self) -> int:
+        return sum(not t.consistent for t in self.tests)
+
+    @property
+    def tested(self) -> bool:
+        return bool(self.tests) or bool(self.history)
+
+
+def measured_verdict(h: Hypothesis) -> str:
+    """CONFIRMED / REFUTED / REFINED / UNCHANGED from the tests since the last rewrite."""
+    if len(h.tests) < 2:
+        return "UNCHANGED"
+    if h.contradicting == 0:
+        return CONFIRMED
+    if h.consistent == 0:
+        return REFUTED
+    return "REFINED"
+
+
+@lru_cache(maxsize=1)
+def _prompts() -> dict[str, str]:
+    return tomllib.loads((Path(__file__).parent / "prompts" / "sage.toml").read_text())
+
+
+def _message(step: str, **values) -> list[tuple[str, str]]:
+    p = _prompts()
+    values["exemplars"] = p["exemplars"].format(exemplars=values["exemplars"])
+    return Template(f"sage.{step}", p["system"].strip(), p[step].strip()).chat(**values)
+
+
+class Budget:
+    def __init__(self, cfg: SAGEConfig, usage: Usage):
+        self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
+
+    def exhausted(self, reserve_calls: int = 1) -> str | None:
+        """Why no further step may start (None: it may). `reserve_calls` keeps calls for the conclusion;
+        a structured call may need a corrective retry, so a step needs 2 calls of headroom."""
+        c = self.cfg
+        if self.usage.calls + self.usage.failures + 2 + reserve_calls > c.max_llm_calls:
+            return f"max_llm_calls ({c.max_llm_calls})"
+        if self.usage.tokens_in + self.usage.tokens_out + reserve_calls * 1500 >= c.max_tokens:
+            return f"max_tokens ({c.max_tokens})"
+        if time.perf_counter() - self.t0 >= c.max_seconds:
+            return f"max_seconds ({c.max_seconds:g})"
+        return None
+
+    def probes_left(self) -> int:
+        return self.cfg.max_probes - self.probes
+
+
+@EXPLAINERS.register("sage")
+class SAGE(Explainer):
+    name = "sage"
+    Config = SAGEConfig
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _state(self, hyps: list[Hypothesis], header: str, focus: list[Hypothesis]) -> str:
+        ids = {h.id for h in focus}
+        lines = []
+        for h in hyps:
+            kind = "does NOT fire on: " if h.negative else ""
+            lines.append(f"H{h.id} [{h.status}] {kind}{h.text}")
+            for old in h.history:
+                lines.append(f"   (earlier version: {old['text']}; {old['consistent']}/{old['tests']} probes as predicted)")
+            for t in h.tests:
+                mark = "as predicted" if t.consistent else "NOT as predicted"
+                lines.append(f"   probe: \"{t.probe}\" expected {t.expected}, measured {10 * t.relative:.1f}/10 "
+                             f"({mark}); tokens: {_marked(t)}")
+        if focus:
+            lines.append(f"\n{header}: " + ", ".join(f"H{h.id}" for h in hyps if h.id in ids))
+        return "\n".join(lines)
+
+    async def _ask(self, llm, step: str, schema: dict, trace: Tracer, feature: int, **values) -> Any:
+        messages = _message(step, **values)
+        trace("prompt", {"step": step, "text": messages[-1][1]})
+        obj, comp = await llm.generate_json(messages, schema, max_tokens=self.cfg.reply_tokens, feature=feature)
+        trace("reply", {"step": step, "json": obj})
+        return obj
+
+    # -------------------------------------------------------------------------------------------- run
+    async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation:
+        cfg = self.cfg
+        with metered() as usage:
+            budget = Budget(cfg, usage)
+            return await self._run(record, llm, oracle, trace, budget)
+
+    async def _run(self, record, llm, oracle, trace, budget: Budget) -> Explanation:
+        cfg, f = self.cfg, record.feature
+        from saexplain.score.simulation import cut
+
+        # GET_EXEMPLARS
+        tops = [w for w in record.activating("explain") if w.kind == "top"][: cfg.exemplars]
+        if not tops:
+            raise LLMError(f"feature {f} has no activating windows in its explain pool")
+        exemplars = "\n".join(f"{i + 1}. {format_window(*cut(w, cfg.window), record.max_act)}"
+                              for i, w in enumerate(tops))
+        trace("exemplars", exemplars)
+
+        # ANALYZE_EXEMPLARS (always runs: without it there is nothing to conclude from)
+        n_hyp = cfg.hypotheses
+        schema = {"type": "object", "required": ["observation", "hypotheses", "negative_case"], "properties": {
+            "observation": {"type": "string", "maxLength": 400},
+            "hypotheses": {"type": "array", "minItems": n_hyp, "maxItems": n_hyp,
+                           "items": {"type": "string", "minLength": 3, "maxLength": 240}},
+            "negative_case": {"type": "string", "minLength": 3, "maxLength": 240}}}
+        obj = await self._ask(llm, "analyze", schema, trace, f, exemplars=exemplars, n_hyp=n_hyp)
+        hyps = [Hypothesis(i + 1, t.strip()) for i, t in enumerate(_dedupe(obj["hypotheses"]))]
+        hyps.append(Hypothesis(len(hyps) + 1, obj["negative_case"].strip(), negative=True))
+        trace("status", {h.id: {"status": h.status, "text": h.text, "negative": h.negative} for h in hyps})
+
+        stop = None
+        rounds = 0
+        while rounds < cfg.max_rounds:
+            active = [h for h in hyps if h.status == ACTIVE]
+            if not active:
+                if any(h.status == CONFIRMED and not h.negative for h in hyps):
+                    break
+                # REVIEW_ALL: nothing confirmed and nothing left to test → new hypotheses from all results
+                if (stop := budget.exhausted()):
+                    break
+                try:
+                    new = await self._review(llm, hyps, exemplars, trace, f)
+                except LLMError as e:
+                    trace("error", {"step": "review", "error": str(e)})
+                    stop = "llm_error"
+                    break
+                if not new:
+                    break
+                for text in new:
+                    hyps.append(Hypothesis(len(hyps) + 1, text))
+                trace("status", {h.id: {"status": h.status, "text": h.text} for h in hyps[-len(new):]})
+                continue
+            rounds += 1
+            if (stop := budget.exhausted()) or budget.probes_left() <= 0:
+                stop = stop or f"max_probes ({cfg.max_probes})"
+                break
+            # DESIGN_TEST for every active hypothesis in one reply
+            try:
+                tests = await self._design(llm, hyps, active, exemplars, trace, f)
+            except LLMError as e:
+                trace("error", {"step": "design", "error": str(e)})
+                stop = "llm_error"
+                break
+            tests = tests[: budget.probes_left()]
+            if not tests:
+                stop = "no usable probes"
+                break
+            # RUN_TEST: all probes of the round in one oracle batch
+            budget.probes += len(tests)
+            results = oracle.activations([t.probe for _, t in tests], [f])
+            for (h, t), res in zip(tests, results):
+                col = res.feature(f)
+                t.measured = float(col.max()) if col.size else 0.0
+                t.relative = t.measured / record.max_act if record.max_act > 0 else 0.0
+                t.tokens, t.acts = list(res.tokens), [round(float(a), 4) for a in col]
+                # ANALYZE_RESULT: the expectation against the measurement
+                t.consistent = t.relative >= cfg.high if t.expected == "high" else t.relative < cfg.low
+                h.tests.append(t)
+                trace("probe", {"hypothesis": h.id, "probe": t.probe, "expected": t.expected,
+                                "measured": t.measured, "relative": t.relative, "consistent": t.consistent,
+                                "tokens": t.tokens, "acts": t.acts})
+            # UPDATE
+            verdicts = {h.id: measured_verdict(h) for h in active}
+            if cfg.verdict == "llm" and not budget.exhausted():
+                try:
+                    verdicts = await self._judge(llm, hyps, active, verdicts, exemplars, trace, f)
+                except LLMError as e:
+                    trace("error", {"step": "judge", "error": str(e)})
+            to_refine = []
+            for h in active:
+                v = verdicts[h.id]
+                if v == "REFINED" and h.refinements >= cfg.max_refinements:
+                    v = REFUTED  # mixed results after every rewrite allowed: it does not hold as stated
+                if v in (CONFIRMED, REFUTED):
+                    h.status = v
+                elif v == "REFINED":
+                    to_refine.append(h)
+                trace("status", {"hypothesis": h.id, "verdict": v, "consistent": h.consistent,
+                                 "contradicting": h.contradicting})
+            if to_refine:
+                if (stop := budget.exhausted()):
+                    for h in to_refine:  # no budget left to rewrite: mixed evidence does not confirm
+                        h.status = REFUTED
+                    break
+                try:
+                    await self._refine(llm, hyps, to_refine, exemplars, trace, f)
+                except LLMError as e:
+                    trace("error", {"step": "refine", "error": str(e)})
+                    for h in to_refine:
+                        h.status = REFUTED
+                    stop = "llm_error"
+                    break
+        else:
+            if any(h.status == ACTIVE for h in hyps):
+                stop = f"max_rounds ({cfg.max_rounds})"
+        trace("stop", {"reason": stop or "all hypotheses decided"})
+
+        # FINAL_CONCLUSION from tested hypotheses only
+        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget)
+        candidates = _dedupe([description] + labels + [h.text for h in hyps if not h.negative and h.tested
+                                                       and h.status != REFUTED])
+        chosen, proxy = description, {}
+        if cfg.selection == "embedding" and len(candidates) > 1:
+            chosen, proxy = _select(record, candidates)
+            trace("selection", {"proxy": "embedding AUROC on the explain pool", "scores": proxy, "chosen": chosen})
+        evidence = {
+            "hypotheses": [{"id": h.id, "text": h.text, "negative": h.negative, "status": h.status,
+                            "refinements": h.refinements, "history": h.history,
+                            "tests": [{k: v for k, v in t.__dict__.items() if k not in ("tokens", "acts")}
+                                      for t in h.tests]} for h in hyps],
+            "stop_reason": stop or "all hypotheses decided", "rounds": rounds, "probes": budget.probes,
+            "conclusion": description, "candidates": proxy, "verdict_mode": cfg.verdict}
+        return Explanation(chosen, labels, evidence)
+
+    # ------------------------------------------------------------------------------------------ steps
+    async def _design(self, llm, hyps, active, exemplars, trace, f) -> list[tuple[Hypothesis, Test]]:
+        k = self.cfg.probes_per_round
+        ids = [h.id for h in active]
+        schema = {"type": "object", "required": ["tests"], "properties": {"tests": {
+            "type": "array", "minItems": 1, "maxItems": k * len(active), "items": {
+                "type": "object", "required": ["hypothesis", "probe", "expected"], "properties": {
+                    "hypothesis": {"type": "integer", "enum": ids},
+                    "probe": {"type": "string", "minLength": 3, "maxLength": 300},
+                    "expected": {"type": "string", "enum": ["high", "none"]}}}}}}
+        obj = await self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k,
+                              state=self._state(hyps, "to test now", active))
+        by_id = {h.id: h for h in active}
+        out, per = [], dict.fromkeys(ids, 0)
+        for item in obj["tests"]:
+            h = by_id[item["hypothesis"]]
+            if per[h.id] >= k:
+                continue
+            per[h.id] += 1
+            out.append((h, Test(item["probe"].strip(), item["expected"])))
+        return out
+
+    async def _refine(self, llm, hyps, to_refine, exemplars, trace, f) -> None:
+        ids = [h.id for h in to_refine]
+        schema = {"type": "object", "required": ["rewrites"], "properties": {"rewrites": {
+            "type": "array", "minItems": 1, "maxItems": len(ids), "items": {
+                "type": "object", "required": ["hypothesis", "text"], "properties": {
+                    "hypothesis": {"type": "integer", "enum": ids},
+                    "text": {"type": "string", "minLength": 3, "maxLength": 240}}}}}}
+        obj = await self._ask(llm, "refine", schema, trace, f, exemplars=exemplars,
+                              state=self._state(hyps, "to rewrite", to_refine))
+        rewrites = {r["hypothesis"]: r["text"].strip() for r in obj["rewrites"]}
+        for h in to_refine:
+            if h.id not in rewrites:  # the LLM gave no rewrite: mixed evidence stands, the hypothesis falls
+                h.status = REFUTED
+                trace("status", {"hypothesis": h.id, "verdict": REFUTED, "why": "no rewrite given"})
+                continue
+            self._rewrite(h, rewrites[h.id])
+            trace("status", {"hypothesis": h.id, "verdict": "REFINED", "text": h.text})
+
+    @staticmethod
+    def _rewrite(h: Hypothesis, text: str) -> None:
+        h.history.append({"text": h.text, "tests": len(h.tests), "consistent": h.consistent})
+        h.text, h.tests, h.status, h.refinements = text, [], ACTIVE, h.refinements + 1
+
+    async def _review(self, llm, hyps, exemplars, trace, f) -> list[str]:
+        schema = {"type": "object", "required": ["new_hypotheses"], "properties": {"new_hypotheses": {
+            "type": "array", "minItems": 0, "maxItems": 3,
+            "items": {"type": "string", "minLength": 3, "maxLength": 240}}}}
+        obj = await self._ask(llm, "review", schema, trace, f, exemplars=exemplars, n=2,
+                              state=self._state(hyps, "", []))
+        known = {_norm(h.text) for h in hyps}
+        return [t for t in _dedupe(obj["new_hypotheses"]) if _norm(t) not in known][:2]
+
+    async def _judge(self, llm, hyps, active, measured, exemplars, trace, f) -> dict[int, str]:
+        ids = [h.id for h in active]
+        schema = {"type": "object", "required": ["verdicts"], "properties": {"verdicts": {
+            "type": "array", "minItems": len(ids), "maxItems": len(ids), "items": {
+                "type": "object", "required": ["hypothesis", "status"], "properties": {
+                    "hypothesis": {"type": "integer", "enum": ids},
+                    "status": {"type": "string", "enum": [CONFIRMED, REFUTED, "REFINED", "UNCHANGED"]},
+                    "rewrite": {"type": "string", "maxLength": 240}}}}}}
+        obj = await self._ask(llm, "judge", schema, trace, f, exemplars=exemplars,
+                              state=self._state(hyps, "to judge", active))
+        out = dict(measured)
+        by_id = {h.id: h for h in active}
+        for v in obj["verdicts"]:
+            h, status = by_id[v["hypothesis"]], v["status"]
+            if status == "UNCHANGED" and len(h.tests) >= 2:
+                trace("status", {"hypothesis": h.id, "llm_verdict_rejected": "UNCHANGED after 2 tests",
+                                 "using": measured[h.id]})
+                continue
+            if status == "REFINED" and v.get("rewrite", "").strip() and h.refinements < self.cfg.max_refinements:
+                self._rewrite(h, v["rewrite"].strip())
+                out[h.id] = "REWRITTEN"
+                continue
+            out[h.id] = status
+        return out
+
+    async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget) -> tuple[str, list[str]]:
+        tested = [h for h in hyps if h.tested]
+        positives = [h for h in tested if not h.negative and h.status != REFUTED]
+        fallback = max(positives or [h for h in tested if not h.negative] or [h for h in hyps if not h.negative],
+                       key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting))
+        why = budget.exhausted(reserve_calls=0)
+        if why is None:
+            schema = {"type": "object", "required": ["description", "labels"], "properties": {
+                "description": {"type": "string", "minLength": 3, "maxLength": 300},
+                "labels": {"type": "array", "minItems": 1, "maxItems": 4,
+                           "items": {"type": "string", "minLength": 2, "maxLength": 120}}}}
+            try:
+                obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
+                                      state=self._state(tested, "", []))
+                return obj["description"].strip(), _dedupe(obj["labels"])
+            except LLMError as e:
+                trace("error", {"step": "conclude", "error": str(e)})
+        else:
+            trace("stop", {"reason": f"no budget for the conclusion: {why}"})
+        labels = _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [fallback.text]
+        return fallback.text, labels
+
+
+def _marked(t: Test) -> str:
+    if not t.tokens:
+        return ""
+    from saexplain.sampling.record import Window
+
+    w = Window(t.tokens, np.asarray(t.acts, np.float32), "probe", "probe")
+    return " ".join(w.marked().split())
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
+
+
+def _dedupe(texts: list[str]) -> list[str]:
+    """Drop empty and duplicate texts (case, spacing and punctuation ignored), keeping the first."""
+    seen, out = set(), []
+    for t in texts:
+        t = " ".join(t.split())
+        key = _norm(t)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(t)
+    return out
+
+
+def _select(record: FeatureRecord, candidates: list[str]) -> tuple[str, dict[str, float | None]]:
+    """The candidate whose MiniLM similarity best separates the *explain* pool's activating windows from its
+    non-activating ones (AUROC); the score pool is never read here."""
+    from saexplain.score.base import auroc
+    from saexplain.score.embedding import embedder
+
+    pos = [w.text for w in record.activating("explain")[:20]]
+    neg = [w.text for w in record.negatives("explain")[:20]]
+    if not pos or not neg:
+        return candidates[0], {}
+    m = embedder("default")
+    vecs = m.encode(candidates + pos + neg, normalize_embeddings=True, show_progress_bar=False)
+    c, texts = vecs[: len(candidates)], vecs[len(candidates):]
+    truth = [True] * len(pos) + [False] * len(neg)
+    scores = {cand: auroc(texts @ c[i], truth) for i, cand in enumerate(candidates)}
+    best = max(candidates, key=lambda k: -1 if scores[k] is None else scores[k])
+    return best, scores

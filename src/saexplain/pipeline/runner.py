@@ -1,0 +1,304 @@
+"""The end-to-end run: cache → sample → explain → score → report, resumable per (feature, method) and per
+(explanation, scorer). Every stage's config is saved in the run's row of the store (and beside its report).
+
+A run's identity is what its explanations depend on (model, SAE, corpus, cache, sampling, LLM, explainer
+settings): the same command again resumes it; more features, explainers or scorers extend it. Finished
+explanations and scores are never recomputed or duplicated; failed ones are recorded and retried next time."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from saexplain.cache.latents import CacheConfig
+from saexplain.cache.pipeline import CacheRun, build_cache, default_store_path
+from saexplain.config import Config
+from saexplain.data.contexts import CorpusConfig
+from saexplain.errors import ConfigError, SaexplainError
+from saexplain.explain import EXPLAINERS
+from saexplain.explain.oneshot import OneShotConfig
+from saexplain.explain.sage import SAGEConfig
+from saexplain.llm import LLM, LLMConfig, LLMError
+from saexplain.paths import home
+from saexplain.sampling.pipeline import sample_features
+from saexplain.sampling.record import FeatureRecord, make_record
+from saexplain.sampling.sampler import SamplingConfig
+from saexplain.score import SCORERS
+from saexplain.score.classifier import DetectionConfig, FuzzingConfig
+from saexplain.score.embedding import EmbeddingConfig
+from saexplain.score.generative import ContrastConfig, GenerationConfig
+from saexplain.score.simulation import SimulationConfig
+from saexplain.store import Store
+from saexplain.subject.oracle import Oracle, SubjectConfig
+
+log = logging.getLogger(__name__)
+
+# explainer name → the field of RunConfig holding its config; scorer name → likewise
+EXPLAINER_CONFIG = {"oneshot": "oneshot", "logitlens": "oneshot", "oneshot+logitlens": "oneshot", "sage": "sage"}
+SCORER_CONFIG = {"detection": "detection", "fuzzing": "fuzzing", "simulation": "simulation",
+                 "embedding": "embedding", "generation": "generation", "contrast": "contrast"}
+
+
+class RunConfig(Config):
+    cli_name: ClassVar[str] = "run"
+    features: str = Field("random:8", description="ids '3,17,40' | 'top:N' (densest) | 'random:N' (seeded, in the density band)")
+    explainers: str = Field("oneshot,sage", description="explainers, comma-separated "
+                            "(oneshot, logitlens, oneshot+logitlens, sage)")
+    scorers: str = Field("detection,embedding,generation,simulation", description="scorers, comma-separated "
+                         "(detection, fuzzing, simulation, embedding, generation, contrast)")
+    min_density: float = Field(1e-4, ge=0, description="features chosen by top:/random: fire on at least this share of tokens")
+    max_density: float = Field(1e-2, gt=0, description="… and at most this share")
+    feature_seed: int = Field(0, description="seed of random:N feature choice")
+    store: str | None = Field(None, description="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")
+
+    @property
+    def explainer_names(self) -> list[str]:
+        return [x.strip() for x in self.explainers.split(",") if x.strip()]
+
+    @property
+    def scorer_names(self) -> list[str]:
+        return [x.strip() for x in self.scorers.split(",") if x.strip()]
+
+
+@dataclass
+class StageConfigs:
+    """Every config a run uses, saved together."""
+
+    run: RunConfig
+    subject: SubjectConfig = field(default_factory=SubjectConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    oneshot: OneShotConfig = field(default_factory=OneShotConfig)
+    sage: SAGEConfig = field(default_factory=SAGEConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    fuzzing: FuzzingConfig = field(default_factory=FuzzingConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    contrast: ContrastConfig = field(default_factory=ContrastConfig)
+
+    CLASSES: ClassVar[dict[str, type[Config]]] = {
+        "subject": SubjectConfig, "corpus": CorpusConfig, "cache": CacheConfig, "sampling": SamplingConfig,
+        "llm": LLMConfig, "oneshot": OneShotConfig, "sage": SAGEConfig, "detection": DetectionConfig,
+        "fuzzing": FuzzingConfig, "simulation": SimulationConfig, "embedding": EmbeddingConfig,
+        "generation": GenerationConfig, "contrast": ContrastConfig}
+
+    def __post_init__(self):
+        for name in self.run.explainer_names:
+            EXPLAINERS.get(name)
+        for name in self.run.scorer_names:
+            SCORERS.get(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"run": json.loads(self.run.to_json())}
+        out.update({k: json.loads(getattr(self, k).to_json()) for k in self.CLASSES})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageConfigs:
+        try:
+            return cls(run=RunConfig(**d["run"]), **{k: c(**d[k]) for k, c in cls.CLASSES.items() if k in d})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"stored run config does not load: {e}") from None
+
+    def identity(self) -> str:
+        """What explanations depend on (not the feature list, explainer/scorer lists, or speed settings)."""
+        ident = {k: json.loads(getattr(self, k).to_json()) for k in ("subject", "corpus", "cache", "sampling",
+                                                                     "oneshot", "sage")}
+        for k in ("batch_size", "device"):
+            ident["subject"].pop(k, None)
+        ident["cache"].pop("batch_contexts", None)
+        ident["llm"] = {k: getattr(self.llm, k) for k in ("llm", "mode", "json_mode")}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def explainer(self, name: str):
+        return EXPLAINERS.get(name)(getattr(self, EXPLAINER_CONFIG[name]))
+
+    def scorer(self, name: str):
+        return SCORERS.get(name)(getattr(self, SCORER_CONFIG[name]))
+
+
+def choose_features(spec: str, stats: list[dict], run: RunConfig) -> list[int]:
+    """'3,17,40' | 'top:N' | 'random:N'; top/random among live features inside the density band."""
+    spec = spec.strip()
+    by_id = {r["feature"]: r for r in stats}
+    if ":" not in spec:
+        try:
+            ids = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--features {spec!r}: give ids like 3,17,40 or top:N or random:N") from None
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise ConfigError(f"--features: unknown feature id {unknown[0]} (the SAE has {len(stats)} features)")
+        return ids
+    how, _, n = spec.partition(":")
+    try:
+        count = int(n)
+    except ValueError:
+        raise ConfigError(f"--features {spec!r}: N must be an integer") from None
+    band = [r for r in stats if not r["dead"] and run.min_density <= r["frequency"] <= run.max_density]
+    if how == "top":
+        return [r["feature"] for r in sorted(band, key=lambda r: -r["frequency"])[:count]]
+    if how == "random":
+        rng = np.random.default_rng(run.feature_seed)
+        pick = rng.permutation(len(band))[:count]
+        return sorted(band[i]["feature"] for i in pick)
+    raise ConfigError(f"--features {spec!r}: use ids, top:N or random:N")
+
+
+@dataclass
+class RunHandle:
+    run_id: int
+    configs: StageConfigs
+    cache: CacheRun
+    records: dict[int, FeatureRecord]
+    folder: Path
+
+
+def run_folder(run_id: int) -> Path:
+    return home() / "runs" / str(run_id)
+
+
+def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
+            echo: Callable[[str], None] = print) -> RunHandle:
+    """Cache (reused when present), feature choice, sampling, records; the run's row in the store."""
+    t0 = time.perf_counter()
+    cache = build_cache(cfgs.subject, cfgs.corpus, cfgs.cache, store, oracle=oracle, progress=True)
+    stats = store.feature_stats(cache.run_id)
+    echo(f"cache: {cache.cache.meta.get('tokens', '?')} tokens, {len(stats)} features "
+         f"({time.perf_counter() - t0:.1f}s)")
+    if features is None:
+        features = choose_features(cfgs.run.features, stats, cfgs.run)
+    if not features:
+        raise SaexplainError(f"no feature matches --features {cfgs.run.features} in the density band "
+                             f"[{cfgs.run.min_density:g}, {cfgs.run.max_density:g}]")
+    t1 = time.perf_counter()
+    _, examples = sample_features(cache, features, cfgs.sampling, store)
+    by_id = {r["feature"]: r for r in stats}
+    records = {f: make_record(f, by_id[f], examples[f], cache.contexts) for f in features}
+    echo(f"sample: {len(features)} features, explain/score pools drawn ({time.perf_counter() - t1:.1f}s)")
+    config_json = json.dumps(cfgs.to_dict(), sort_keys=True)
+    run_id = store.get_or_create_run("run", cfgs.identity(), config_json)
+    store.set_run_config(run_id, config_json)  # the latest invocation's lists and scorer settings
+    folder = run_folder(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfgs.to_dict(), indent=2, sort_keys=True) + "\n")
+    return RunHandle(run_id, cfgs, cache, records, folder)
+
+
+async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
+                        echo: Callable[[str], None] = print) -> dict[str, int]:
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for f, record in h.records.items():
+        for name in h.configs.run.explainer_names:
+            have = store.explanations(h.run_id, feature=f, method=name)
+            if have and have[0]["error"] is None:
+                counts["skipped"] += 1
+                continue
+            explainer = h.configs.explainer(name)
+            try:
+                exp = await explainer.explain(record, llm, oracle)
+            except LLMError as e:  # recorded, retried by the next run; other features go on
+                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=str(e))
+                counts["failed"] += 1
+                echo(f"  feature {f} {name}: FAILED ({e})")
+                continue
+            store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
+                                  exp.trace, seconds=exp.seconds)
+            counts["done"] += 1
+            echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): "
+                 f"{exp.description}")
+    return counts
+
+
+async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scorers: list[str] | None = None,
+                      echo: Callable[[str], None] = print) -> dict[str, int]:
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    scorers = scorers or h.configs.run.scorer_names
+    for e in store.explanations(h.run_id, ok_only=True):
+        record = h.records.get(e["feature"])
+        if record is None:
+            continue
+        for name in scorers:
+            scorer = h.configs.scorer(name)
+            cfg_hash = scorer.cfg.hash()
+            old = store.score(e["id"], name)
+            if old is not None and old["error"] is None and old["config_hash"] == cfg_hash:
+                counts["skipped"] += 1
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = await scorer.score(record, e["description"], llm, oracle)
+            except LLMError as err:
+                store.put_score(e["id"], name, None, {}, {}, cfg_hash, error=str(err),
+                                seconds=time.perf_counter() - t0)
+                counts["failed"] += 1
+                echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({err})")
+                continue
+            store.put_score(e["id"], name, res.value, res.details, res.usage, cfg_hash,
+                            seconds=time.perf_counter() - t0)
+            counts["done"] += 1
+            value = "n/a" if res.value is None else f"{res.value:.3f}"
+            echo(f"  feature {e['feature']} {e['method']} {name}: {value} ({time.perf_counter() - t0:.0f}s)")
+    return counts
+
+
+def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Callable[[str], None] = print
+             ) -> tuple[RunHandle, Oracle]:
+    """A stored run, with the records of the features it has explanations for."""
+    row = store.run(run_id)
+    if row["kind"] != "run":
+        raise SaexplainError(f"run {run_id} is a {row['kind']} run, not an explain/score run")
+    cfgs = StageConfigs.from_dict(json.loads(row["config_json"]))
+    oracle = oracle or Oracle.from_config(cfgs.subject)
+    features = sorted({e["feature"] for e in store.explanations(run_id)})
+    if not features:
+        raise SaexplainError(f"run {run_id} has no explanations yet")
+    return prepare(cfgs, store, oracle, features, echo), oracle
+
+
+def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=None) -> RunHandle:
+    """`saexplain run`: every stage, with the time of each."""
+    from saexplain.report import write_report
+
+    store = Store(cfgs.run.store or default_store_path())
+    try:
+        t0 = time.perf_counter()
+        oracle = Oracle.from_config(cfgs.subject)
+        echo(f"subject: {cfgs.subject.model} + SAE {cfgs.subject.sae} ({oracle.d_sae} features) "
+             f"({time.perf_counter() - t0:.1f}s)")
+        h = prepare(cfgs, store, oracle, echo=echo)
+        echo(f"run {h.run_id}: {len(h.records)} features × {', '.join(cfgs.run.explainer_names)}")
+        llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
+
+        async def go():
+            t = time.perf_counter()
+            c = await explain_stage(h, store, llm, oracle, echo)
+            echo(f"explain: {c['done']} new, {c['skipped']} already done, {c['failed']} failed "
+                 f"({time.perf_counter() - t:.1f}s)")
+            t = time.perf_counter()
+            c = await score_stage(h, store, llm, oracle, echo=echo)
+            echo(f"score: {c['done']} new, {c['skipped']} already done, {c['failed']} failed "
+                 f"({time.perf_counter() - t:.1f}s)")
+            await llm.aclose()
+
+        asyncio.run(go())
+        t = time.perf_counter()
+        paths = write_report(store, h.run_id, h.folder)
+        echo(f"report ({time.perf_counter() - t:.1f}s): {paths['markdown']}  {paths['png']}")
+        store.set_run_status(h.run_id, "complete")
+        return h
+    finally:
+        store.close()

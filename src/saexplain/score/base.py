@@ -1,0 +1,115 @@
+"""The scorer interface, its registry, and the arithmetic every scorer shares.
+
+A scorer answers: what does this explanation predict about the real feature? `score(record, explanation,
+llm, oracle)` reads only the record's *score* pool (never windows the explainer saw) and returns a value
+(higher is better), details (per-example data, enough to recompute the value), and the LLM usage."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from saexplain.config import Config
+from saexplain.registry import Registry
+from saexplain.sampling.record import FeatureRecord
+
+
+@dataclass
+class ScoreResult:
+    value: float | None
+    details: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+class Scorer(ABC):
+    """Subclasses set `name` and `Config` (a Config subclass with a `cli_prefix`) and implement `run`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[Config]]
+    needs_llm: ClassVar[bool] = True
+
+    def __init__(self, cfg: Config | None = None):
+        self.cfg = cfg if cfg is not None else self.Config()
+
+    @abstractmethod
+    async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult: ...
+
+    async def score(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
+        from saexplain.llm import metered
+
+        with metered() as usage:
+            result = await self.run(record, explanation, llm, oracle)
+        result.usage = usage.to_dict()
+        return result
+
+
+SCORERS: Registry[type[Scorer]] = Registry("scorer")
+
+
+# ---------------------------------------------------------------------------------------------- arithmetic
+def auroc(scores: np.ndarray | list[float], labels: np.ndarray | list[bool]) -> float | None:
+    """Area under the ROC curve (ties count half; the Mann–Whitney U statistic); None without both classes."""
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def balanced_accuracy(predicted: list[bool], truth: list[bool]) -> float | None:
+    p, t = np.asarray(predicted, bool), np.asarray(truth, bool)
+    if t.all() or (~t).all():
+        return None
+    return float(((p & t).sum() / t.sum() + (~p & ~t).sum() / (~t).sum()) / 2)
+
+
+def pearson(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> float | None:
+    """Pearson r; None when either side is constant (r is undefined there, not 0)."""
+    a, b = np.asarray(x, float), np.asarray(y, float)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def p_yes(completion) -> float:
+    """P("yes") / (P("yes") + P("no")) at the first answer token, from logprobs when the backend gave them;
+    else 1.0 or 0.0 from the text. Case, spaces and punctuation variants of the tokens are summed."""
+    if completion.logprobs and completion.logprobs[0]:
+        yes = no = 0.0
+        for tok, lp in completion.logprobs[0][0].items():
+            word = tok.strip().strip(".,!:").lower()
+            if word == "yes":
+                yes += math.exp(lp)
+            elif word == "no":
+                no += math.exp(lp)
+        if yes + no > 0:
+            return yes / (yes + no)
+    answer = completion.text.strip().lower()
+    if answer.startswith("yes"):
+        return 1.0
+    if answer.startswith("no"):
+        return 0.0
+    from saexplain.llm import LLMParseError
+
+    raise LLMParseError(f"expected yes or no, got {completion.text[:60]!r}", completion.text)
+
+
+def snippet(text: str, limit: int = 400) -> str:
+    """Corpus text as it goes into a prompt: one line, quoted as data."""
+    t = " ".join(text.split())
+    return t if len(t) <= limit else t[:limit] + "…"

@@ -1,0 +1,141 @@
+"""Classification scorers (after delphi's detection and fuzzing): the LLM reads the explanation and judges
+windows of the score pool; the feature's real activations are the truth.
+
+- detection: activating windows (spread over the activation range) and non-activating ones (random and hard
+  negatives), shuffled; does each match the explanation? Balanced accuracy, recall per decile, and AUROC
+  from P("yes") when the backend gives logprobs. One window per question (default; small LLMs need it) or
+  several per prompt (a JSON list of the matching numbers).
+- fuzzing: activating windows whose marked tokens are either the ones where the feature fires or as many
+  random other tokens; are the marked tokens what the explanation describes?"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from saexplain.config import Config
+from saexplain.llm.prompts import template
+from saexplain.sampling.record import FeatureRecord, Window
+from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc, balanced_accuracy, p_yes, snippet
+
+
+def spread(windows: list[Window], n: int) -> list[Window]:
+    """`n` windows evenly spaced over the activation-sorted list (strongest to weakest)."""
+    if len(windows) <= n:
+        return list(windows)
+    idx = np.unique(np.linspace(0, len(windows) - 1, n).round().astype(int))
+    return [windows[i] for i in idx]
+
+
+def _decile(w: Window) -> str:
+    return "top" if w.kind == "top" else str(w.decile)
+
+
+class DetectionConfig(Config):
+    cli_prefix: ClassVar[str] = "detection_"
+    activating: int = Field(10, ge=1, description="activating windows judged (spread over the range)")
+    random_negatives: int = Field(5, ge=0, description="random non-activating windows judged")
+    hard_negatives: int = Field(5, ge=0, description="hard negatives judged (the feature's top tokens, no firing)")
+    per_prompt: int = Field(1, ge=1, description="windows per question (1: P(yes) per window; >1: a JSON list)")
+    logprobs: bool = Field(True, description="read P(yes) from logprobs (AUROC); off for servers without them")
+    seed: int = Field(0, description="shuffle seed")
+
+
+class ClassifierScorer(Scorer):
+    """Template method: `windows()` chooses (window, truth, text) triples, the LLM judges them."""
+
+    prompt: ClassVar[str]
+
+    def items(self, record: FeatureRecord, rng: np.random.Generator) -> list[tuple[Window, bool, str]]:
+        raise NotImplementedError
+
+    async def judge_one(self, llm, explanation: str, text: str, feature: int) -> float:
+        comp = await llm.ask(template(__file__, self.prompt), explanation=explanation, snippet=snippet(text),
+                             max_tokens=1 if self.cfg.logprobs else 3, temperature=0.0,
+                             logprobs=5 if self.cfg.logprobs else None, feature=feature)
+        return p_yes(comp)
+
+    async def judge_many(self, llm, explanation: str, texts: list[str], feature: int) -> list[float]:
+        numbered = "\n".join(f"{i + 1}. \"{snippet(t)}\"" for i, t in enumerate(texts))
+        schema = {"type": "object", "properties": {"matches": {"type": "array", "items": {
+            "type": "integer", "minimum": 1, "maximum": len(texts)}}}, "required": ["matches"]}
+        tpl = template(__file__, "detection_many")
+        obj, _ = await llm.generate_json(tpl.chat(explanation=explanation, snippets=numbered), schema,
+                                         max_tokens=16 + 4 * len(texts), feature=feature)
+        chosen = set(obj["matches"])
+        return [1.0 if i + 1 in chosen else 0.0 for i in range(len(texts))]
+
+    async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
+        rng = np.random.default_rng([self.cfg.seed, record.feature])
+        items = self.items(record, rng)
+        if not any(t for _, t, _ in items) or all(t for _, t, _ in items):
+            return ScoreResult(None, {"error": "the score pool lacks activating or non-activating windows"})
+        order = rng.permutation(len(items))
+        items = [items[i] for i in order]
+        texts = [t for _, _, t in items]
+        per = getattr(self.cfg, "per_prompt", 1)
+        if per == 1:
+            probs = await asyncio.gather(*(self.judge_one(llm, explanation, t, record.feature) for t in texts))
+        else:
+            chunks = await asyncio.gather(*(self.judge_many(llm, explanation, texts[i:i + per], record.feature)
+                                            for i in range(0, len(texts), per)))
+            probs = [p for c in chunks for p in c]
+        truth = [t for _, t, _ in items]
+        predicted = [p > 0.5 for p in probs]
+        rows = [{"kind": w.kind, "decile": _decile(w), "max_act": w.max_act, "truth": t, "p_yes": p,
+                 "text": text} for (w, t, text), p in zip(items, probs)]
+        recall: dict[str, list[bool]] = {}
+        for r, pred in zip(rows, predicted):
+            if r["truth"]:
+                recall.setdefault(r["decile"], []).append(pred)
+        details = {"balanced_accuracy": balanced_accuracy(predicted, truth),
+                   "auroc": auroc(probs, truth),
+                   "auroc_from": "logprobs" if self.cfg.logprobs and per == 1 else "answers",
+                   "recall_by_decile": {k: float(np.mean(v)) for k, v in sorted(recall.items())},
+                   "windows": rows}
+        return ScoreResult(details["balanced_accuracy"], details)
+
+
+@SCORERS.register("detection")
+class Detection(ClassifierScorer):
+    name = "detection"
+    Config = DetectionConfig
+    prompt = "detection"
+
+    def items(self, record, rng):
+        pos = spread(record.activating("score"), self.cfg.activating)
+        neg = record.pool("score", ("random",))[: self.cfg.random_negatives] + \
+            record.pool("score", ("hard_negative",))[: self.cfg.hard_negatives]
+        return [(w, True, w.text) for w in pos] + [(w, False, w.text) for w in neg]
+
+
+class FuzzingConfig(Config):
+    cli_prefix: ClassVar[str] = "fuzzing_"
+    activating: int = Field(10, ge=2, description="activating windows (half marked correctly, half at random)")
+    logprobs: bool = Field(True, description="read P(yes) from logprobs (AUROC)")
+    seed: int = Field(0, description="which windows get the wrong marks")
+
+
+@SCORERS.register("fuzzing")
+class Fuzzing(ClassifierScorer):
+    name = "fuzzing"
+    Config = FuzzingConfig
+    prompt = "fuzzing"
+
+    def items(self, record, rng):
+        wins = spread(record.activating("score"), self.cfg.activating)
+        wrong = set(rng.permutation(len(wins))[: len(wins) // 2].tolist())
+        out = []
+        for i, w in enumerate(wins):
+            fires = np.flatnonzero(w.acts > 0)
+            if i in wrong:
+                quiet = np.flatnonzero((w.acts == 0) & np.array([bool(t.strip()) for t in w.tokens]))
+                if len(quiet) == 0:
+                    continue
+                out.append((w, False, w.marked(rng.choice(quiet, min(len(fires), len(quiet)), replace=False))))
+            else:
+                out.append((w, True, w.marked(fires)))
+        return out
