@@ -101,6 +101,7 @@ class LLM:
             hit = self.store.llm_cache_get(key)
             if hit is not None:
                 comp = Completion.from_dict(hit, cached=True)
+                comp.extra["request_key"] = key
                 self._account(Usage(cached=1), feature)
                 return comp
         last: Exception | None = None
@@ -134,7 +135,13 @@ class LLM:
                                     comp.seconds, attempts)
             if self.cfg.cache:
                 self.store.llm_cache_put(key, self.backend.name, self.backend.model, comp.to_dict())
+        comp.extra["request_key"] = key
         return comp
+
+    def _forget(self, comp: Completion) -> None:
+        """Drop a reply that turned out unusable from the request cache, so that a later run asks again."""
+        if self.store is not None and comp.extra.get("request_key"):
+            self.store.llm_cache_delete(comp.extra["request_key"])
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:  # the server's word, up to our longest delay
@@ -182,6 +189,7 @@ class LLM:
         obj, error = parse_json(comp.text, schema)
         if error is None:
             return obj, comp
+        self._forget(comp)
         retry = messages + [("assistant", comp.text),
                             ("user", f"That reply is not valid: {error}. Reply again with only a JSON object that "
                                      f"matches this schema: {json.dumps(schema)}")]
@@ -190,6 +198,7 @@ class LLM:
         obj, error2 = parse_json(comp2.text, schema)
         if error2 is None:
             return obj, comp2
+        self._forget(comp2)
         err = LLMParseError(f"reply is not valid JSON for the schema after a corrective retry: {error2}", comp2.text)
         self._fail(Request(messages=tuple(retry)), "", err, feature, 2)
         raise err

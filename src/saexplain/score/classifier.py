@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from saexplain.config import Config
+from saexplain.llm import LLMParseError
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord, Window
 from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc, balanced_accuracy, p_yes, snippet
@@ -56,7 +57,11 @@ class ClassifierScorer(Scorer):
         comp = await llm.ask(template(__file__, self.prompt), explanation=explanation, snippet=snippet(text),
                              max_tokens=1 if self.cfg.logprobs else 3, temperature=0.0,
                              logprobs=5 if self.cfg.logprobs else None, feature=feature)
-        return p_yes(comp)
+        try:
+            return p_yes(comp)
+        except LLMParseError:
+            llm._forget(comp)  # not cached: the next run asks again
+            raise
 
     async def judge_many(self, llm, explanation: str, texts: list[str], feature: int) -> list[float]:
         numbered = "\n".join(f"{i + 1}. \"{snippet(t)}\"" for i, t in enumerate(texts))

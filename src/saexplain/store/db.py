@@ -266,6 +266,10 @@ class Store:
             c.execute("INSERT OR REPLACE INTO llm_cache (key, backend, model, response, created) VALUES (?,?,?,?,?)",
                       (key, backend, model, json.dumps(response), time.time()))
 
+    def llm_cache_delete(self, key: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM llm_cache WHERE key=?", (key,))
+
     def log_llm_call(self, run_id: int | None, feature: int | None, backend: str, model: str, key: str,
                      request: dict[str, Any], response: dict[str, Any] | None, error: str | None,
                      tokens_in: int, tokens_out: int, seconds: float, attempts: int) -> None:
