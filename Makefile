@@ -47,7 +47,8 @@ bench: setup-llm
 	$(BIN)/python bench/cache.py
 	$(BIN)/python bench/llm.py
 
-demo: setup
+# The demo explains and scores with the default LLM (Qwen2.5-Coder-1.5B through llama.cpp): it needs setup-llm.
+demo: setup-llm
 	$(BIN)/saexplain demo
 
 clean-venv:

@@ -9,21 +9,20 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import SHARED
+from saexplain.cache.latents import CacheConfig
 from saexplain.cli import app
 from saexplain.data.contexts import CorpusConfig
-from saexplain.cache.latents import CacheConfig
 from saexplain.errors import ConfigError
+from saexplain.explain.sage import SAGEConfig
 from saexplain.pipeline.runner import RunConfig, StageConfigs, choose_features, run_all
 from saexplain.report import bootstrap_ci, summarize
 from saexplain.sampling.sampler import SamplingConfig
-from saexplain.explain.sage import SAGEConfig
 from saexplain.score.simulation import SimulationConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import SubjectConfig
 from scripted_llm import ScriptedBackend, keyword_judge, last_user
 from test_sage import Script
-
-from conftest import SHARED
 
 
 def universal(req):

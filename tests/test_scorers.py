@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 
+from conftest import SHARED
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.llm import LLMError, LLMParseError
@@ -23,8 +22,6 @@ from saexplain.score.simulation import SimulationConfig, expected_values
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
 from scripted_llm import keyword_judge, last_user, scripted_llm, yes_no
-
-from conftest import SHARED
 
 GOOD = 'the word "wife"'
 WRONG = 'the word "sea"'

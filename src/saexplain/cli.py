@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -307,51 +306,27 @@ def _latest_run(db: Store, kind: str) -> int:
 
 @app.command()
 @friendly_errors
-def demo(sentences: list[str] = typer.Option(None, "--sentence", help="sentences to probe"),
-         tokens: int = typer.Option(262_144, help="tokens of the default corpus to cache")):
-    """The offline default end to end: default model + SAE (trained once if missing) → probe → latent cache →
-    feature table → explain/score examples of one feature."""
-    from saexplain.cache.pipeline import build_cache, default_store_path
-    from saexplain.sampling.pipeline import sample_features
+def demo(features: int = typer.Option(8, help="features to explain (random, density 0.01 %–1 %)"),
+         tokens: int = typer.Option(262_144, help="tokens of the default corpus to cache"),
+         explainers: str = typer.Option("oneshot,sage", help="explainers, comma-separated"),
+         scorers: str = typer.Option("generation,detection,embedding,simulation", help="scorers, comma-separated"),
+         seed: int = typer.Option(0, help="which features")):
+    """The offline default end to end: Gemma 3 270M + its TopK SAE (trained once if missing) → latent cache →
+    features → explain (one-shot and SAGE, modest budgets) → score → report, with the default LLM."""
+    from saexplain.pipeline.presets import cpu_preset
     from saexplain.subject.sae import default_sae_dir
     from saexplain.subject.train_sae import train_sae
 
+    t0 = time.perf_counter()
     if not (default_sae_dir() / "sae_weights.safetensors").is_file():
         console.print("[bold]Training the default SAE (one time, about 25 minutes on 2 cores)…[/bold]")
         train_sae(TrainSAEConfig())
-    subject = SubjectConfig()
-    t0 = time.perf_counter()
-    oracle = Oracle.from_config(subject)
-    console.print(f"loaded Gemma 3 270M + TopK SAE ({oracle.d_sae} features at "
-                  f"{oracle.subject.hookpoint.saelens_name}) in {time.perf_counter() - t0:.1f}s")
-    with Store(default_store_path()) as db:
-        console.print(f"[bold]Latent cache of {tokens:,} tokens of ../shared/data[/bold]")
-        run = build_cache(subject, CorpusConfig(), CacheConfig(tokens=tokens), db, oracle=oracle)
-        stats = {r["feature"]: r for r in db.feature_stats(run.run_id)}
-        specific = [f for f, r in stats.items() if 1e-4 <= r["frequency"] <= 1e-2]
-        table = Table(title="strongest specific features (density 0.01 %–1 %)")
-        for col in ("id", "max", "density", "top tokens"):
-            table.add_column(col)
-        for f in sorted(specific, key=lambda f: -stats[f]["max_act"])[:10]:
-            r = stats[f]
-            table.add_row(str(f), f"{r['max_act']:.1f}", f"{r['frequency']:.2e}",
-                          "  ".join(repr(t) for t in r["top_tokens"]))
-        console.print(table)
-        sentences = sentences or [
-            "The stock market fell sharply on Tuesday as investors worried about interest rates.",
-            "Once upon a time there lived a king who had three beautiful daughters.",
-            "ROMEO: But soft, what light through yonder window breaks?",
-        ]
-        chosen = []
-        for res in oracle.activations(sentences, specific):
-            j = int(np.unravel_index(res.acts.argmax(), res.acts.shape)[1])
-            f = specific[j]
-            chosen.append(f)
-            console.print(f"\n[bold]{res.text}[/bold]\nfeature {f} (density {stats[f]['frequency']:.1e}): " + "".join(
-                f"[reverse]{t}[/reverse]" if v > 0 else t for t, v in zip(res.tokens, res.acts[:, j])))
-            console.print("  logit lens, promotes: " + ", ".join(repr(t) for t, _ in oracle.logit_lens(f, 8).top))
-        _, examples = sample_features(run, chosen[:1], SamplingConfig(), db)
-    _print_examples(run, examples, show=5)
+        console.print(f"SAE trained ({time.perf_counter() - t0:.0f}s)")
+    cfgs = cpu_preset(f"random:{features}", explainers, scorers, tokens, seed)
+    h = run_all_and_print(cfgs)
+    console.print(f"\n[bold]demo finished in {time.perf_counter() - t0:.0f}s[/bold] · run {h.run_id}\n"
+                  f"report: {h.folder / 'report.md'}\nplot:   {h.folder / 'report.png'}\n"
+                  f"a SAGE trace: saexplain trace --run {h.run_id} --feature {next(iter(h.records))}")
 
 
 def _print_examples(run, examples: dict, show: int) -> None:

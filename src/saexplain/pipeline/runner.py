@@ -199,9 +199,10 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
 
 
 async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
-                        echo: Callable[[str], None] = print) -> dict[str, int]:
+                        echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
     counts = {"done": 0, "skipped": 0, "failed": 0}
-    for f, record in h.records.items():
+    for f in features if features is not None else list(h.records):
+        record = h.records[f]
         for name in h.configs.run.explainer_names:
             have = store.explanations(h.run_id, feature=f, method=name)
             if have and have[0]["error"] is None:
@@ -224,12 +225,12 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
 
 
 async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scorers: list[str] | None = None,
-                      echo: Callable[[str], None] = print) -> dict[str, int]:
+                      echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
     counts = {"done": 0, "skipped": 0, "failed": 0}
     scorers = scorers or h.configs.run.scorer_names
     for e in store.explanations(h.run_id, ok_only=True):
         record = h.records.get(e["feature"])
-        if record is None:
+        if record is None or (features is not None and e["feature"] not in features):
             continue
         for name in scorers:
             scorer = h.configs.scorer(name)
@@ -284,15 +285,20 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
         llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
 
         async def go():
-            t = time.perf_counter()
-            c = await explain_stage(h, store, llm, oracle, echo)
-            echo(f"explain: {c['done']} new, {c['skipped']} already done, {c['failed']} failed "
-                 f"({time.perf_counter() - t:.1f}s)")
-            t = time.perf_counter()
-            c = await score_stage(h, store, llm, oracle, echo=echo)
-            echo(f"score: {c['done']} new, {c['skipped']} already done, {c['failed']} failed "
-                 f"({time.perf_counter() - t:.1f}s)")
+            # feature by feature: a killed run keeps every finished feature explained *and* scored
+            totals = {"explain": [0.0, {"done": 0, "skipped": 0, "failed": 0}],
+                      "score": [0.0, {"done": 0, "skipped": 0, "failed": 0}]}
+            for i, f in enumerate(h.records):
+                echo(f"feature {f} ({i + 1}/{len(h.records)})")
+                for stage, fn in (("explain", explain_stage), ("score", score_stage)):
+                    t = time.perf_counter()
+                    c = await fn(h, store, llm, oracle, echo=echo, features=[f])
+                    totals[stage][0] += time.perf_counter() - t
+                    for k, v in c.items():
+                        totals[stage][1][k] += v
             await llm.aclose()
+            for stage, (secs, c) in totals.items():
+                echo(f"{stage}: {c['done']} new, {c['skipped']} already done, {c['failed']} failed ({secs:.1f}s)")
 
         asyncio.run(go())
         t = time.perf_counter()

@@ -31,6 +31,7 @@ class GenerationConfig(Config):
     fraction: float = Field(0.5, gt=0, le=1, description="success: max activation ≥ fraction × reference")
     reference: Literal["max", "top10_mean"] = Field("max", description="the feature's reference level")
     temperature: float = Field(0.0, ge=0, description="sampling temperature of the writer")
+    seed: int | None = Field(None, description="sampling seed of the writer (with temperature > 0)")
 
 
 @SCORERS.register("generation")
@@ -42,7 +43,8 @@ class Generation(Scorer):
         n = self.cfg.sentences
         messages = template(__file__, "generation").chat(explanation=explanation, n=n)
         obj, _ = await llm.generate_json(messages, _sentences_schema(n, "sentences"), max_tokens=40 * n,
-                                         temperature=self.cfg.temperature, feature=record.feature)
+                                         temperature=self.cfg.temperature, seed=self.cfg.seed,
+                                         feature=record.feature)
         sentences = obj["sentences"]
         acts = [r.max(record.feature) for r in oracle.activations(sentences, [record.feature])]
         ref = record.reference(self.cfg.reference)
@@ -56,6 +58,8 @@ class Generation(Scorer):
 class ContrastConfig(Config):
     cli_prefix: ClassVar[str] = "contrast_"
     sentences: int = Field(5, ge=1, description="sentences per side (matching, unrelated)")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature of the writer")
+    seed: int | None = Field(None, description="sampling seed of the writer (with temperature > 0)")
 
 
 @SCORERS.register("contrast")
@@ -67,7 +71,8 @@ class Contrast(Scorer):
         n = self.cfg.sentences
         messages = template(__file__, "contrast").chat(explanation=explanation, n=n)
         obj, _ = await llm.generate_json(messages, _sentences_schema(n, "matching", "unrelated"),
-                                         max_tokens=80 * n, feature=record.feature)
+                                         max_tokens=80 * n, temperature=self.cfg.temperature, seed=self.cfg.seed,
+                                         feature=record.feature)
         res = oracle.activations(obj["matching"] + obj["unrelated"], [record.feature])
         acts = [r.max(record.feature) for r in res]
         pos, neg = float(np.mean(acts[:n])), float(np.mean(acts[n:]))

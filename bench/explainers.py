@@ -1,0 +1,57 @@
+"""The comparison users ask for: one-shot vs max-act + logit lens vs SAGE on held-out features of the default
+SAE, the same LLM judging every method on the same score-pool windows: generation accuracy, detection,
+simulation r (with bootstrap 95 % CIs over features), LLM calls and tokens per feature.
+
+    .venv/bin/python bench/explainers.py [--features 30] [--llm default] [--tokens 1M]
+
+Resumable: it is one `saexplain run` (kind 'run' in the store); killed, it continues where it stopped and
+may span sessions. Uses the CPU preset of `make demo` (pipeline/presets.py). Prints the report, then the
+headline line `SAGE - one-shot gen-acc delta: <value> [<lo>, <hi>]`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from saexplain.pipeline.presets import cpu_preset
+from saexplain.pipeline.runner import run_all
+from saexplain.report import summarize
+from saexplain.store import Store
+
+SAGE_REFERENCE_TOKENS = (350_000, 750_000)  # per feature, SAGE's reference code (the issue's figure)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--features", type=int, default=30)
+    ap.add_argument("--llm", default="default")
+    ap.add_argument("--tokens", default="1M", help="tokens to cache (the default corpus has ~823k)")
+    ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
+    args = ap.parse_args()
+    cfgs = cpu_preset(f"random:{args.features}", "oneshot,oneshot+logitlens,sage",
+                      "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm)
+    t0 = time.perf_counter()
+    h = run_all(cfgs, echo=lambda m: print(m, flush=True))
+    print(f"wall: {time.perf_counter() - t0:.0f}s")
+    print((h.folder / "report.md").read_text())
+    with Store(cfgs.run.store or _default_store(), readonly=True) as db:
+        s = summarize(db, h.run_id, baseline="oneshot")
+    sage_tokens = s["usage"].get("sage", {}).get("tokens", float("nan"))
+    print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
+          f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
+    d = s["paired"].get("sage|generation")
+    if d and d["n"]:
+        print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
+              f"(n={d['n']} features)")
+    else:
+        print("SAGE - one-shot gen-acc delta: n/a (no feature scored by both yet)")
+
+
+def _default_store():
+    from saexplain.cache.pipeline import default_store_path
+
+    return default_store_path()
+
+
+if __name__ == "__main__":
+    main()

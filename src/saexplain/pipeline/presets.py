@@ -1,0 +1,29 @@
+"""Settings sized for the offline default stack on 2 CPU cores (the default LLM writes about 16–20 tok/s):
+`make demo` and bench/explainers.py use the same ones, so what the demo shows is what was measured."""
+
+from __future__ import annotations
+
+from saexplain.cache.latents import CacheConfig
+from saexplain.explain.oneshot import OneShotConfig
+from saexplain.explain.sage import SAGEConfig
+from saexplain.llm import LLMConfig
+from saexplain.pipeline.runner import RunConfig, StageConfigs
+from saexplain.score.classifier import DetectionConfig
+from saexplain.score.generative import GenerationConfig
+from saexplain.score.simulation import SimulationConfig
+
+
+def cpu_preset(features: str, explainers: str, scorers: str, tokens: int, feature_seed: int = 0,
+               llm: str = "default", store: str | None = None) -> StageConfigs:
+    return StageConfigs(
+        run=RunConfig(features=features, explainers=explainers, scorers=scorers, feature_seed=feature_seed,
+                      store=store),
+        cache=CacheConfig(tokens=tokens),
+        llm=LLMConfig(llm=llm),
+        oneshot=OneShotConfig(examples=8, window=20),
+        # a modest SAGE: 3 hypotheses + a negative case, 2 probes each per round, at most 2 rounds
+        sage=SAGEConfig(exemplars=8, window=20, max_rounds=2, max_llm_calls=8, max_seconds=300),
+        detection=DetectionConfig(activating=6, random_negatives=3, hard_negatives=3),
+        simulation=SimulationConfig(high=2, medium=1, low=1, tokens=16),
+        generation=GenerationConfig(sentences=8),
+    )
