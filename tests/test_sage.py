@@ -26,7 +26,7 @@ def task_message(req) -> str:
 
 def step_of(req) -> str:
     task = task_message(req).split("Task:")[-1]
-    for key, step in (("observation", "analyze"), ("to test now", "design"), ("to rewrite", "rewrite"),
+    for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
                       ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude")):
         if key in task:
             return step
@@ -58,8 +58,8 @@ class Script:
             hyps = ["the word wife", "words about water", "people at home"]
             if injected and self.obey_injection:
                 hyps[1] = "EVERYTHING IS CONFIRMED"
-            return json.dumps({"observation": "wife is marked", "hypotheses": hyps,
-                               "negative_case": "the word husband"})
+            return json.dumps({"observation": "wife is marked", "token": hyps[0], "context": hyps[1],
+                               "category": hyps[2], "negative_case": "the word husband"})
         if step == "design":
             texts = {int(i): (neg, t) for i, neg, t in
                      re.findall(r"^H(\d+) \[\w+\] (does NOT fire on: )?(.*)$", task_message(req), re.M)}
@@ -79,8 +79,8 @@ class Script:
                     probes = [("The river ran fast.", "high"), ("Water fell from the sky.", "high")]
                 else:
                     probes = [(f"Look at the {text.split()[-1]}.", "high"), ("A bird flew by.", "high")]
-                tests += [{"hypothesis": h, "probe": p, "expected": e} for p, e in probes]
-            return json.dumps({"tests": tests})
+                tests += [{"probe": p, "expected": e} for p, e in probes]
+            return json.dumps({"probes": tests})
         if step == "rewrite":
             return json.dumps({"rewrites": [{"hypothesis": h, "text": "a wife (at home or not)"}
                                             for h in active_ids(req, "to rewrite")]})
@@ -133,14 +133,15 @@ def test_every_transition_with_measured_verdicts(wife):
     assert st["a wife (at home or not)"] == "CONFIRMED"  # mixed → REFINED → retested → confirmed
     h3 = next(h for h in exp.evidence["hypotheses"] if h["text"].startswith("a wife"))
     assert h3["refinements"] == 1 and h3["history"][0]["text"] == "people at home"
-    assert script.steps == ["analyze", "design", "rewrite", "design", "conclude"]
+    # one design call per active hypothesis; then only the rewritten one is tested again
+    assert script.steps == ["analyze"] + ["design"] * 4 + ["rewrite", "design", "conclude"]
     # probes of every active hypothesis of a round went to the oracle together; each is in the trace
     probes = [s for s in exp.trace if s["kind"] == "probe"]
     assert len(probes) == 8 + 2 and all(len(p["content"]["tokens"]) == len(p["content"]["acts"]) for p in probes)
     assert exp.description == 'the word "wife"'
     assert exp.labels == ["wife", "a wife"]  # "Wife!" merged into "wife"
     assert exp.evidence["stop_reason"] == "all hypotheses decided"
-    assert exp.usage["calls"] == 5
+    assert exp.usage["calls"] == 8
 
 
 def test_untested_hypotheses_never_reach_the_conclusion(wife):
@@ -234,8 +235,8 @@ def test_review_adds_hypotheses_when_nothing_was_confirmed(wife):
     def handler(req):
         if step_of(req) == "analyze":
             script.steps.append("analyze")
-            return json.dumps({"observation": "?", "hypotheses": ["words about water", "the sky", "birds"],
-                               "negative_case": "the word husband"})
+            return json.dumps({"observation": "?", "token": "words about water", "context": "the sky",
+                               "category": "birds", "negative_case": "the word husband"})
         return script(req)
 
     exp, _ = run_sage(make_record(wife, TEXTS), wife, handler, max_llm_calls=20)

@@ -272,7 +272,7 @@ def report(run_id: int = typer.Option(None, "--run", help="run id (default: the 
         run_id = run_id or _latest_run(db, "run")
         if db.run(run_id)["kind"] != "run":
             raise SaexplainError(f"run {run_id} is not an explain/score run")
-        paths = write_report(db, run_id, out or run_folder(run_id), baseline)
+        paths = write_report(db, run_id, out or run_folder(run_id, db.path), baseline)
     console.print(paths["markdown"].read_text(), markup=False, highlight=False)
     console.print(f"written: {paths['markdown']}  {paths['json']}  {paths['png']}")
 
@@ -294,7 +294,7 @@ def trace(feature: int = typer.Option(..., help="feature id"),
         exp = db.explanations(run_id, feature=feature, method=method)
         if not exp:
             raise SaexplainError(f"run {run_id} has no {method} explanation of feature {feature}")
-    console.print(format_trace(steps, exp[0]), markup=False, highlight=False)
+    print(format_trace(steps, exp[0]))
 
 
 def _latest_run(db: Store, kind: str) -> int:
@@ -306,7 +306,7 @@ def _latest_run(db: Store, kind: str) -> int:
 
 @app.command()
 @friendly_errors
-def demo(features: int = typer.Option(8, help="features to explain (random, density 0.01 %–1 %)"),
+def demo(features: int = typer.Option(6, help="features to explain (random, density 0.01 %–1 %)"),
          tokens: int = typer.Option(262_144, help="tokens of the default corpus to cache"),
          explainers: str = typer.Option("oneshot,sage", help="explainers, comma-separated"),
          scorers: str = typer.Option("generation,detection,embedding,simulation", help="scorers, comma-separated"),

@@ -34,7 +34,9 @@ def examples_evidence(record: FeatureRecord, n: int, window: int) -> str:
     for i, w in enumerate(wins):
         toks, acts = cut(w, window)
         lines.append(f"{i + 1}. {format_window(toks, acts, record.max_act)}")
-    return "Examples where the feature fires:\n" + "\n".join(lines)
+    from saexplain.explain.sage import firing_tokens
+
+    return "Examples where the feature fires:\n" + "\n".join(lines) + "\n" + firing_tokens(wins)
 
 
 def lens_evidence(oracle, feature: int, k: int) -> str:

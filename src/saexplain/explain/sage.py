@@ -1,9 +1,9 @@
 """SAGE (Han et al., arXiv 2511.20820): an agent that explains a feature by testing hypotheses on the real
 subject model + SAE.
 
-GET_EXEMPLARS → ANALYZE_EXEMPLARS (observation, ≥ 3 hypotheses, one negative case) → rounds of
-DESIGN_TEST (probes + expected level, all active hypotheses in one reply) → RUN_TEST (every probe of the
-round in one oracle batch) → ANALYZE_RESULT + UPDATE → REVIEW_ALL → FINAL_CONCLUSION (description + labels),
+GET_EXEMPLARS → ANALYZE_EXEMPLARS (observation, 3 hypotheses — tokens, context, category — and a negative case) → rounds of
+DESIGN_TEST (probes + expected level, one short call per active hypothesis) → RUN_TEST (every probe of
+the round in one oracle batch) → ANALYZE_RESULT + UPDATE → REVIEW_ALL → FINAL_CONCLUSION (description + labels),
 then a final selection among the candidates by a cheap proxy on the explain pool.
 
 The LLM proposes hypotheses, probes and rewrites; by default the verdicts are computed from measurements
@@ -35,13 +35,15 @@ from saexplain.llm.prompts import Template
 from saexplain.sampling.record import FeatureRecord
 
 ACTIVE, CONFIRMED, REFUTED = "ACTIVE", "CONFIRMED", "REFUTED"
+HYP_CHARS = 120  # a hypothesis is one specific phrase; long ones are where small LLMs start to loop
+HYP_KINDS = ("token", "context", "category")
+PROBE_CHARS = 120
 
 
 class SAGEConfig(Config):
     cli_prefix: ClassVar[str] = "sage_"
     exemplars: int = Field(10, ge=1, description="top windows of the explain pool shown (GET_EXEMPLARS)")
     window: int = Field(24, ge=4, description="tokens per exemplar (around the strongest)")
-    hypotheses: int = Field(3, ge=1, le=6, description="positive hypotheses asked for (plus one negative case)")
     probes_per_round: int = Field(2, ge=1, le=4, description="probes per active hypothesis per round")
     max_rounds: int = Field(3, ge=1, description="test/review rounds")
     max_refinements: int = Field(2, ge=0, description="rewrites of one hypothesis before mixed results refute it")
@@ -53,7 +55,9 @@ class SAGEConfig(Config):
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
     max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
     max_seconds: float = Field(900.0, gt=0, description="budget: wall time per feature")
-    reply_tokens: int = Field(400, ge=64, description="reply length cap per call")
+    reply_tokens: int = Field(300, ge=64, description="reply length cap per call")
+    design_temperature: float = Field(0.7, ge=0, description="sampling temperature of probe design (seeded)")
+    seed: int = Field(0, description="seed of the sampled steps")
 
 
 @dataclass
@@ -154,10 +158,12 @@ class SAGE(Explainer):
             lines.append(f"\n{header}: " + ", ".join(f"H{h.id}" for h in hyps if h.id in ids))
         return "\n".join(lines)
 
-    async def _ask(self, llm, step: str, schema: dict, trace: Tracer, feature: int, **values) -> Any:
+    async def _ask(self, llm, step: str, schema: dict, trace: Tracer, feature: int, temperature: float = 0.0,
+                   seed: int | None = None, **values) -> Any:
         messages = _message(step, **values)
         trace("prompt", {"step": step, "text": messages[-1][1]})
-        obj, comp = await llm.generate_json(messages, schema, max_tokens=self.cfg.reply_tokens, feature=feature)
+        obj, comp = await llm.generate_json(messages, schema, max_tokens=self.cfg.reply_tokens, feature=feature,
+                                            temperature=temperature, seed=seed)
         trace("reply", {"step": step, "json": obj})
         return obj
 
@@ -177,18 +183,18 @@ class SAGE(Explainer):
         if not tops:
             raise LLMError(f"feature {f} has no activating windows in its explain pool")
         exemplars = "\n".join(f"{i + 1}. {format_window(*cut(w, cfg.window), record.max_act)}"
-                              for i, w in enumerate(tops))
+                              for i, w in enumerate(tops)) + "\n" + firing_tokens(tops)
         trace("exemplars", exemplars)
 
-        # ANALYZE_EXEMPLARS (always runs: without it there is nothing to conclude from)
-        n_hyp = cfg.hypotheses
-        schema = {"type": "object", "required": ["observation", "hypotheses", "negative_case"], "properties": {
-            "observation": {"type": "string", "maxLength": 400},
-            "hypotheses": {"type": "array", "minItems": n_hyp, "maxItems": n_hyp,
-                           "items": {"type": "string", "minLength": 3, "maxLength": 240}},
-            "negative_case": {"type": "string", "minLength": 3, "maxLength": 240}}}
-        obj = await self._ask(llm, "analyze", schema, trace, f, exemplars=exemplars, n_hyp=n_hyp)
-        hyps = [Hypothesis(i + 1, t.strip()) for i, t in enumerate(_dedupe(obj["hypotheses"]))]
+        # ANALYZE_EXEMPLARS (always runs: without it there is nothing to conclude from). Three named kinds of
+        # hypothesis (the tokens, their context, their category) guide a small LLM better than examples,
+        # which it copies.
+        phrase = {"type": "string", "minLength": 3, "maxLength": HYP_CHARS}
+        schema = {"type": "object", "required": ["observation", *HYP_KINDS, "negative_case"], "properties": {
+            "observation": {"type": "string", "maxLength": 200}, **dict.fromkeys(HYP_KINDS, phrase),
+            "negative_case": phrase}}
+        obj = await self._ask(llm, "analyze", schema, trace, f, exemplars=exemplars)
+        hyps = [Hypothesis(i + 1, t) for i, t in enumerate(_dedupe([obj[k] for k in HYP_KINDS]))]
         hyps.append(Hypothesis(len(hyps) + 1, obj["negative_case"].strip(), negative=True))
         trace("status", {h.id: {"status": h.status, "text": h.text, "negative": h.negative} for h in hyps})
 
@@ -220,7 +226,7 @@ class SAGE(Explainer):
                 break
             # DESIGN_TEST for every active hypothesis in one reply
             try:
-                tests = await self._design(llm, hyps, active, exemplars, trace, f)
+                tests = await self._design(llm, hyps, active, exemplars, trace, f, budget)
             except LLMError as e:
                 trace("error", {"step": "design", "error": str(e)})
                 stop = "llm_error"
@@ -297,25 +303,30 @@ class SAGE(Explainer):
         return Explanation(chosen, labels, evidence)
 
     # ------------------------------------------------------------------------------------------ steps
-    async def _design(self, llm, hyps, active, exemplars, trace, f) -> list[tuple[Hypothesis, Test]]:
+    async def _design(self, llm, hyps, active, exemplars, trace, f, budget: Budget) -> list[tuple[Hypothesis, Test]]:
+        """DESIGN_TEST: one short call per active hypothesis (a small LLM asked for every hypothesis's probes
+        at once writes one probe for all of them); the probes of the round then run as one oracle batch."""
         k = self.cfg.probes_per_round
-        ids = [h.id for h in active]
-        schema = {"type": "object", "required": ["tests"], "properties": {"tests": {
-            "type": "array", "minItems": 1, "maxItems": k * len(active), "items": {
-                "type": "object", "required": ["hypothesis", "probe", "expected"], "properties": {
-                    "hypothesis": {"type": "integer", "enum": ids},
-                    "probe": {"type": "string", "minLength": 3, "maxLength": 300},
+        schema = {"type": "object", "required": ["probes"], "properties": {"probes": {
+            "type": "array", "minItems": 1, "maxItems": k, "items": {
+                "type": "object", "required": ["probe", "expected"], "properties": {
+                    "probe": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS},
                     "expected": {"type": "string", "enum": ["high", "none"]}}}}}}
-        obj = await self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k,
-                              state=self._state(hyps, "to test now", active))
-        by_id = {h.id: h for h in active}
-        out, per = [], dict.fromkeys(ids, 0)
-        for item in obj["tests"]:
-            h = by_id[item["hypothesis"]]
-            if per[h.id] >= k:
-                continue
-            per[h.id] += 1
-            out.append((h, Test(item["probe"].strip(), item["expected"])))
+        out = []
+        for h in active:
+            if budget.exhausted():
+                break
+            obj = await self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k, hid=h.id,
+                                  state=self._state([h], "to test now", [h]),
+                                  temperature=self.cfg.design_temperature, seed=self.cfg.seed + len(h.tests))
+            earlier = {t.probe for t in h.tests} | {old.get("probe") for old in h.history}
+            for item in obj["probes"][:k]:
+                probe = item["probe"].strip()
+                if probe in earlier:
+                    continue
+                earlier.add(probe)
+                # a negative case says what should NOT fire: its probes expect silence whatever the reply says
+                out.append((h, Test(probe, "none" if h.negative else item["expected"])))
         return out
 
     async def _refine(self, llm, hyps, to_refine, exemplars, trace, f) -> None:
@@ -324,7 +335,7 @@ class SAGE(Explainer):
             "type": "array", "minItems": 1, "maxItems": len(ids), "items": {
                 "type": "object", "required": ["hypothesis", "text"], "properties": {
                     "hypothesis": {"type": "integer", "enum": ids},
-                    "text": {"type": "string", "minLength": 3, "maxLength": 240}}}}}}
+                    "text": {"type": "string", "minLength": 3, "maxLength": HYP_CHARS}}}}}}
         obj = await self._ask(llm, "refine", schema, trace, f, exemplars=exemplars,
                               state=self._state(hyps, "to rewrite", to_refine))
         rewrites = {r["hypothesis"]: r["text"].strip() for r in obj["rewrites"]}
@@ -344,7 +355,7 @@ class SAGE(Explainer):
     async def _review(self, llm, hyps, exemplars, trace, f) -> list[str]:
         schema = {"type": "object", "required": ["new_hypotheses"], "properties": {"new_hypotheses": {
             "type": "array", "minItems": 0, "maxItems": 3,
-            "items": {"type": "string", "minLength": 3, "maxLength": 240}}}}
+            "items": {"type": "string", "minLength": 3, "maxLength": HYP_CHARS}}}}
         obj = await self._ask(llm, "review", schema, trace, f, exemplars=exemplars, n=2,
                               state=self._state(hyps, "", []))
         known = {_norm(h.text) for h in hyps}
@@ -357,7 +368,7 @@ class SAGE(Explainer):
                 "type": "object", "required": ["hypothesis", "status"], "properties": {
                     "hypothesis": {"type": "integer", "enum": ids},
                     "status": {"type": "string", "enum": [CONFIRMED, REFUTED, "REFINED", "UNCHANGED"]},
-                    "rewrite": {"type": "string", "maxLength": 240}}}}}}
+                    "rewrite": {"type": "string", "maxLength": HYP_CHARS}}}}}}
         obj = await self._ask(llm, "judge", schema, trace, f, exemplars=exemplars,
                               state=self._state(hyps, "to judge", active))
         out = dict(measured)
@@ -383,9 +394,9 @@ class SAGE(Explainer):
         why = budget.exhausted(reserve_calls=0)
         if why is None:
             schema = {"type": "object", "required": ["description", "labels"], "properties": {
-                "description": {"type": "string", "minLength": 3, "maxLength": 300},
+                "description": {"type": "string", "minLength": 3, "maxLength": 200},
                 "labels": {"type": "array", "minItems": 1, "maxItems": 4,
-                           "items": {"type": "string", "minLength": 2, "maxLength": 120}}}}
+                           "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
             try:
                 obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
                                       state=self._state(tested, "", []))
@@ -396,6 +407,17 @@ class SAGE(Explainer):
             trace("stop", {"reason": f"no budget for the conclusion: {why}"})
         labels = _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [fallback.text]
         return fallback.text, labels
+
+
+def firing_tokens(windows, top: int = 6) -> str:
+    """One summary line: the tokens the feature fires on most across the exemplars (at their peaks)."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for w in windows:
+        peak = int(np.argmax(w.acts))
+        counts[w.tokens[peak].strip() or repr(w.tokens[peak])] += 1
+    return "Strongest token per example: " + ", ".join(f"'{t}' ×{n}" for t, n in counts.most_common(top))
 
 
 def _marked(t: Test) -> str:

@@ -39,7 +39,7 @@ class LLMConfig(Config):
     max_backoff: float = Field(30.0, ge=0, description="longest retry delay")
     cache: bool = Field(True, description="reuse identical requests' answers from the store")
     n_ctx: int = Field(4096, description="context length (in-process llama.cpp)")
-    threads: int | None = Field(None, description="CPU threads (in-process llama.cpp)")
+    threads: int | None = Field(None, description="CPU threads (in-process llama.cpp; default: all cores)")
     logprobs: bool = Field(True, description="load in-process llama.cpp with logits_all (needed for logprobs)")
     json_mode: Literal["json_schema", "json_object"] = Field(
         "json_schema", description="how an OpenAI-compatible server is asked for JSON (llama-cpp-python: json_object)")

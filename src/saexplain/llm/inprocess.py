@@ -4,6 +4,7 @@ transformers (batched generation; completion mode for base models)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -28,8 +29,11 @@ class LlamaCpp(Backend):
             raise LLMError(f"GGUF file not found: {path}")
         self.model = Path(path).name
         self.logits_all = logits_all
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, logits_all=logits_all,
-                         verbose=False)
+        # llama-cpp-python's default is half the cores for generation: on a 2-core machine that is one
+        # thread and half the speed. The oracle never runs at the same time, so take them all.
+        threads = threads or os.cpu_count() or 1
+        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                         logits_all=logits_all, verbose=False)
         self.lock = threading.Lock()
         self.chat_model = bool(self.llm.metadata.get("tokenizer.chat_template"))
 

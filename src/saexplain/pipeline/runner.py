@@ -29,7 +29,6 @@ from saexplain.explain import EXPLAINERS
 from saexplain.explain.oneshot import OneShotConfig
 from saexplain.explain.sage import SAGEConfig
 from saexplain.llm import LLM, LLMConfig, LLMError
-from saexplain.paths import home
 from saexplain.sampling.pipeline import sample_features
 from saexplain.sampling.record import FeatureRecord, make_record
 from saexplain.sampling.sampler import SamplingConfig
@@ -167,8 +166,10 @@ class RunHandle:
     folder: Path
 
 
-def run_folder(run_id: int) -> Path:
-    return home() / "runs" / str(run_id)
+def run_folder(run_id: int, store_path: str | Path | None = None) -> Path:
+    """Where a run's config and report go: beside its store (run ids are per store)."""
+    store_path = Path(store_path) if store_path else default_store_path()
+    return store_path.parent / f"{store_path.stem}-runs" / str(run_id)
 
 
 def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
@@ -177,7 +178,7 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
     t0 = time.perf_counter()
     cache = build_cache(cfgs.subject, cfgs.corpus, cfgs.cache, store, oracle=oracle, progress=True)
     stats = store.feature_stats(cache.run_id)
-    echo(f"cache: {cache.cache.meta.get('tokens', '?')} tokens, {len(stats)} features "
+    echo(f"cache: {cache.cache.n_contexts * cache.cache.context:,} tokens, {len(stats)} features "
          f"({time.perf_counter() - t0:.1f}s)")
     if features is None:
         features = choose_features(cfgs.run.features, stats, cfgs.run)
@@ -192,7 +193,7 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
     config_json = json.dumps(cfgs.to_dict(), sort_keys=True)
     run_id = store.get_or_create_run("run", cfgs.identity(), config_json)
     store.set_run_config(run_id, config_json)  # the latest invocation's lists and scorer settings
-    folder = run_folder(run_id)
+    folder = run_folder(run_id, store.path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfgs.to_dict(), indent=2, sort_keys=True) + "\n")
     return RunHandle(run_id, cfgs, cache, records, folder)
