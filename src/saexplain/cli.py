@@ -206,13 +206,14 @@ def _stage_classes():
 @friendly_errors
 @config_options(*_stage_classes())
 def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, oneshot=None, sage=None,
-        detection=None, fuzzing=None, simulation=None, embedding=None, generation=None, contrast=None):
+        detection=None, fuzzing=None, simulation=None, embedding=None, generation=None, contrast=None,
+        steering=None):
     """Cache → sample → explain → score → report, resumable per feature (the same command continues a
     killed run; more features, explainers or scorers extend it)."""
     from saexplain.pipeline.runner import StageConfigs
 
     cfgs = StageConfigs(run, subject, corpus, cache, sampling, llm, oneshot, sage, detection, fuzzing, simulation,
-                        embedding, generation, contrast)
+                        embedding, generation, contrast, steering)
     h = run_all_and_print(cfgs)
     console.print(f"[bold]run {h.run_id}[/bold]: report in {h.folder}")
 

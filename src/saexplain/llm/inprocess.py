@@ -62,7 +62,7 @@ class LlamaCpp(Backend):
                     texts.append(choice["message"]["content"] or "")
                     if logprobs is not None:
                         content = (choice.get("logprobs") or {}).get("content") or []
-                        logprobs.append([{t["token"]: t["logprob"] for t in tok.get("top_logprobs", [])}
+                        logprobs.append([{t["token"]: float(t["logprob"]) for t in tok.get("top_logprobs", [])}
                                          for tok in content])
                         tokens.append([tok["token"] for tok in content])
                 else:
@@ -73,7 +73,8 @@ class LlamaCpp(Backend):
                     texts.append(choice["text"])
                     if logprobs is not None:
                         lp = choice.get("logprobs") or {}
-                        logprobs.append([dict(d) for d in lp.get("top_logprobs", [])])
+                        logprobs.append([{k: float(v) for k, v in (d or {}).items()}
+                                         for d in lp.get("top_logprobs", [])])
                         tokens.append(list(lp.get("tokens", [])))
                 tin += out["usage"]["prompt_tokens"]
                 tout += out["usage"]["completion_tokens"]

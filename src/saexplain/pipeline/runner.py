@@ -37,6 +37,7 @@ from saexplain.score.classifier import DetectionConfig, FuzzingConfig
 from saexplain.score.embedding import EmbeddingConfig
 from saexplain.score.generative import ContrastConfig, GenerationConfig
 from saexplain.score.simulation import SimulationConfig
+from saexplain.score.steering import SteeringConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
 
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 # explainer name → the field of RunConfig holding its config; scorer name → likewise
 EXPLAINER_CONFIG = {"oneshot": "oneshot", "logitlens": "oneshot", "oneshot+logitlens": "oneshot", "sage": "sage"}
 SCORER_CONFIG = {"detection": "detection", "fuzzing": "fuzzing", "simulation": "simulation",
-                 "embedding": "embedding", "generation": "generation", "contrast": "contrast"}
+                 "embedding": "embedding", "generation": "generation", "contrast": "contrast",
+                 "steering": "steering"}
 
 
 class RunConfig(Config):
@@ -54,7 +56,7 @@ class RunConfig(Config):
     explainers: str = Field("oneshot,sage", description="explainers, comma-separated "
                             "(oneshot, logitlens, oneshot+logitlens, sage)")
     scorers: str = Field("detection,embedding,generation,simulation", description="scorers, comma-separated "
-                         "(detection, fuzzing, simulation, embedding, generation, contrast)")
+                         "(detection, fuzzing, simulation, embedding, generation, contrast, steering)")
     min_density: float = Field(1e-4, ge=0, description="features chosen by top:/random: fire on at least this share of tokens")
     max_density: float = Field(1e-2, gt=0, description="… and at most this share")
     feature_seed: int = Field(0, description="seed of random:N feature choice")
@@ -87,12 +89,13 @@ class StageConfigs:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
 
     CLASSES: ClassVar[dict[str, type[Config]]] = {
         "subject": SubjectConfig, "corpus": CorpusConfig, "cache": CacheConfig, "sampling": SamplingConfig,
         "llm": LLMConfig, "oneshot": OneShotConfig, "sage": SAGEConfig, "detection": DetectionConfig,
         "fuzzing": FuzzingConfig, "simulation": SimulationConfig, "embedding": EmbeddingConfig,
-        "generation": GenerationConfig, "contrast": ContrastConfig}
+        "generation": GenerationConfig, "contrast": ContrastConfig, "steering": SteeringConfig}
 
     def __post_init__(self):
         for name in self.run.explainer_names:
@@ -212,10 +215,12 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
             explainer = h.configs.explainer(name)
             try:
                 exp = await explainer.explain(record, llm, oracle)
-            except LLMError as e:  # recorded, retried by the next run; other features go on
-                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=str(e))
+            except Exception as e:  # noqa: BLE001  recorded (with its type), retried by the next run; others go on
+                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e))
                 counts["failed"] += 1
-                echo(f"  feature {f} {name}: FAILED ({e})")
+                if not isinstance(e, LLMError):
+                    log.exception("explainer %s failed on feature %s", name, f)
+                echo(f"  feature {f} {name}: FAILED ({_error_text(e)})")
                 continue
             store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
                                   exp.trace, seconds=exp.seconds)
@@ -243,11 +248,13 @@ async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scor
             t0 = time.perf_counter()
             try:
                 res = await scorer.score(record, e["description"], llm, oracle)
-            except LLMError as err:
-                store.put_score(e["id"], name, None, {}, {}, cfg_hash, error=str(err),
+            except Exception as err:  # noqa: BLE001  recorded, retried by the next run; the others go on
+                if not isinstance(err, LLMError):
+                    log.exception("scorer %s failed on feature %s", name, e["feature"])
+                store.put_score(e["id"], name, None, {}, {}, cfg_hash, error=_error_text(err),
                                 seconds=time.perf_counter() - t0)
                 counts["failed"] += 1
-                echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({err})")
+                echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({_error_text(err)})")
                 continue
             store.put_score(e["id"], name, res.value, res.details, res.usage, cfg_hash,
                             seconds=time.perf_counter() - t0)
@@ -255,6 +262,11 @@ async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scor
             value = "n/a" if res.value is None else f"{res.value:.3f}"
             echo(f"  feature {e['feature']} {e['method']} {name}: {value} ({time.perf_counter() - t0:.0f}s)")
     return counts
+
+
+def _error_text(e: Exception) -> str:
+    """LLM faults are expected and read as they are; anything else also names its type (a bug to report)."""
+    return str(e) if isinstance(e, LLMError) else f"{type(e).__name__}: {e}"
 
 
 def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Callable[[str], None] = print

@@ -264,7 +264,7 @@ class Store:
     def llm_cache_put(self, key: str, backend: str, model: str, response: dict[str, Any]) -> None:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO llm_cache (key, backend, model, response, created) VALUES (?,?,?,?,?)",
-                      (key, backend, model, json.dumps(response), time.time()))
+                      (key, backend, model, json.dumps(response, default=_jsonable), time.time()))
 
     def llm_cache_delete(self, key: str) -> None:
         with self.transaction() as c:
@@ -276,8 +276,9 @@ class Store:
         with self.transaction() as c:
             c.execute("INSERT INTO llm_calls (run_id, feature, backend, model, request_key, request, response, "
                       "error, tokens_in, tokens_out, seconds, attempts, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                      (run_id, feature, backend, model, key, json.dumps(request),
-                       None if response is None else json.dumps(response), error, tokens_in, tokens_out, seconds,
+                      (run_id, feature, backend, model, key, json.dumps(request, default=_jsonable),
+                       None if response is None else json.dumps(response, default=_jsonable), error, tokens_in,
+                       tokens_out, seconds,
                        attempts, time.time()))
 
     def llm_calls(self, run_id: int | None = None, failed_only: bool = False) -> list[dict[str, Any]]:
