@@ -26,9 +26,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(ground_truth, tmp_path_factory, monkeypatch_module):
+def setup(ground_truth, tmp_path_factory):
     home = tmp_path_factory.mktemp("gt_home")
-    monkeypatch_module.setenv("SAEXPLAIN_HOME", str(home))  # caches of the tiny model stay out of the user's
     corpus = home / "tales.txt"
     corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     cfgs = StageConfigs(
@@ -44,13 +43,6 @@ def setup(ground_truth, tmp_path_factory, monkeypatch_module):
     qwen_gguf()  # the default GGUF must be assembled (make setup-llm)
     llm = LLM(LLMConfig(cache=False))
     return {"record": h.records[0], "oracle": oracle, "llm": llm}
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 def test_true_explanation_beats_a_wrong_one_with_the_default_llm(setup):
