@@ -84,8 +84,11 @@ def test_record_pools_are_disjoint_and_negatives_silent(gt):
 def test_ground_truth_detection_prefers_the_true_explanation(gt):
     good, _ = score("detection", DetectionConfig(), gt["record"], GOOD, keyword_judge, gt["oracle"])
     wrong, _ = score("detection", DetectionConfig(), gt["record"], WRONG, keyword_judge, gt["oracle"])
-    assert good.value > 0.9 and good.details["auroc"] > 0.9
+    assert good.value > 0.9 and good.details["metric"] == "auroc" and good.value == good.details["auroc"]
     assert wrong.value <= 0.6 and good.value > wrong.value + 0.3
+    ba, _ = score("detection", DetectionConfig(metric="balanced_accuracy"), gt["record"], GOOD, keyword_judge,
+                  gt["oracle"])
+    assert ba.value == ba.details["balanced_accuracy"] > 0.9
     assert set(good.details["recall_by_decile"]) and all(v == 1.0 for v in good.details["recall_by_decile"].values())
     assert good.usage["calls"] == len(good.details["windows"])  # one window per question
 

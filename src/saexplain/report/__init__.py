@@ -16,11 +16,12 @@ from saexplain.store import Store
 BOOTSTRAP = 2000
 
 
-def bootstrap_ci(values: list[float], seed: int = 0, n: int = BOOTSTRAP) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap 95 % CI of the mean over the given per-feature values."""
+def bootstrap_ci(values: list[float], seed: int = 0, n: int = BOOTSTRAP) -> tuple[float | None, ...]:
+    """(mean, low, high): percentile bootstrap 95 % CI of the mean over the given per-feature values
+    (None, None, None without values: JSON has no NaN)."""
     v = np.asarray(values, float)
     if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
+        return None, None, None
     if len(v) == 1:
         return float(v[0]), float(v[0]), float(v[0])
     rng = np.random.default_rng(seed)
@@ -97,8 +98,8 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
             "values": {f"{m}|{sc}": {str(f): v for f, v in vals.items()} for (m, sc), vals in value.items()}}
 
 
-def _fmt(mean: float, ci: list[float]) -> str:
-    if np.isnan(mean):
+def _fmt(mean: float | None, ci: list[float | None]) -> str:
+    if mean is None:
         return "–"
     return f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
@@ -163,9 +164,9 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     for ax, sc in zip(axes[0], scorers):
         for i, m in enumerate(methods):
             vals = list(summary["values"].get(f"{m}|{sc}", {}).values())
-            if vals:
+            t = summary["table"][f"{m}|{sc}"]
+            if vals and t["mean"] is not None:
                 ax.scatter(i + rng.uniform(-0.12, 0.12, len(vals)), vals, s=12, alpha=0.6)
-                t = summary["table"][f"{m}|{sc}"]
                 ax.errorbar(i + 0.25, t["mean"], yerr=[[t["mean"] - t["ci95"][0]], [t["ci95"][1] - t["mean"]]],
                             fmt="o", color="black", capsize=3)
         ax.set_xticks(range(len(methods)))
@@ -183,6 +184,6 @@ def write_report(store: Store, run_id: int, folder: Path, baseline: str | None =
     summary = summarize(store, run_id, baseline)
     paths = {"markdown": folder / "report.md", "json": folder / "report.json", "png": folder / "report.png"}
     paths["markdown"].write_text(markdown(summary))
-    paths["json"].write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    paths["json"].write_text(json.dumps(summary, indent=1, default=float, allow_nan=False) + "\n")
     plot(summary, paths["png"])
     return paths

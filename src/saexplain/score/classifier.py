@@ -11,7 +11,7 @@ windows of the score pool; the feature's real activations are the truth.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -42,6 +42,9 @@ class DetectionConfig(Config):
     hard_negatives: int = Field(5, ge=0, description="hard negatives judged (the feature's top tokens, no firing)")
     per_prompt: int = Field(1, ge=1, description="windows per question (1: P(yes) per window; >1: a JSON list)")
     logprobs: bool = Field(True, description="read P(yes) from logprobs (AUROC); off for servers without them")
+    metric: Literal["auroc", "balanced_accuracy"] = Field(
+        "auroc", description="the value: AUROC of P(yes) (threshold-free; small LLMs are badly calibrated) or "
+                             "balanced accuracy at P(yes) > 0.5; AUROC falls back to balanced accuracy without logprobs")
     seed: int = Field(0, description="shuffle seed")
 
 
@@ -101,7 +104,9 @@ class ClassifierScorer(Scorer):
                    "auroc_from": "logprobs" if self.cfg.logprobs and per == 1 else "answers",
                    "recall_by_decile": {k: float(np.mean(v)) for k, v in sorted(recall.items())},
                    "windows": rows}
-        return ScoreResult(details["balanced_accuracy"], details)
+        use_auroc = self.cfg.metric == "auroc" and details["auroc_from"] == "logprobs" and details["auroc"] is not None
+        details["metric"] = "auroc" if use_auroc else "balanced_accuracy"
+        return ScoreResult(details[details["metric"]], details)
 
 
 @SCORERS.register("detection")
@@ -121,6 +126,7 @@ class FuzzingConfig(Config):
     cli_prefix: ClassVar[str] = "fuzzing_"
     activating: int = Field(10, ge=2, description="activating windows (half marked correctly, half at random)")
     logprobs: bool = Field(True, description="read P(yes) from logprobs (AUROC)")
+    metric: Literal["auroc", "balanced_accuracy"] = Field("auroc", description="the value (as for detection)")
     seed: int = Field(0, description="which windows get the wrong marks")
 
 

@@ -19,8 +19,13 @@ from saexplain.sampling.record import FeatureRecord
 from saexplain.score.base import SCORERS, Scorer, ScoreResult
 
 
+SENTENCE_CHARS = 200
+# a reply cut off by max_tokens is invalid JSON: leave room for every sentence at its longest (~4 chars/token)
+TOKENS_PER_SENTENCE = SENTENCE_CHARS // 3
+
+
 def _sentences_schema(n: int, *keys: str) -> dict:
-    arr = {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": 300},
+    arr = {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": SENTENCE_CHARS},
            "minItems": n, "maxItems": n}
     return {"type": "object", "properties": {k: arr for k in keys}, "required": list(keys)}
 
@@ -42,7 +47,8 @@ class Generation(Scorer):
     async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
         n = self.cfg.sentences
         messages = template(__file__, "generation").chat(explanation=explanation, n=n)
-        obj, _ = await llm.generate_json(messages, _sentences_schema(n, "sentences"), max_tokens=40 * n,
+        obj, _ = await llm.generate_json(messages, _sentences_schema(n, "sentences"),
+                                         max_tokens=TOKENS_PER_SENTENCE * n + 20,
                                          temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)
         sentences = obj["sentences"]
@@ -71,7 +77,8 @@ class Contrast(Scorer):
         n = self.cfg.sentences
         messages = template(__file__, "contrast").chat(explanation=explanation, n=n)
         obj, _ = await llm.generate_json(messages, _sentences_schema(n, "matching", "unrelated"),
-                                         max_tokens=80 * n, temperature=self.cfg.temperature, seed=self.cfg.seed,
+                                         max_tokens=2 * TOKENS_PER_SENTENCE * n + 30,
+                                         temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)
         res = oracle.activations(obj["matching"] + obj["unrelated"], [record.feature])
         acts = [r.max(record.feature) for r in res]
