@@ -2,10 +2,10 @@
 SAE, the same LLM judging every method on the same score-pool windows: generation accuracy, detection,
 simulation r (with bootstrap 95 % CIs over features), LLM calls and tokens per feature.
 
-    .venv/bin/python bench/explainers.py [--features 30] [--llm default] [--tokens 1M]
+    .venv/bin/python bench/explainers.py [--features 30] [--llm default] [--tokens 256k]
 
-Resumable: it is one `saexplain run` (kind 'run' in the store); killed, it continues where it stopped and
-may span sessions. Uses the CPU preset of `make demo` (pipeline/presets.py). Prints the report, then the
+Resumable: it is one `saexplain run` in its own store ($SAEXPLAIN_HOME/bench.db, so the demo's runs stay
+apart); killed, it continues where it stopped and may span sessions. Uses the CPU preset of `make demo` (pipeline/presets.py). Prints the report, then the
 headline line `SAGE - one-shot gen-acc delta: <value> [<lo>, <hi>]`."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
+from saexplain.paths import home
 from saexplain.report import summarize
 from saexplain.store import Store
 
@@ -25,16 +26,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", type=int, default=30)
     ap.add_argument("--llm", default="default")
-    ap.add_argument("--tokens", default="1M", help="tokens to cache (the default corpus has ~823k)")
+    ap.add_argument("--tokens", default="262144", help="tokens to cache (the demo's 256k cache is reused)")
+    ap.add_argument("--store", default=None, help="store (default: $SAEXPLAIN_HOME/bench.db)")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
     args = ap.parse_args()
+    store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", "oneshot,oneshot+logitlens,sage",
-                      "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm)
+                      "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm,
+                      store=store)
     t0 = time.perf_counter()
     h = run_all(cfgs, echo=lambda m: print(m, flush=True))
     print(f"wall: {time.perf_counter() - t0:.0f}s")
     print((h.folder / "report.md").read_text())
-    with Store(cfgs.run.store or _default_store(), readonly=True) as db:
+    with Store(store, readonly=True) as db:
         s = summarize(db, h.run_id, baseline="oneshot")
     sage_tokens = s["usage"].get("sage", {}).get("tokens", float("nan"))
     print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
@@ -45,12 +49,6 @@ def main() -> None:
               f"(n={d['n']} features)")
     else:
         print("SAGE - one-shot gen-acc delta: n/a (no feature scored by both yet)")
-
-
-def _default_store():
-    from saexplain.cache.pipeline import default_store_path
-
-    return default_store_path()
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ import time
 
 import numpy as np
 
-from saexplain.cache.pipeline import default_store_path
 from saexplain.llm import LLM
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
 from saexplain.sampling.pipeline import sample_features
 from saexplain.sampling.record import make_record
-from saexplain.sampling.sampler import SamplingConfig
 from saexplain.score import SCORERS, pearson
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle
@@ -46,11 +44,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--features", type=int, default=30)
     ap.add_argument("--scorers", default=ALL)
-    ap.add_argument("--tokens", default="1M")
+    ap.add_argument("--tokens", default="262144")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (as bench/explainers.py)")
     args = ap.parse_args()
     names = [s.strip() for s in args.scorers.split(",") if s.strip()]
-    cfgs = cpu_preset(f"random:{args.features}", "oneshot", "", args.tokens, args.seed)
+    store = str(home() / "bench.db")  # bench/explainers.py's store: its one-shot explanations are reused
+    cfgs = cpu_preset(f"random:{args.features}", "oneshot", "", args.tokens, args.seed, store=store)
     h = run_all(cfgs, echo=lambda m: print(m, flush=True))  # one-shot explanations (reused when present)
     out = home() / "bench" / "scorers.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +58,7 @@ def main() -> None:
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done[(r["feature"], r["scorer"], r["seed"])] = r
-    with Store(default_store_path()) as db:
+    with Store(store) as db:
         oracle = Oracle.from_config(cfgs.subject)
         exps = {e["feature"]: e for e in db.explanations(h.run_id, method="oneshot", ok_only=True)}
         features = [f for f in h.records if f in exps]
