@@ -227,3 +227,37 @@ def test_transformers_backend_on_the_tiny_base_model(tiny_model_dir):
     assert len(two.texts) == 2
     with pytest.raises(LLMError, match="no chat template"):
         run(llm.generate(MSG))
+
+
+def test_usage_per_feature_from_the_call_log_and_meters_per_task(tmp_path):
+    from saexplain.llm import metered
+
+    store = Store(tmp_path / "s.db")
+    run_id = store.get_or_create_run("run", "k", "{}")
+    with FaultServer(default_text="answer") as server:
+        llm = LLM(LLMConfig(llm=f"openai-compatible:{server.url}#scripted", cache=False), store=store, run_id=run_id)
+
+        async def task(feature: int, calls: int):
+            with metered() as usage:
+                for i in range(calls):
+                    await llm.generate([("user", f"f{feature} q{i}")], feature=feature)
+            return usage
+
+        async def both():
+            return await asyncio.gather(task(1, 2), task(2, 3))
+
+        u1, u2 = run(both())
+    assert (u1.calls, u2.calls) == (2, 3)  # concurrent tasks are metered apart
+    usage = store.llm_usage(run_id)
+    assert usage[1]["calls"] == 2 and usage[2]["calls"] == 3 and usage[2]["failures"] == 0
+    assert usage[1]["tokens_in"] == u1.tokens_in and usage[2]["tokens_out"] == u2.tokens_out
+
+
+def test_an_unusable_reply_is_not_served_from_the_cache_again(tmp_path):
+    store = Store(tmp_path / "s.db")
+    with FaultServer([("ok", "not json"), ("ok", "still not json")]) as server:
+        with pytest.raises(LLMParseError):
+            run(client(server, store=store).generate_json(MSG, SCHEMA))
+    with FaultServer(default_text='{"label": "cats", "score": 3}') as server:
+        obj, comp = run(client(server, store=store).generate_json(MSG, SCHEMA))
+        assert obj["label"] == "cats" and not comp.cached and len(server.requests) == 1
