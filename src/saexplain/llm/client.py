@@ -61,11 +61,14 @@ def metered() -> Iterator[Usage]:
     """Usage of every LLM call made inside this block by this task (asyncio tasks each carry their own
     context, so concurrent explainers and scorers are metered apart). Meters nest."""
     usage = Usage()
-    token = _METERS.set(_METERS.get() + (usage,))
+    before = _METERS.get()
+    _METERS.set(before + (usage,))
     try:
         yield usage
     finally:
-        _METERS.reset(token)
+        # set, not reset(token): a coroutine closed by the garbage collector (a killed run) exits this block
+        # in another context, where reset() raises and would mask the shutdown
+        _METERS.set(before)
 
 
 class LLM:
