@@ -16,7 +16,7 @@ import time
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
 from saexplain.paths import home
-from saexplain.report import summarize
+from saexplain.report import markdown, summarize
 from saexplain.store import Store
 
 SAGE_REFERENCE_TOKENS = (350_000, 750_000)  # per feature, SAGE's reference code (the figure)
@@ -28,18 +28,27 @@ def main() -> None:
     ap.add_argument("--llm", default="default")
     ap.add_argument("--tokens", default="262144", help="tokens to cache (the demo's 256k cache is reused)")
     ap.add_argument("--store", default=None, help="store (default: $SAEXPLAIN_HOME/bench.db)")
+    ap.add_argument("--report-only", action="store_true", help="print the figures so far (no LLM work)")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
     args = ap.parse_args()
     store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", "oneshot,oneshot+logitlens,sage",
                       "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm,
                       store=store)
-    t0 = time.perf_counter()
-    h = run_all(cfgs, echo=lambda m: print(m, flush=True))
-    print(f"wall: {time.perf_counter() - t0:.0f}s")
-    print((h.folder / "report.md").read_text())
-    with Store(store, readonly=True) as db:
-        s = summarize(db, h.run_id, baseline="oneshot")
+    if args.report_only:
+        with Store(store, readonly=True) as db:
+            run_id = db.runs("run")[-1]["id"]
+            s = summarize(db, run_id, baseline="oneshot")
+        print(markdown(s))
+    else:
+        t0 = time.perf_counter()
+        h = run_all(cfgs, echo=lambda m: print(m, flush=True))
+        print(f"wall: {time.perf_counter() - t0:.0f}s")
+        print((h.folder / "report.md").read_text())
+        with Store(store, readonly=True) as db:
+            s = summarize(db, h.run_id, baseline="oneshot")
+    features = {f for f, by in s["features"].items() if all(m in by for m in ("oneshot", "sage"))}
+    print(f"features explained by one-shot and SAGE so far: {len(features)}")
     sage_tokens = s["usage"].get("sage", {}).get("tokens", float("nan"))
     print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
           f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
