@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
-from saexplain.paths import home
 from saexplain.report import markdown, summarize
 from saexplain.store import Store
 

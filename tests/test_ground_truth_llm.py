@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from conftest import SHARED
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.explain import EXPLAINERS
@@ -15,12 +16,10 @@ from saexplain.explain.sage import SAGEConfig
 from saexplain.llm import LLM, LLMConfig
 from saexplain.pipeline.runner import RunConfig, StageConfigs, prepare
 from saexplain.sampling.sampler import SamplingConfig
-from saexplain.score.classifier import DetectionConfig, Detection
+from saexplain.score.classifier import Detection, DetectionConfig
 from saexplain.score.generative import Generation, GenerationConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
-
-from conftest import SHARED
 
 pytestmark = pytest.mark.slow
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+
 from saexplain.config import Config
 from saexplain.registry import Registry
-from saexplain.sampling.record import FeatureRecord
+from saexplain.sampling.record import FeatureRecord, Window
 
 
 @dataclass
@@ -61,12 +64,17 @@ EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
 
 def format_window(tokens: list[str], acts, max_act: float, mark: tuple[str, str] = ("<<", ">>")) -> str:
     """One example line: the text with firing tokens marked, then each firing token with its level 0–10."""
-    import numpy as np
-
-    from saexplain.sampling.record import Window
-
     w = Window(list(tokens), np.asarray(acts, np.float32), "explain", "top")
     text = " ".join(w.marked(None, *mark).split())
     levels = [f"{t.strip() or repr(t)} {round(10 * a / max_act) if max_act else 0}"
               for t, a in zip(tokens, acts) if a > 0]
     return f"{text}\n   activations: {', '.join(levels) if levels else 'none'}"
+
+
+def firing_tokens(windows, top: int = 6) -> str:
+    """One summary line: the tokens the feature fires on most across the exemplars (at their peaks)."""
+    counts: Counter[str] = Counter()
+    for w in windows:
+        peak = int(np.argmax(w.acts))
+        counts[w.tokens[peak].strip() or repr(w.tokens[peak])] += 1
+    return "Strongest token per example: " + ", ".join(f"'{t}' ×{n}" for t, n in counts.most_common(top))

@@ -10,7 +10,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from saexplain.config import Config
-from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, format_window
+from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, firing_tokens, format_window
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord
 
@@ -27,15 +27,11 @@ class OneShotConfig(Config):
 
 
 def examples_evidence(record: FeatureRecord, n: int, window: int) -> str:
-    from saexplain.score.simulation import cut
-
     wins = [w for w in record.activating("explain") if w.kind == "top"][:n]
     lines = []
     for i, w in enumerate(wins):
-        toks, acts = cut(w, window)
+        toks, acts = w.cut(window)
         lines.append(f"{i + 1}. {format_window(toks, acts, record.max_act)}")
-    from saexplain.explain.sage import firing_tokens
-
     return "Examples where the feature fires:\n" + "\n".join(lines) + "\n" + firing_tokens(wins)
 
 

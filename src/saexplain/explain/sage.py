@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from saexplain.config import Config
-from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, format_window
+from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, firing_tokens, format_window
 from saexplain.llm import LLMError, Usage, metered
 from saexplain.llm.prompts import Template
 from saexplain.sampling.record import FeatureRecord
@@ -176,13 +176,11 @@ class SAGE(Explainer):
 
     async def _run(self, record, llm, oracle, trace, budget: Budget) -> Explanation:
         cfg, f = self.cfg, record.feature
-        from saexplain.score.simulation import cut
-
         # GET_EXEMPLARS
         tops = [w for w in record.activating("explain") if w.kind == "top"][: cfg.exemplars]
         if not tops:
             raise LLMError(f"feature {f} has no activating windows in its explain pool")
-        exemplars = "\n".join(f"{i + 1}. {format_window(*cut(w, cfg.window), record.max_act)}"
+        exemplars = "\n".join(f"{i + 1}. {format_window(*w.cut(cfg.window), record.max_act)}"
                               for i, w in enumerate(tops)) + "\n" + firing_tokens(tops)
         trace("exemplars", exemplars)
 
@@ -409,17 +407,6 @@ class SAGE(Explainer):
         return fallback.text, labels
 
 
-def firing_tokens(windows, top: int = 6) -> str:
-    """One summary line: the tokens the feature fires on most across the exemplars (at their peaks)."""
-    from collections import Counter
-
-    counts: Counter[str] = Counter()
-    for w in windows:
-        peak = int(np.argmax(w.acts))
-        counts[w.tokens[peak].strip() or repr(w.tokens[peak])] += 1
-    return "Strongest token per example: " + ", ".join(f"'{t}' ×{n}" for t, n in counts.most_common(top))
-
-
 def _marked(t: Test) -> str:
     if not t.tokens:
         return ""
@@ -448,8 +435,8 @@ def _dedupe(texts: list[str]) -> list[str]:
 def _select(record: FeatureRecord, candidates: list[str]) -> tuple[str, dict[str, float | None]]:
     """The candidate whose MiniLM similarity best separates the *explain* pool's activating windows from its
     non-activating ones (AUROC); the score pool is never read here."""
-    from saexplain.score.base import auroc
-    from saexplain.score.embedding import embedder
+    from saexplain.embeddings import embedder
+    from saexplain.metrics import auroc
 
     pos = [w.text for w in record.activating("explain")[:20]]
     neg = [w.text for w in record.negatives("explain")[:20]]

