@@ -207,13 +207,13 @@ def _stage_classes():
 @config_options(*_stage_classes())
 def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, oneshot=None, sage=None,
         detection=None, fuzzing=None, simulation=None, embedding=None, generation=None, contrast=None,
-        steering=None):
+        steering=None, saeexplainer=None):
     """Cache → sample → explain → score → report, resumable per feature (the same command continues a
     killed run; more features, explainers or scorers extend it)."""
     from saexplain.pipeline.runner import StageConfigs
 
     cfgs = StageConfigs(run, subject, corpus, cache, sampling, llm, oneshot, sage, detection, fuzzing, simulation,
-                        embedding, generation, contrast, steering)
+                        embedding, generation, contrast, steering, saeexplainer)
     h = run_all_and_print(cfgs)
     console.print(f"[bold]run {h.run_id}[/bold]: report in {h.folder}")
 
@@ -296,6 +296,72 @@ def trace(feature: int = typer.Option(..., help="feature id"),
         if not exp:
             raise SaexplainError(f"run {run_id} has no {method} explanation of feature {feature}")
     print(format_trace(steps, exp[0]))
+
+
+train_app = typer.Typer(no_args_is_help=True, help="SAEExplainer: SFT warm-up, preference pairs from activation "
+                        "rewards, DPO rounds (TRL + PEFT). Evaluate with `saexplain run --explainers "
+                        "saeexplainer@sft,saeexplainer@round2 --saex-train-dir DIR` on held-out features.")
+app.add_typer(train_app, name="train")
+
+
+def _training_classes():
+    from saexplain.explain.saeexplainer import SAEExplainerConfig
+    from saexplain.train.config import TrainConfig
+
+    return (TrainConfig, SubjectConfig, CorpusConfig, CacheConfig, SamplingConfig, LLMConfig, SAEExplainerConfig)
+
+
+def _training(training, subject, corpus, cache, sampling, llm, saeexplainer):
+    from saexplain.pipeline.runner import RunConfig, StageConfigs
+    from saexplain.train.pipeline import Training
+
+    stages = StageConfigs(RunConfig(explainers="", scorers="", store=training.store), subject, corpus, cache,
+                          sampling, llm, saeexplainer=saeexplainer)
+    return Training(training, stages, echo=lambda m: console.print(m, markup=False, highlight=False))
+
+
+@train_app.command("sft")
+@friendly_errors
+@config_options(*_training_classes())
+def train_sft_cmd(training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
+    """SFT warm-up on reference explanations (best-scoring ones of --reference-run, or a Neuronpedia export)."""
+    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    try:
+        t.sft()
+    finally:
+        t.close()
+
+
+@train_app.command("pairs")
+@friendly_errors
+@config_options(*_training_classes())
+def train_pairs_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="1: candidates of the SFT model; "
+                                               "2: of the round-1 model"),
+                    training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None,
+                    saeexplainer=None):
+    """Candidates (6 per feature, T 0.9) → rewards (LLM texts measured by the oracle) → preference pairs."""
+    from saexplain.llm import LLM
+
+    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    try:
+        client = LLM(llm, store=t.store)
+        t.pairs(round_, client)
+    finally:
+        t.close()
+
+
+@train_app.command("dpo")
+@friendly_errors
+@config_options(*_training_classes())
+def train_dpo_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="DPO round (needs its pairs)"),
+                  training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
+    """One DPO round (TRL DPOTrainer + a LoRA adapter; reference = the previous stage). Resumes from its last
+    checkpoint."""
+    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    try:
+        t.dpo(round_)
+    finally:
+        t.close()
 
 
 def _latest_run(db: Store, kind: str) -> int:

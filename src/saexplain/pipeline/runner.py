@@ -27,6 +27,7 @@ from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.explain import EXPLAINERS
 from saexplain.explain.oneshot import OneShotConfig
+from saexplain.explain.saeexplainer import SAEExplainerConfig
 from saexplain.explain.sage import SAGEConfig
 from saexplain.llm import LLM, LLMConfig, LLMError
 from saexplain.sampling.pipeline import sample_features
@@ -44,7 +45,8 @@ from saexplain.subject.oracle import Oracle, SubjectConfig
 log = logging.getLogger(__name__)
 
 # explainer name → the field of RunConfig holding its config; scorer name → likewise
-EXPLAINER_CONFIG = {"oneshot": "oneshot", "logitlens": "oneshot", "oneshot+logitlens": "oneshot", "sage": "sage"}
+EXPLAINER_CONFIG = {"oneshot": "oneshot", "logitlens": "oneshot", "oneshot+logitlens": "oneshot", "sage": "sage",
+                    "saeexplainer": "saeexplainer"}
 SCORER_CONFIG = {"detection": "detection", "fuzzing": "fuzzing", "simulation": "simulation",
                  "embedding": "embedding", "generation": "generation", "contrast": "contrast",
                  "steering": "steering"}
@@ -54,13 +56,16 @@ class RunConfig(Config):
     cli_name: ClassVar[str] = "run"
     features: str = Field("random:8", description="ids '3,17,40' | 'top:N' (densest) | 'random:N' (seeded, in the density band)")
     explainers: str = Field("oneshot,sage", description="explainers, comma-separated "
-                            "(oneshot, logitlens, oneshot+logitlens, sage)")
+                            "(oneshot, logitlens, oneshot+logitlens, sage, saeexplainer; "
+                            "saeexplainer@sft|round1|round2 picks a training stage)")
     scorers: str = Field("detection,embedding,generation,simulation", description="scorers, comma-separated "
                          "(detection, fuzzing, simulation, embedding, generation, contrast, steering)")
     min_density: float = Field(1e-4, ge=0, description="features chosen by top:/random: fire on at least this share of tokens")
     max_density: float = Field(1e-2, gt=0, description="… and at most this share")
     feature_seed: int = Field(0, description="seed of random:N feature choice")
     store: str | None = Field(None, description="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")
+    name: str = Field("", description="a run name: runs with different names never share explanations (the "
+                      "same settings otherwise resume and extend one run)")
 
     @property
     def explainer_names(self) -> list[str]:
@@ -90,16 +95,18 @@ class StageConfigs:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     contrast: ContrastConfig = field(default_factory=ContrastConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
+    saeexplainer: SAEExplainerConfig = field(default_factory=SAEExplainerConfig)
 
     CLASSES: ClassVar[dict[str, type[Config]]] = {
         "subject": SubjectConfig, "corpus": CorpusConfig, "cache": CacheConfig, "sampling": SamplingConfig,
         "llm": LLMConfig, "oneshot": OneShotConfig, "sage": SAGEConfig, "detection": DetectionConfig,
         "fuzzing": FuzzingConfig, "simulation": SimulationConfig, "embedding": EmbeddingConfig,
-        "generation": GenerationConfig, "contrast": ContrastConfig, "steering": SteeringConfig}
+        "generation": GenerationConfig, "contrast": ContrastConfig, "steering": SteeringConfig,
+        "saeexplainer": SAEExplainerConfig}
 
     def __post_init__(self):
         for name in self.run.explainer_names:
-            EXPLAINERS.get(name)
+            self.explainer(name)
         for name in self.run.scorer_names:
             SCORERS.get(name)
 
@@ -123,10 +130,20 @@ class StageConfigs:
             ident["subject"].pop(k, None)
         ident["cache"].pop("batch_contexts", None)
         ident["llm"] = {k: getattr(self.llm, k) for k in ("llm", "mode", "json_mode")}
+        if self.run.name:  # unnamed runs keep the identities they had before names existed
+            ident["name"] = self.run.name
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def explainer(self, name: str):
-        return EXPLAINERS.get(name)(getattr(self, EXPLAINER_CONFIG[name]))
+        """`name` or `name@variant` (a variant sets the config's `stage`, e.g. saeexplainer@sft)."""
+        base, _, variant = name.partition("@")
+        cls = EXPLAINERS.get(base)
+        cfg = getattr(self, EXPLAINER_CONFIG[base])
+        if variant:
+            if "stage" not in type(cfg).model_fields:
+                raise ConfigError(f"explainer {base!r} has no variants (got {name!r})")
+            cfg = type(cfg).build(**{**cfg.model_dump(), "stage": variant})
+        return cls(cfg)
 
     def scorer(self, name: str):
         return SCORERS.get(name)(getattr(self, SCORER_CONFIG[name]))
@@ -175,9 +192,9 @@ def run_folder(run_id: int, store_path: str | Path | None = None) -> Path:
     return store_path.parent / f"{store_path.stem}-runs" / str(run_id)
 
 
-def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
-            echo: Callable[[str], None] = print) -> RunHandle:
-    """Cache (reused when present), feature choice, sampling, records; the run's row in the store."""
+def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
+                 echo: Callable[[str], None] = print) -> tuple[CacheRun, dict[int, FeatureRecord]]:
+    """The cache (built or reused) and the records of `features` (None: the run config's choice)."""
     t0 = time.perf_counter()
     cache = build_cache(cfgs.subject, cfgs.corpus, cfgs.cache, store, oracle=oracle, progress=True)
     stats = store.feature_stats(cache.run_id)
@@ -185,15 +202,27 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
          f"({time.perf_counter() - t0:.1f}s)")
     if features is None:
         features = choose_features(cfgs.run.features, stats, cfgs.run)
+        if not features:
+            raise SaexplainError(f"no feature matches --features {cfgs.run.features} in the density band "
+                                 f"[{cfgs.run.min_density:g}, {cfgs.run.max_density:g}]")
     if not features:
-        raise SaexplainError(f"no feature matches --features {cfgs.run.features} in the density band "
-                             f"[{cfgs.run.min_density:g}, {cfgs.run.max_density:g}]")
+        return cache, {}
     t1 = time.perf_counter()
     _, examples = sample_features(cache, features, cfgs.sampling, store)
     by_id = {r["feature"]: r for r in stats}
     records = {f: make_record(f, by_id[f], examples[f], cache.contexts) for f in features}
     echo(f"sample: {len(features)} features, explain/score pools drawn ({time.perf_counter() - t1:.1f}s)")
-    config_json = json.dumps(cfgs.to_dict(), sort_keys=True)
+    return cache, records
+
+
+def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
+            echo: Callable[[str], None] = print) -> RunHandle:
+    """Cache (reused when present), feature choice, sampling, records; the run's row in the store."""
+    cache, records = load_records(cfgs, store, oracle, features, echo)
+    if not records:
+        raise SaexplainError("no feature to run on")
+    features = list(records)
+    config_json = json.dumps({**cfgs.to_dict(), "features": features}, sort_keys=True)  # features: held out
     run_id = store.get_or_create_run("run", cfgs.identity(), config_json)
     store.set_run_config(run_id, config_json)  # the latest invocation's lists and scorer settings
     folder = run_folder(run_id, store.path)

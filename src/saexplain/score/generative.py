@@ -23,8 +23,9 @@ SENTENCE_CHARS = 200
 TOKENS_PER_SENTENCE = SENTENCE_CHARS // 3
 
 
-def _sentences_schema(n: int, *keys: str) -> dict:
-    arr = {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": SENTENCE_CHARS},
+def sentences_schema(n: int, *keys: str, max_chars: int = SENTENCE_CHARS) -> dict:
+    """A JSON object whose `keys` each hold exactly n strings (also used by SAEExplainer's reward writer)."""
+    arr = {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": max_chars},
            "minItems": n, "maxItems": n}
     return {"type": "object", "properties": {k: arr for k in keys}, "required": list(keys)}
 
@@ -46,7 +47,7 @@ class Generation(Scorer):
     async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
         n = self.cfg.sentences
         messages = template(__file__, "generation").chat(explanation=explanation, n=n)
-        obj, _ = await llm.generate_json(messages, _sentences_schema(n, "sentences"),
+        obj, _ = await llm.generate_json(messages, sentences_schema(n, "sentences"),
                                          max_tokens=TOKENS_PER_SENTENCE * n + 20,
                                          temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)
@@ -75,7 +76,7 @@ class Contrast(Scorer):
     async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
         n = self.cfg.sentences
         messages = template(__file__, "contrast").chat(explanation=explanation, n=n)
-        obj, _ = await llm.generate_json(messages, _sentences_schema(n, "matching", "unrelated"),
+        obj, _ = await llm.generate_json(messages, sentences_schema(n, "matching", "unrelated"),
                                          max_tokens=2 * TOKENS_PER_SENTENCE * n + 30,
                                          temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)

@@ -1,0 +1,60 @@
+"""The SAEExplainer training config: one file per training folder (`config.json`), its fields are the options
+of `saexplain train sft|pairs|dpo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from pydantic import Field
+
+from saexplain.config import Config
+from saexplain.paths import home
+
+
+class TrainConfig(Config):
+    cli_name: ClassVar[str] = "training"
+    dir: str | None = Field(None, description="training folder (default: $SAEXPLAIN_HOME/saeexplainer/default)")
+    store: str | None = Field(None, description="SQLite store holding the cache, the reference and held-out runs")
+    # features
+    features: str = Field("random:64", description="training features: ids '3,17' or 'random:N' (density band, "
+                          "never a held-out one)")
+    feature_seed: int = Field(7, description="seed of random:N")
+    min_density: float = Field(1e-4, ge=0, description="random:N picks features firing on at least this share")
+    max_density: float = Field(1e-2, gt=0, description="… and at most this share")
+    heldout_runs: str = Field("", description="runs (ids, comma-separated) whose features are held out for "
+                              "evaluation: never trained on")
+    # SFT references
+    references: str = Field("store", description="'store' (best-scoring explanations of --reference-run) or a "
+                            "Neuronpedia explanation export (JSON)")
+    reference_run: int | None = Field(None, description="run holding explanations of the training features")
+    reference_scorer: str = Field("generation", description="picks the best explanation per feature")
+    # candidates and rewards
+    candidates: int = Field(6, ge=2, description="candidate explanations per feature")
+    candidate_temperature: float = Field(0.9, gt=0, description="sampling temperature of the candidates")
+    reward_texts: int = Field(4, ge=1, description="texts the LLM writes from each candidate")
+    min_reward: float = Field(0.1, ge=0, description="drop a feature whose best normalised reward is below")
+    min_spread: float = Field(0.10, ge=0, description="drop a feature whose (best − worst) / best is ≤ this")
+    min_margin: float = Field(0.15, ge=0, description="rejected trails the chosen by more than this (relative)")
+    # LoRA
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    lora_targets: str = Field("q_proj,k_proj,v_proj,o_proj", description="modules given adapters")
+    # SFT
+    sft_epochs: int = Field(3, ge=1, description="SFT epochs")
+    sft_lr: float = Field(1e-4, gt=0, description="SFT learning rate")
+    sft_batch: int = Field(4, ge=1, description="SFT batch size")
+    # DPO (round 1 / round 2)
+    dpo_epochs: int = Field(1, ge=1, description="DPO epochs per round")
+    dpo_batch: int = Field(2, ge=1, description="DPO pairs per step")
+    beta1: float = Field(0.1, gt=0, description="round 1 DPO beta")
+    lr1: float = Field(5e-6, gt=0, description="round 1 learning rate")
+    beta2: float = Field(0.15, gt=0, description="round 2 DPO beta")
+    lr2: float = Field(3e-6, gt=0, description="round 2 learning rate")
+    max_length: int = Field(128, ge=16, description="prompt + completion tokens")
+    save_steps: int = Field(8, ge=1, description="checkpoint every N optimiser steps")
+    train_seed: int = Field(0, description="training seed (LoRA init, data order, candidate sampling)")
+
+    def folder(self) -> Path:
+        return Path(self.dir).expanduser() if self.dir else home() / "saeexplainer" / "default"

@@ -1,0 +1,185 @@
+"""SAEExplainer training data: the feature split, SFT references, candidate rewards and preference pairs.
+
+Rewards (SAEExplainer): an LLM writes `reward_texts` texts of 15–30 words from a candidate; the oracle measures
+the feature on them; reward = the max activation over the texts / the feature's corpus max (so features are
+comparable; the raw value is kept too).
+
+Pair rules, per feature, on the normalised rewards of its candidates (relative differences are to the best):
+- chosen = the best candidate; drop the feature when best < `min_reward`, or (best − worst) / best ≤ `min_spread`;
+- rejected = the best candidate of the lower half (ranks ⌈n/2⌉+1 … n) whose reward trails the chosen by more
+  than `min_margin` × best; drop the feature when there is none."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from saexplain.errors import ConfigError, SaexplainError
+from saexplain.llm.prompts import template
+from saexplain.score.generative import sentences_schema
+from saexplain.store import Store
+from saexplain.train.config import TrainConfig
+
+TEXT_CHARS = 240
+
+
+# ----------------------------------------------------------------------------------------- the split
+def heldout_features(store: Store, cfg: TrainConfig) -> set[int]:
+    """The features of the held-out runs: those they chose (saved with the run), and any they explained."""
+    out: set[int] = set()
+    for part in (p.strip() for p in cfg.heldout_runs.split(",")):
+        if not part:
+            continue
+        try:
+            run_id = int(part)
+        except ValueError:
+            raise ConfigError(f"--heldout-runs: run ids, comma-separated (got {part!r})") from None
+        row = store.run(run_id)  # a clear error for an unknown run
+        chosen = json.loads(row.get("config_json") or "{}").get("features")
+        if chosen is None:
+            raise SaexplainError(f"run {run_id} does not record its feature choice (a run made before it was "
+                                 f"saved): rerun its `saexplain run` command once to record it")
+        out |= set(chosen) | {e["feature"] for e in store.explanations(run_id)}
+    return out
+
+
+def choose_train_features(cfg: TrainConfig, stats: list[dict], heldout: set[int]) -> list[int]:
+    """Training features: given ids (none may be held out) or random:N from the density band minus held-out."""
+    spec = cfg.features.strip()
+    if not spec.startswith("random:"):
+        try:
+            ids = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--features {spec!r}: ids like 3,17 or random:N") from None
+        known = {r["feature"] for r in stats}
+        if bad := [i for i in ids if i not in known]:
+            raise ConfigError(f"--features: unknown feature id {bad[0]}")
+        if leak := sorted(set(ids) & heldout):
+            raise ConfigError(f"--features: {leak[:5]} are held out for evaluation (a training feature must not be)")
+        return ids
+    try:
+        n = int(spec.split(":", 1)[1])
+    except ValueError:
+        raise ConfigError(f"--features {spec!r}: N must be an integer") from None
+    band = sorted(r["feature"] for r in stats if not r["dead"] and cfg.min_density <= r["frequency"] <= cfg.max_density
+                  and r["feature"] not in heldout)
+    rng = np.random.default_rng(cfg.feature_seed)
+    return sorted(int(band[i]) for i in rng.permutation(len(band))[:n])
+
+
+# ------------------------------------------------------------------------------------ SFT references
+def references_from_store(store: Store, run_id: int, features: Sequence[int], scorer: str) -> dict[int, str]:
+    """Per feature, its best explanation in the run by `scorer` (explanations without that score come after)."""
+    scores = {(s["explanation_id"]): s["value"] for s in store.scores(run_id)
+              if s["scorer"] == scorer and s["error"] is None and s["value"] is not None}
+    out = {}
+    for f in features:
+        exps = store.explanations(run_id, feature=f, ok_only=True)
+        if exps:
+            best = max(exps, key=lambda e: (scores.get(e["id"], -1.0), -e["id"]))
+            out[f] = best["description"]
+    return out
+
+
+def references_from_neuronpedia(path: str | Path, features: Sequence[int]) -> dict[int, str]:
+    """A Neuronpedia explanation export: a JSON list (or {"explanations": [...]}) of objects with the feature in
+    `index` (or `feature`) and the text in `description` (or `explanation`). The first per feature is kept."""
+    path = Path(path).expanduser()
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"reference file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not JSON ({e})") from None
+    rows = data.get("explanations") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ConfigError(f"{path}: expected a list of explanations")
+    wanted, out = set(features), {}
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise ConfigError(f"{path}: entry {i} is not an object")
+        f = r.get("index", r.get("feature"))
+        text = r.get("description", r.get("explanation"))
+        if f is None or not isinstance(text, str):
+            raise ConfigError(f"{path}: entry {i} has no index/feature or no description/explanation")
+        try:
+            f = int(f)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: entry {i}: feature {f!r} is not an integer") from None
+        if f in wanted and f not in out and text.strip():
+            out[f] = text.strip()
+    return out
+
+
+# --------------------------------------------------------------------------------------- rewards
+@dataclass
+class Candidate:
+    text: str
+    reward: float | None = None  # max activation over the texts / the feature's max
+    raw: float | None = None  # the max activation itself
+    texts: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_texts: int) -> Candidate:
+    messages = template(__file__, "reward").chat(explanation=candidate, n=n_texts)
+    obj, _ = await llm.generate_json(messages, sentences_schema(n_texts, "texts", max_chars=TEXT_CHARS),
+                                     max_tokens=(TEXT_CHARS // 3) * n_texts + 20, temperature=0.0,
+                                     feature=feature)
+    texts = obj["texts"]
+    raw = max(r.max(feature) for r in oracle.activations(texts, [feature]))
+    return Candidate(candidate, raw / max_act if max_act > 0 else 0.0, raw, texts)
+
+
+# ----------------------------------------------------------------------------------------- pairs
+@dataclass
+class Pair:
+    feature: int
+    chosen: str
+    rejected: str
+    chosen_reward: float
+    rejected_reward: float
+
+
+def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig) -> tuple[Pair | None, str]:
+    """The pair of one feature, or None with the reason it was dropped."""
+    scored = sorted((c for c in candidates if c.reward is not None), key=lambda c: -c.reward)
+    if len(scored) < 2:
+        return None, f"{len(scored)} scored candidates"
+    best, worst = scored[0].reward, scored[-1].reward
+    if best < cfg.min_reward:
+        return None, f"best reward {best:.3f} < {cfg.min_reward}"
+    if (best - worst) / best <= cfg.min_spread:
+        return None, f"spread {(best - worst) / best:.3f} ≤ {cfg.min_spread}"
+    lower = scored[(len(scored) + 1) // 2:]
+    for c in lower:  # best first
+        if (best - c.reward) / best > cfg.min_margin and c.text != scored[0].text:
+            return Pair(feature, scored[0].text, c.text, best, c.reward), "ok"
+    return None, f"no lower-half candidate trails the best by > {cfg.min_margin:.0%}"
+
+
+def save_pairs(pairs: Sequence[Pair], prompts: dict[int, str], path: Path) -> Path:
+    """The pairs as a HF dataset (prompt, chosen, rejected, feature, rewards), saved to disk."""
+    from datasets import Dataset
+
+    if not pairs:
+        raise SaexplainError("no preference pair survived the rules: nothing to train on (see drop reasons)")
+    rows = [{"prompt": prompts[p.feature], "chosen": " " + p.chosen, "rejected": " " + p.rejected,
+             **{k: v for k, v in asdict(p).items() if k not in ("chosen", "rejected")}} for p in pairs]
+    Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+def load_jsonl(path: Path) -> dict[int, dict[str, Any]]:
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out[row["feature"]] = row
+    return out

@@ -1,0 +1,93 @@
+"""DPO rounds with TRL's DPOTrainer and a fresh PEFT LoRA adapter on the merged previous stage (round 1 on
+SFT, round 2 on SFT + round 1): with adapters disabled the model *is* the previous stage, so the reference is
+exactly the SFT model (round 1) or the round-1 model (round 2) without a second copy in memory.
+
+TRL knows nothing of injection: the pairs keep their feature ids through the collator, and the loss sets the
+injector's vectors for the batch (rows are [chosen…, rejected…], so the vectors are repeated twice).
+Checkpoints are TRL/transformers' own (`checkpoint-N` under out/dpo): a rerun resumes from the last."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from saexplain.explain.saeexplainer import ExplainerLM
+from saexplain.train.config import TrainConfig
+from saexplain.train.sft import lora_config
+
+
+class _KeepFeature:
+    """Wraps TRL's collator: the batch also carries the feature id of each pair."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        out = self.inner(examples)
+        out["feature"] = torch.tensor([int(e["feature"]) for e in examples])
+        return out
+
+
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class InjectedDPOTrainer(DPOTrainer):
+        def __init__(self, *args, injector, vectors: dict[int, torch.Tensor] | None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.injector, self.vectors = injector, vectors
+            self.data_collator = _KeepFeature(self.data_collator)
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "feature" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "feature"]
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            features = inputs.pop("feature")
+            if self.vectors is not None:
+                v = torch.stack([self.vectors[int(f)] for f in features])
+                self.injector.vectors = torch.cat([v, v])  # chosen rows, then rejected rows
+            try:
+                return super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                self.injector.vectors = None
+
+    return InjectedDPOTrainer
+
+
+def dpo_args(cfg: TrainConfig, round_: int, out: Path, **overrides):
+    from trl import DPOConfig
+
+    beta, lr = (cfg.beta1, cfg.lr1) if round_ == 1 else (cfg.beta2, cfg.lr2)
+    kw = dict(output_dir=str(out / "dpo"), per_device_train_batch_size=cfg.dpo_batch, learning_rate=lr, beta=beta,
+              num_train_epochs=cfg.dpo_epochs, max_length=cfg.max_length, save_strategy="steps",
+              save_steps=cfg.save_steps, logging_steps=1, report_to="none", bf16=False,
+              gradient_checkpointing=False, seed=cfg.train_seed, disable_tqdm=True, save_total_limit=2,
+              dataloader_pin_memory=torch.cuda.is_available())
+    kw.update(overrides)
+    return DPOConfig(**kw)
+
+
+def train_dpo(lm: ExplainerLM, pairs, vectors: dict[int, torch.Tensor] | None, cfg: TrainConfig, round_: int,
+              out: Path, **arg_overrides) -> Path:
+    """pairs: a HF Dataset (prompt, chosen, rejected, feature). Returns the adapter folder (out/adapter)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    ds = pairs.select_columns(["prompt", "chosen", "rejected", "feature"])
+    args = dpo_args(cfg, round_, out, **arg_overrides)
+    trainer = _trainer_class()(model=lm.model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
+                               peft_config=lora_config(cfg), injector=lm.injector, vectors=vectors)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    (out / "dpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    adapter, tmp = out / "adapter", out / "adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp))
+    shutil.rmtree(adapter, ignore_errors=True)
+    os.replace(tmp, adapter)
+    return adapter

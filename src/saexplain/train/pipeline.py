@@ -1,0 +1,228 @@
+"""`saexplain train sft|pairs|dpo --round 1|2`: SAEExplainer's training loop on a training folder.
+
+    <dir>/config.json      every config of the first command (later commands must agree with it)
+    <dir>/explainer.json   the explainer settings (read back by the `saeexplainer` explainer at evaluation)
+    <dir>/split.json       training features and the held-out ones they exclude
+    <dir>/sft/             data (HF dataset), log.jsonl, checkpoint.pt, adapter/
+    <dir>/round{1,2}/      candidates.jsonl (per feature, resumable), pairs/ (HF dataset), pairs.json,
+                           dpo/ (TRL checkpoints), adapter/
+
+The policy of each stage is the base model with the earlier adapters merged (round 1 starts from SFT, round 2
+from SFT + round 1), which is also the reference of its DPO round."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from saexplain.errors import ConfigError, SaexplainError
+from saexplain.explain.oneshot import examples_evidence
+from saexplain.explain.saeexplainer import STAGES, ExplainerLM
+from saexplain.pipeline.runner import StageConfigs, load_records
+from saexplain.store import Store
+from saexplain.subject.oracle import Oracle
+from saexplain.train.config import TrainConfig
+from saexplain.train.data import (
+    Candidate,
+    build_pair,
+    choose_train_features,
+    heldout_features,
+    load_jsonl,
+    references_from_neuronpedia,
+    references_from_store,
+    reward,
+    save_pairs,
+)
+from saexplain.train.dpo import train_dpo
+from saexplain.train.sft import train_sft
+
+# options that may differ between the commands of one training folder (speed, not results)
+_FREE = {"training.save_steps", "subject.batch_size", "subject.device", "cache.batch_contexts",
+         "llm.timeout", "llm.retries", "llm.concurrency", "llm.llm_device"}
+
+
+class Training:
+    """One training folder with its configs, store, oracle, records and explainer settings."""
+
+    def __init__(self, cfg: TrainConfig, stages: StageConfigs, echo: Callable[[str], None] = print):
+        self.cfg, self.stages, self.echo = cfg, stages, echo
+        self.dir = cfg.folder()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.explainer = stages.saeexplainer.model_copy(update={"train_dir": None, "stage": "base"})
+        config = self._check_config()
+        self.store = Store(cfg.store or stages.run.store or _default_store())
+        self.oracle = Oracle.from_config(stages.subject)
+        split = self.dir / "split.json"
+        if split.is_file():
+            saved = json.loads(split.read_text())
+            self.features, self.heldout = saved["train"], set(saved["heldout"])
+            self.records = load_records(stages, self.store, self.oracle, self.features, echo)[1]
+        else:
+            cache, _ = load_records(stages, self.store, self.oracle, [], echo)
+            self.heldout = heldout_features(self.store, cfg)
+            self.features = choose_train_features(cfg, self.store.feature_stats(cache.run_id), self.heldout)
+            if not self.features:
+                raise SaexplainError(f"no training feature: --features {cfg.features} chose none")
+            self.records = load_records(stages, self.store, self.oracle, self.features, echo)[1]
+            split.write_text(json.dumps({"train": self.features, "heldout": sorted(self.heldout)}))
+        if not (self.dir / "config.json").is_file():  # written once the split is valid
+            (self.dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            self.explainer.save(self.dir / "explainer.json")
+        echo(f"training folder {self.dir}: {len(self.features)} training features, "
+             f"{len(self.heldout)} held out")
+
+    def _check_config(self) -> dict:
+        """This command's configs; an error when they differ from the folder's (but for speed settings)."""
+        now = {"training": json.loads(self.cfg.to_json()), **self.stages.to_dict()}
+        now["saeexplainer"] = json.loads(self.explainer.to_json())
+        now.pop("run", None)
+        path = self.dir / "config.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            for section, values in now.items():
+                for k, v in values.items():
+                    key = f"{section}.{k}"
+                    if key not in _FREE and saved.get(section, {}).get(k, v) != v:
+                        raise ConfigError(f"{self.dir} was started with {key}={saved[section][k]!r}, not {v!r} "
+                                          f"(use another --dir for other settings)")
+        return now
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------------------------- pieces
+    def policy(self, stage: str) -> ExplainerLM:
+        """The explainer model of `stage` (base, sft, round1, round2), adapters merged."""
+        cfg = self.explainer.model_copy(update={"train_dir": str(self.dir), "stage": stage})
+        return ExplainerLM.load(cfg, cfg.adapters())
+
+    def vectors(self) -> dict[int, torch.Tensor] | None:
+        if self.explainer.evidence != "vector":
+            return None
+        return {f: self.oracle.decoder_direction(f).float() for f in self.features}
+
+    def prompt(self, lm: ExplainerLM, feature: int) -> str:
+        if self.explainer.evidence == "vector":
+            return lm.prompt()
+        return lm.prompt(examples_evidence(self.records[feature], self.explainer.examples, self.explainer.window))
+
+    # --------------------------------------------------------------------------------------- SFT
+    def references(self) -> dict[int, str]:
+        if self.cfg.references == "store":
+            if self.cfg.reference_run is None:
+                raise ConfigError("--references store needs --reference-run (a run that explained the training "
+                                  "features), or pass a Neuronpedia export with --references FILE")
+            refs = references_from_store(self.store, self.cfg.reference_run, self.features,
+                                         self.cfg.reference_scorer)
+        else:
+            refs = references_from_neuronpedia(self.cfg.references, self.features)
+        missing = [f for f in self.features if f not in refs]
+        if len(missing) == len(self.features):
+            raise SaexplainError("no reference explanation for any training feature")
+        if missing:
+            self.echo(f"sft: {len(missing)} training features have no reference explanation and are skipped")
+        return refs
+
+    def sft(self) -> Path:
+        from datasets import Dataset
+
+        out = self.dir / "sft"
+        if (out / "adapter" / "adapter_config.json").is_file():
+            self.echo(f"sft: already trained ({out / 'adapter'})")
+            return out / "adapter"
+        refs = self.references()
+        lm = self.policy("base")
+        rows = [{"feature": f, "prompt": self.prompt(lm, f), "completion": " " + refs[f]}
+                for f in self.features if f in refs]
+        Dataset.from_list(rows).save_to_disk(str(out / "data"))
+        t0 = time.perf_counter()
+        adapter = train_sft(lm, rows, self.vectors(), self.cfg, out,
+                            on_step=lambda s, n, loss: self.echo(f"sft step {s}/{n}: loss {loss:.3f}"))
+        self.echo(f"sft: {len(rows)} references, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
+        return adapter
+
+    # ------------------------------------------------------------------------------------- pairs
+    def pairs(self, round_: int, llm) -> Path:
+        """Candidates, rewards and pairs of a round (resumable per feature); closes `llm` when done."""
+        out = self.dir / f"round{round_}"
+        out.mkdir(parents=True, exist_ok=True)
+        lm = self.policy(STAGES[round_])  # round 1: the SFT model; round 2: SFT + round 1
+        vectors = self.vectors()
+        path = out / "candidates.jsonl"
+        done = load_jsonl(path)
+        todo = [f for f in self.features if f not in done or any(c["reward"] is None for c in done[f]["candidates"])]
+        t0 = time.perf_counter()
+
+        async def go():
+            with open(path, "a") as fh:
+                for i, f in enumerate(todo):
+                    texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
+                                        n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
+                                        max_new_tokens=self.explainer.max_new_tokens,
+                                        seed=self.cfg.train_seed + 1000 * round_ + f)[0]
+                    rec = self.records[f]
+                    by_text: dict[str, Candidate] = {}
+                    for text in dict.fromkeys(texts):  # each distinct candidate is rewarded once
+                        if not text:
+                            by_text[text] = Candidate(text, error="empty candidate")
+                            continue
+                        try:
+                            by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle, self.cfg.reward_texts)
+                        except Exception as e:  # noqa: BLE001  recorded and retried by the next run
+                            by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
+                    cands = [asdict(by_text[t]) for t in texts]
+                    fh.write(json.dumps({"feature": f, "max_act": rec.max_act, "candidates": cands}) + "\n")
+                    fh.flush()
+                    done[f] = {"feature": f, "candidates": cands}
+                    best = max((c["reward"] for c in cands if c["reward"] is not None), default=None)
+                    self.echo(f"round {round_} feature {f} ({i + 1}/{len(todo)}): {len(by_text)} distinct "
+                              f"candidates, best reward {best if best is None else round(best, 3)}")
+            await llm.aclose()
+
+        asyncio.run(go())
+        pairs, dropped = [], {}
+        for f in self.features:
+            cands = [Candidate(**c) for c in done[f]["candidates"]]
+            pair, why = build_pair(f, cands, self.cfg)
+            if pair:
+                pairs.append(pair)
+            else:
+                dropped[f] = why
+        prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
+        failed = sum(c["error"] is not None for f in self.features for c in done[f]["candidates"])
+        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
+                                                   "seconds": time.perf_counter() - t0}, indent=1))
+        save_pairs(pairs, prompts, out / "pairs")
+        self.echo(f"round {round_}: {len(pairs)} pairs from {len(self.features)} features "
+                  f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
+        return out / "pairs"
+
+    # --------------------------------------------------------------------------------------- DPO
+    def dpo(self, round_: int, **overrides) -> Path:
+        from datasets import load_from_disk
+
+        out = self.dir / f"round{round_}"
+        if (out / "adapter" / "adapter_config.json").is_file():
+            self.echo(f"dpo round {round_}: already trained ({out / 'adapter'})")
+            return out / "adapter"
+        if not (out / "pairs").is_dir():
+            raise SaexplainError(f"no pairs for round {round_}: run `saexplain train pairs --round {round_}` first")
+        pairs = load_from_disk(str(out / "pairs"))
+        lm = self.policy(STAGES[round_])
+        t0 = time.perf_counter()
+        adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, **overrides)
+        self.echo(f"dpo round {round_}: {len(pairs)} pairs, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
+        return adapter
+
+
+def _default_store():
+    from saexplain.cache.pipeline import default_store_path
+
+    return default_store_path()
+

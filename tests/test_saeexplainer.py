@@ -1,0 +1,278 @@
+"""SAEExplainer on the tiny model: the injection hook, the pair rules, one DPO step, SFT resume, and the whole
+train → evaluate loop (rewards from a ScriptedLLM — canned texts, named as such; it tests plumbing and
+arithmetic, not explanation quality)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import pytest
+import torch
+
+from conftest import SHARED
+from saexplain.cache.latents import CacheConfig
+from saexplain.data.contexts import CorpusConfig
+from saexplain.errors import ConfigError, SaexplainError
+from saexplain.explain.saeexplainer import ExplainerLM, SAEExplainerConfig
+from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
+from saexplain.sampling.sampler import SamplingConfig
+from saexplain.store import Store
+from saexplain.subject.model import find_layers
+from saexplain.subject.oracle import SubjectConfig
+from saexplain.train.config import TrainConfig
+from saexplain.train.data import Candidate, build_pair, references_from_neuronpedia
+from saexplain.train.dpo import train_dpo
+from saexplain.train.sft import train_sft
+from scripted_llm import ScriptedBackend, last_user, scripted_llm
+
+PLACEHOLDER = "wife"  # one token of the tiny tokenizer, not elsewhere in the prompt
+
+
+def _lm(model_dir, **kw) -> ExplainerLM:
+    return ExplainerLM.load(SAEExplainerConfig(model=str(model_dir), placeholder=PLACEHOLDER, **kw))
+
+
+def _block_output(lm: ExplainerLM, ids: torch.Tensor, block: int) -> torch.Tensor:
+    seen = {}
+    h = find_layers(lm.model)[block].register_forward_hook(
+        lambda m, a, out: seen.__setitem__("h", (out[0] if isinstance(out, tuple) else out).detach().clone()))
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits
+    finally:
+        h.remove()
+    return seen["h"], logits
+
+
+def test_injection_changes_exactly_the_placeholder_residual_by_the_configured_amount(tiny_model_dir):
+    lm = _lm(tiny_model_dir, block=0, scale=0.5)
+    ids = lm.tokenizer(lm.prompt(), return_tensors="pt")["input_ids"]
+    (pos,) = (ids[0] == lm.placeholder_id).nonzero()[:, 0].tolist()
+    v = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)) * 7.0
+    clean, clean_logits = _block_output(lm, ids, 0)
+    lm.injector.vectors = v
+    try:
+        hit, hit_logits = _block_output(lm, ids, 0)
+    finally:
+        lm.injector.vectors = None
+    delta = hit[0] - clean[0]
+    others = torch.ones(ids.shape[1], dtype=torch.bool)
+    others[pos] = False
+    assert torch.equal(hit[0, others], clean[0, others])  # nothing else moves at the injection block
+    expected = 0.5 * clean[0, pos].norm() * v / v.norm()
+    torch.testing.assert_close(delta[pos], expected, rtol=1e-5, atol=1e-5)
+    # causal: logits before the placeholder are unchanged, those after it see the feature
+    torch.testing.assert_close(hit_logits[0, :pos], clean_logits[0, :pos])
+    assert not torch.allclose(hit_logits[0, pos:], clean_logits[0, pos:])
+    # without vectors the hook is inert
+    again, _ = _block_output(lm, ids, 0)
+    assert torch.equal(again, clean)
+
+
+def test_injection_errors_are_one_line(tiny_model_dir):
+    with pytest.raises(ConfigError, match="tokens for this tokenizer"):
+        ExplainerLM.load(SAEExplainerConfig(model=str(tiny_model_dir), placeholder="king"))
+    lm = _lm(tiny_model_dir)
+    with pytest.raises(ConfigError, match="do not fit the explainer"):
+        lm.generate([lm.prompt()], torch.zeros(640), max_new_tokens=4)
+    with pytest.raises(ConfigError, match="out of range"):
+        _lm(tiny_model_dir, block=9)
+
+
+def test_generation_uses_one_vector_per_prompt(tiny_model_dir):
+    lm = _lm(tiny_model_dir)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(2, lm.d_model, generator=g)
+    a, b = lm.generate([lm.prompt()] * 2, v, n=2, max_new_tokens=8)
+    assert len(a) == len(b) == 2 and a[0] == a[1] and b[0] == b[1]  # greedy: the n copies agree
+    (solo,) = lm.generate([lm.prompt()], v[1], n=1, max_new_tokens=8)
+    assert solo == [b[0]]  # row 2 of the batch got vector 2, as when alone
+
+
+def _cands(*rewards):
+    return [Candidate(f"c{i}", r) for i, r in enumerate(rewards)]
+
+
+def test_pair_rules_on_hand_made_scores():
+    cfg = TrainConfig(min_reward=0.1, min_spread=0.10, min_margin=0.15)
+    pair, why = build_pair(7, _cands(0.9, 0.8, 0.7, 0.6, 0.5, 0.2), cfg)
+    assert (pair.chosen, pair.rejected, why) == ("c0", "c3", "ok")  # best of the lower half (0.6 trails 0.9 by 33 %)
+    assert (pair.chosen_reward, pair.rejected_reward) == (0.9, 0.6)
+    pair, _ = build_pair(7, _cands(1.0, 0.95, 0.9, 0.88, 0.5, 0.4), cfg)
+    assert pair.rejected == "c4"  # 0.88 trails by only 12 %: the next one of the lower half
+    assert build_pair(7, _cands(0.05, 0.0, 0.0, 0.0, 0.0, 0.0), cfg)[0] is None  # best below the threshold
+    pair, why = build_pair(7, _cands(0.9, 0.88, 0.86, 0.85, 0.84, 0.82), cfg)
+    assert pair is None and why.startswith("spread")  # (0.9 − 0.82) / 0.9 = 8.9 % ≤ 10 %
+    pair, why = build_pair(7, _cands(1.0, 0.95, 0.93, 0.9, 0.88, 0.87), cfg)
+    assert pair is None and "trails" in why  # spread 13 %, but the lower half trails by 10–13 % only
+    assert build_pair(7, [Candidate("a", 0.9), Candidate("b", None, error="x")], cfg)[0] is None
+
+
+def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
+    p = tmp_path / "np.json"
+    p.write_text(json.dumps([{"modelId": "gemma", "index": "3", "description": " fish "},
+                             {"index": 3, "description": "second"}, {"feature": 5, "explanation": "birds"},
+                             {"index": 9, "description": "not wanted"}]))
+    assert references_from_neuronpedia(p, [3, 5, 6]) == {3: "fish", 5: "birds"}
+    p.write_text('[{"index": 3}]')
+    with pytest.raises(ConfigError, match="entry 0 has no"):
+        references_from_neuronpedia(p, [3])
+    with pytest.raises(ConfigError, match="not found"):
+        references_from_neuronpedia(tmp_path / "missing.json", [3])
+
+
+def _margin(lm: ExplainerLM, prompt: str, chosen: str, rejected: str, vector) -> float:
+    from saexplain.train.sft import collate
+
+    batch = collate(lm, [{"prompt": prompt, "completion": chosen}, {"prompt": prompt, "completion": rejected}], 128)
+    lm.injector.vectors = torch.stack([vector, vector])
+    try:
+        with torch.no_grad():
+            logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    finally:
+        lm.injector.vectors = None
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    labels = batch["labels"][:, 1:]
+    tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)
+    s = tok.sum(-1)
+    return float(s[0] - s[1])
+
+
+def test_one_dpo_step_raises_the_chosen_minus_rejected_margin(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+
+    lm = _lm(tiny_model_dir)
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    prompt, chosen, rejected = lm.prompt(), " the king and his wife", " stocks fell sharply"
+    before = _margin(lm, prompt, chosen, rejected, vec)
+    pairs = Dataset.from_list([{"prompt": prompt, "chosen": chosen, "rejected": rejected, "feature": 4}] * 2)
+    cfg = TrainConfig(dpo_batch=2, lr1=5e-3, lora_dropout=0.0)
+    adapter = train_dpo(lm, pairs, {4: vec}, cfg, 1, tmp_path / "round1", max_steps=1)
+    assert (adapter / "adapter_config.json").is_file()
+    log = json.loads((tmp_path / "round1" / "dpo_log.json").read_text())
+    assert log[0]["step"] == 1
+    after = _margin(lm, prompt, chosen, rejected, vec)  # lm.model now carries the trained adapter
+    assert after > before + 1e-3, (before, after)
+
+
+def test_killed_sft_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_dir, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    rows = [{"feature": f, "prompt": "Feature: wife Description:", "completion": f" pattern {f}"} for f in range(6)]
+    g = torch.Generator().manual_seed(0)
+    vectors = {f: torch.randn(64, generator=g) for f in range(6)}
+    cfg = TrainConfig(sft_epochs=2, sft_batch=2, save_steps=1, sft_lr=1e-3)  # 6 steps, dropout on
+
+    whole = _lm(tiny_model_dir)
+    train_sft(whole, rows, vectors, cfg, tmp_path / "whole")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step, total, loss):
+        if step == 4:
+            raise Killed
+
+    first = _lm(tiny_model_dir)
+    with pytest.raises(Killed):
+        train_sft(first, rows, vectors, cfg, tmp_path / "killed", on_step=kill_at_4)
+    assert not (tmp_path / "killed" / "adapter").exists()
+    steps = []
+    second = _lm(tiny_model_dir)  # a fresh process: the model is reloaded
+    train_sft(second, rows, vectors, cfg, tmp_path / "killed", on_step=lambda s, n, loss: steps.append(s))
+    assert steps == [5, 6]  # resumed after step 4, nothing redone
+    from peft import PeftModel
+
+    a = get_peft_model_state_dict(PeftModel.from_pretrained(_lm(tiny_model_dir).model, str(tmp_path / "whole" / "adapter")))
+    b = get_peft_model_state_dict(PeftModel.from_pretrained(_lm(tiny_model_dir).model, str(tmp_path / "killed" / "adapter")))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+# ------------------------------------------------------------------------------ the whole loop, tiny
+def _stages(ground_truth, tmp_path, **run) -> StageConfigs:
+    corpus = tmp_path / "tales.txt"
+    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    return StageConfigs(
+        run=RunConfig(store=str(tmp_path / "store.db"), **run),
+        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
+        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
+        sampling=SamplingConfig(window=16),
+        saeexplainer=SAEExplainerConfig(model=str(ground_truth["model"]), placeholder=PLACEHOLDER,
+                                        max_new_tokens=8))
+
+
+def reward_writer(req):
+    """ScriptedLLM writer: texts that contain "the" for some candidates and not for others (by a hash of the
+    candidate), so that candidates get different rewards on feature 1 (fires on "▁the")."""
+    cand = last_user(req).split("Description: ", 1)[1].split("\n", 1)[0]
+    word = "the" if zlib.crc32(cand.encode()) % 2 else "a"
+    return json.dumps({"texts": [f"Once {word} king walked into {word} old forest at night."] * 4})
+
+
+def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, tmp_path):
+    from datasets import load_from_disk
+
+    from saexplain.train.pipeline import Training
+
+    # a held-out evaluation run on feature 0 (one-shot, ScriptedLLM), as a user would have
+    held = _stages(ground_truth, tmp_path, features="0", explainers="oneshot", scorers="")
+    backend = ScriptedBackend(lambda req: json.dumps({"explanation": "the word wife"}))
+    h = run_all(held, echo=lambda m: None, backend=backend)
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps([{"index": f, "description": f"the word {w}"} for f, w in
+                                [(0, "wife"), (1, "the"), (2, "king"), (3, "forest")]]))
+    stages = _stages(ground_truth, tmp_path, explainers="", scorers="")
+    cfg = TrainConfig(dir=str(tmp_path / "train"), features="0,1,2", heldout_runs=str(h.run_id),
+                      references=str(refs), sft_epochs=1, sft_batch=2, lora_dropout=0.0, min_reward=0.05)
+    with pytest.raises(ConfigError, match=r"\[0\] are held out"):
+        Training(cfg, stages, echo=lambda m: None)
+    cfg = cfg.model_copy(update={"features": "1,2,3,4"})
+    t = Training(cfg, stages, echo=lambda m: None)
+    assert 0 in t.heldout and 0 not in t.features
+    t.sft()
+    llm, writer = scripted_llm(reward_writer)
+    t.pairs(1, llm)
+    summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
+    pairs = load_from_disk(str(tmp_path / "train" / "round1" / "pairs"))
+    assert summary["pairs"] == len(pairs) >= 1 and summary["failed"] == 0
+    assert set(pairs["feature"]) <= set(t.features) and all(c > r for c, r in zip(pairs["chosen_reward"], pairs["rejected_reward"]))
+    rows = [json.loads(x) for x in (tmp_path / "train" / "round1" / "candidates.jsonl").read_text().splitlines()]
+    assert {r["feature"] for r in rows} == {1, 2, 3, 4} and all(len(r["candidates"]) == 6 for r in rows)
+    calls = len(writer.requests)
+    t.pairs(1, scripted_llm(reward_writer)[0])  # resumed: every feature is done, no new reward call
+    assert calls == sum(len({c["text"] for c in r["candidates"]}) for r in rows)
+    t.dpo(1, max_steps=1)
+    t.pairs(2, scripted_llm(reward_writer)[0])
+    t.dpo(2, max_steps=1)
+    t.close()
+    assert all((tmp_path / "train" / s / "adapter" / "adapter_config.json").is_file()
+               for s in ("sft", "round1", "round2"))
+    # another setting in the same folder is refused, not silently mixed
+    with pytest.raises(ConfigError, match="was started with training.candidates=6"):
+        Training(cfg.model_copy(update={"candidates": 4}), stages, echo=lambda m: None)
+    # evaluation: the stages as explainers in the held-out run (same judge, same features)
+    ev = _stages(ground_truth, tmp_path, features="0", explainers="oneshot,saeexplainer@sft,saeexplainer@round2",
+                 scorers="")
+    ev = StageConfigs(**{**ev.__dict__, "saeexplainer": SAEExplainerConfig(train_dir=str(tmp_path / "train"),
+                                                                           max_new_tokens=8)})
+    h2 = run_all(ev, echo=lambda m: None, backend=backend)
+    assert h2.run_id == h.run_id
+    with Store(held.run.store, readonly=True) as db:
+        exps = {e["method"]: e for e in db.explanations(h.run_id)}
+    assert set(exps) == {"oneshot", "saeexplainer@sft", "saeexplainer@round2"}
+    assert all(exps[m]["error"] is None and exps[m]["description"] for m in exps)
+
+
+def test_eval_of_an_untrained_stage_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not a training folder"):
+        SAEExplainerConfig(train_dir=str(tmp_path), stage="sft").resolved()
+    (tmp_path / "explainer.json").write_text(SAEExplainerConfig().to_json())
+    with pytest.raises(ConfigError, match="adapter not trained yet"):
+        SAEExplainerConfig(train_dir=str(tmp_path), stage="round1").resolved().adapters()
+    with pytest.raises(ConfigError, match="unknown explainer 'saeexplainerx'|has no variants|stage"):
+        StageConfigs(run=RunConfig(explainers="oneshot@sft"))
+    with pytest.raises(SaexplainError):
+        StageConfigs(run=RunConfig(explainers="saeexplainer@round3"))
