@@ -42,11 +42,16 @@ def cache_config_json(subject: SubjectConfig, corpus: CorpusConfig, cache: Cache
             "cache": {k: v for k, v in json.loads(cache.to_json()).items() if k != "batch_contexts"}}
 
 
+def cache_key(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig) -> tuple[str, str]:
+    """The cache's key (its run's config hash and folder name) and its config JSON."""
+    text = json.dumps(cache_config_json(subject, corpus, cache), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], text
+
+
 def build_cache(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig, store: Store,
                 oracle: Oracle | None = None, progress: bool = True) -> CacheRun:
-    config = cache_config_json(subject, corpus, cache)
-    text = json.dumps(config, sort_keys=True)
-    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    key, text = cache_key(subject, corpus, cache)
+    config = json.loads(text)
     run_id = store.get_or_create_run("cache", key, text)
     path = home() / "caches" / key
     if (path / "meta.json").is_file() and json.loads((path / "meta.json").read_text()).get("complete"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from saexplain.cache.latents import CacheConfig
 from saexplain.explain.oneshot import OneShotConfig
+from saexplain.explain.saeexplainer import SAEExplainerConfig
 from saexplain.explain.sage import SAGEConfig
 from saexplain.llm import LLMConfig
 from saexplain.pipeline.runner import RunConfig, StageConfigs
@@ -14,10 +15,11 @@ from saexplain.score.simulation import SimulationConfig
 
 
 def cpu_preset(features: str, explainers: str, scorers: str, tokens: int, feature_seed: int = 0,
-               llm: str = "default", store: str | None = None) -> StageConfigs:
+               llm: str = "default", store: str | None = None, name: str = "",
+               saeexplainer: SAEExplainerConfig | None = None) -> StageConfigs:
     return StageConfigs(
         run=RunConfig(features=features, explainers=explainers, scorers=scorers, feature_seed=feature_seed,
-                      store=store),
+                      store=store, name=name),
         cache=CacheConfig(tokens=tokens),
         llm=LLMConfig(llm=llm),
         oneshot=OneShotConfig(examples=8, window=20),
@@ -26,4 +28,5 @@ def cpu_preset(features: str, explainers: str, scorers: str, tokens: int, featur
         detection=DetectionConfig(activating=5, random_negatives=2, hard_negatives=2),
         simulation=SimulationConfig(high=1, medium=1, low=1, tokens=16),
         generation=GenerationConfig(sentences=8),
+        saeexplainer=saeexplainer or SAEExplainerConfig(),
     )

@@ -40,12 +40,24 @@ def heldout_features(store: Store, cfg: TrainConfig) -> set[int]:
         except ValueError:
             raise ConfigError(f"--heldout-runs: run ids, comma-separated (got {part!r})") from None
         row = store.run(run_id)  # a clear error for an unknown run
-        chosen = json.loads(row.get("config_json") or "{}").get("features")
-        if chosen is None:
-            raise SaexplainError(f"run {run_id} does not record its feature choice (a run made before it was "
-                                 f"saved): rerun its `saexplain run` command once to record it")
+        config = json.loads(row.get("config_json") or "{}")
+        chosen = config.get("features")
+        if chosen is None:  # a run from before runs recorded their choice: redo it from its config
+            chosen = _rechoose(store, run_id, config)
         out |= set(chosen) | {e["feature"] for e in store.explanations(run_id)}
     return out
+
+
+def _rechoose(store: Store, run_id: int, config: dict) -> list[int]:
+    from saexplain.cache.pipeline import cache_key
+    from saexplain.pipeline.runner import StageConfigs, choose_features
+
+    cfgs = StageConfigs.from_dict(config)
+    key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
+    caches = [r for r in store.runs("cache") if r["config_hash"] == key]
+    if not caches:
+        raise SaexplainError(f"run {run_id}: its cache is not in {store.path}, so its features cannot be known")
+    return choose_features(cfgs.run.features, store.feature_stats(caches[0]["id"]), cfgs.run)
 
 
 def choose_train_features(cfg: TrainConfig, stats: list[dict], heldout: set[int]) -> list[int]:

@@ -43,7 +43,7 @@ from saexplain.train.dpo import train_dpo
 from saexplain.train.sft import train_sft
 
 # options that may differ between the commands of one training folder (speed, not results)
-_FREE = {"training.save_steps", "subject.batch_size", "subject.device", "cache.batch_contexts",
+_FREE = {"training.save_steps", "training.reference_run", "subject.batch_size", "subject.device", "cache.batch_contexts",
          "llm.timeout", "llm.retries", "llm.concurrency", "llm.llm_device"}
 
 

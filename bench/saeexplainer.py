@@ -1,0 +1,98 @@
+"""SAEExplainer at CPU scale on the default stack: SFT → pairs → DPO round 1 → pairs → DPO round 2, then the
+evaluation on held-out features against one-shot and SAGE, every method judged by the same LLM.
+
+    .venv/bin/python bench/saeexplainer.py [--train-features 64] [--eval-features 30] [--sft-epochs 3]
+
+- Held-out features: those of bench/explainers.py's run (same store $SAEXPLAIN_HOME/bench.db, same preset, so
+  its one-shot and SAGE explanations are reused and judged by the same LLM on the same score pools). The
+  training features are drawn from the same density band minus those.
+- SFT references: one-shot explanations of the training features (a run named `saeexplainer-train`, scored by
+  generation: the best-scoring explanation per feature is the reference).
+- Training folder: $SAEXPLAIN_HOME/saeexplainer/bench. Every stage resumes (store, SFT checkpoint, candidates
+  file, TRL checkpoints), so a killed benchmark continues where it stopped.
+Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
+`round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from saexplain.explain.saeexplainer import SAEExplainerConfig
+from saexplain.llm import LLM
+from saexplain.paths import home
+from saexplain.pipeline.presets import cpu_preset
+from saexplain.pipeline.runner import run_all
+from saexplain.report import markdown, summarize
+from saexplain.store import Store
+from saexplain.train.config import TrainConfig
+from saexplain.train.pipeline import Training
+
+STAGES = ("saeexplainer@sft", "saeexplainer@round1", "saeexplainer@round2")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-features", type=int, default=64)
+    ap.add_argument("--eval-features", type=int, default=30, help="bench/explainers.py's features (random:N)")
+    ap.add_argument("--eval-seed", type=int, default=1, help="bench/explainers.py's --seed")
+    ap.add_argument("--tokens", default="262144")
+    ap.add_argument("--sft-epochs", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
+    ap.add_argument("--skip-eval", action="store_true")
+    args = ap.parse_args()
+    store = str(home() / "bench.db")
+    echo = (lambda m: print(m, flush=True))
+    times: dict[str, float] = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t
+        echo(f"== {name}: {time.perf_counter() - t:.0f}s")
+        return out
+
+    with Store(store) as db:  # the held-out run: bench/explainers.py's (unnamed) run in the same store
+        runs = [r["id"] for r in db.runs("run") if not json.loads(r["config_json"]).get("run", {}).get("name")]
+    if not runs:
+        raise SystemExit(f"no bench/explainers.py run in {store}: run it first (its features are held out)")
+    heldout_id = runs[-1]
+    tdir = args.dir or str(home() / "saeexplainer" / "bench")
+    cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
+                      sft_epochs=args.sft_epochs)
+    stages = cpu_preset("", "", "", args.tokens, store=store)
+    t = timed("split", lambda: Training(cfg, stages, echo=echo))
+    t.close()
+    ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(
+        ",".join(map(str, t.features)), "oneshot", "generation", args.tokens, store=store, name="saeexplainer-train"),
+        echo=echo))
+    t = Training(cfg.model_copy(update={"reference_run": ref.run_id}), stages, echo=echo)
+    try:
+        timed("sft", t.sft)
+        for r in (1, 2):
+            timed(f"pairs round {r}", lambda r=r: t.pairs(r, LLM(stages.llm, store=t.store)))
+            timed(f"dpo round {r}", lambda r=r: t.dpo(r))
+    finally:
+        t.close()
+    for k, v in times.items():
+        print(f"| {k} | {v:.0f} s |")
+    if args.skip_eval:
+        return
+    ev = cpu_preset(f"random:{args.eval_features}", "oneshot,sage," + ",".join(STAGES),
+                    "generation,contrast,detection", args.tokens, args.eval_seed, store=store,
+                    saeexplainer=SAEExplainerConfig(train_dir=tdir))
+    h = timed("evaluation", lambda: run_all(ev, echo=echo))
+    with Store(store, readonly=True) as db:
+        s = summarize(db, h.run_id, baseline="saeexplainer@sft")
+    print(markdown(s))
+    d = s["paired"].get("saeexplainer@round2|generation")
+    if d and d["n"]:
+        print(f"round2 - SFT GEN delta: {100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
+              f"{100 * d['ci95'][1]:+.1f}] points (n={d['n']} held-out features)")
+    else:
+        print("round2 - SFT GEN delta: n/a (no held-out feature scored for both)")
+
+
+if __name__ == "__main__":
+    main()
