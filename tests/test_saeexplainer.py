@@ -276,3 +276,47 @@ def test_eval_of_an_untrained_stage_is_a_clear_error(tmp_path):
         StageConfigs(run=RunConfig(explainers="oneshot@sft"))
     with pytest.raises(SaexplainError):
         StageConfigs(run=RunConfig(explainers="saeexplainer@round3"))
+
+
+def test_heldout_features_include_the_runs_whole_choice_even_when_not_recorded(ground_truth, tmp_path):
+    from saexplain.train.data import heldout_features
+
+    held = _stages(ground_truth, tmp_path, features="random:3", explainers="oneshot", scorers="",
+                   min_density=0.0, max_density=1.0)
+    backend = ScriptedBackend(lambda req: json.dumps({"explanation": "something"}))
+    h = run_all(held, echo=lambda m: None, backend=backend)
+    with Store(held.run.store) as db:
+        config = json.loads(db.run(h.run_id)["config_json"])
+        chosen = set(config["features"])
+        assert len(chosen) == 3
+        cfg = TrainConfig(heldout_runs=str(h.run_id))
+        assert heldout_features(db, cfg) == chosen
+        del config["features"]  # a run from before choices were saved: the choice is redone from its cache
+        db.set_run_config(h.run_id, json.dumps(config))
+        assert heldout_features(db, cfg) == chosen
+        with pytest.raises(SaexplainError, match="no run 999"):
+            heldout_features(db, TrainConfig(heldout_runs="999"))
+
+
+def test_cli_train_sft_then_dpo_without_pairs(ground_truth, tmp_path):
+    from typer.testing import CliRunner
+
+    from saexplain.cli import app
+
+    corpus = tmp_path / "tales.txt"
+    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    refs = tmp_path / "np.json"
+    refs.write_text(json.dumps({"explanations": [{"index": 1, "description": "the word the"}]}))
+    common = ["--dir", str(tmp_path / "t"), "--store", str(tmp_path / "s.db"), "--model", str(ground_truth["model"]),
+              "--sae", str(ground_truth["sae"]), "--corpus", str(corpus), "--context", "48", "--tokens", "30000",
+              "--features", "1,2", "--saex-model", str(ground_truth["model"]), "--saex-placeholder", PLACEHOLDER,
+              "--sft-epochs", "1"]
+    res = CliRunner().invoke(app, ["train", "sft", *common, "--references", str(tmp_path / "missing.json")])
+    assert res.exit_code == 2 and "reference file not found" in res.output, res.output
+    res = CliRunner().invoke(app, ["train", "sft", *common, "--references", str(refs)])
+    assert res.exit_code == 0, res.output
+    assert "1 training features have no reference" in res.output and "sft: 1 references" in res.output
+    assert json.loads((tmp_path / "t" / "split.json").read_text())["train"] == [1, 2]
+    assert SAEExplainerConfig.load(tmp_path / "t" / "explainer.json").placeholder == PLACEHOLDER
+    res = CliRunner().invoke(app, ["train", "dpo", "--round", "1", *common, "--references", str(refs)])
+    assert res.exit_code == 2 and "run `saexplain train pairs --round 1` first" in res.output, res.output
