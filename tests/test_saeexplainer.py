@@ -192,7 +192,7 @@ def test_killed_sft_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_d
 
 
 # ------------------------------------------------------------------------------ the whole loop, tiny
-def _stages(ground_truth, tmp_path, **run) -> StageConfigs:
+def _stages(ground_truth, tmp_path, saex: SAEExplainerConfig | None = None, **run) -> StageConfigs:
     corpus = tmp_path / "tales.txt"
     corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     return StageConfigs(
@@ -200,8 +200,8 @@ def _stages(ground_truth, tmp_path, **run) -> StageConfigs:
         subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
         corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
         sampling=SamplingConfig(window=16),
-        saeexplainer=SAEExplainerConfig(model=str(ground_truth["model"]), placeholder=PLACEHOLDER,
-                                        max_new_tokens=8))
+        saeexplainer=saex or SAEExplainerConfig(model=str(ground_truth["model"]), placeholder=PLACEHOLDER,
+                                                max_new_tokens=8))
 
 
 def reward_writer(req):
@@ -254,10 +254,8 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     with pytest.raises(ConfigError, match="was started with training.candidates=6"):
         Training(cfg.model_copy(update={"candidates": 4}), stages, echo=lambda m: None)
     # evaluation: the stages as explainers in the held-out run (same judge, same features)
-    ev = _stages(ground_truth, tmp_path, features="0", explainers="oneshot,saeexplainer@sft,saeexplainer@round2",
-                 scorers="")
-    ev = StageConfigs(**{**ev.__dict__, "saeexplainer": SAEExplainerConfig(train_dir=str(tmp_path / "train"),
-                                                                           max_new_tokens=8)})
+    ev = _stages(ground_truth, tmp_path, SAEExplainerConfig(train_dir=str(tmp_path / "train"), max_new_tokens=8),
+                 features="0", explainers="oneshot,saeexplainer@sft,saeexplainer@round2", scorers="")
     h2 = run_all(ev, echo=lambda m: None, backend=backend)
     assert h2.run_id == h.run_id
     with Store(held.run.store, readonly=True) as db:
@@ -276,6 +274,8 @@ def test_eval_of_an_untrained_stage_is_a_clear_error(tmp_path):
         StageConfigs(run=RunConfig(explainers="oneshot@sft"))
     with pytest.raises(SaexplainError):
         StageConfigs(run=RunConfig(explainers="saeexplainer@round3"))
+    with pytest.raises(ConfigError, match="needs --saex-train-dir"):  # up front, not once per feature
+        StageConfigs(run=RunConfig(explainers="oneshot,saeexplainer"))
 
 
 def test_heldout_features_include_the_runs_whole_choice_even_when_not_recorded(ground_truth, tmp_path):

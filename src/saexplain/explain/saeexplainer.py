@@ -217,6 +217,10 @@ class SAEExplainer(Explainer):
     name = "saeexplainer"
     Config = SAEExplainerConfig
 
+    def __init__(self, cfg: SAEExplainerConfig | None = None):
+        super().__init__(cfg)
+        self.cfg.resolved().adapters()  # a missing training folder or stage is one error up front, not per feature
+
     async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation:
         cfg = self.cfg.resolved()
         lm = explainer_lm(cfg)
