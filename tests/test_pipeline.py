@@ -167,3 +167,30 @@ def test_unknown_explainer_or_scorer_is_one_clear_error():
         StageConfigs(run=RunConfig(explainers="sagee"))
     with pytest.raises(ConfigError, match="unknown scorer 'detect'"):
         StageConfigs(run=RunConfig(scorers="detect"))
+
+
+def test_an_edited_prompt_file_makes_its_explanations_again(cfgs, tmp_path, monkeypatch):
+    import shutil
+
+    import saexplain.explain.base as base
+
+    cfgs = StageConfigs(**{**cfgs.__dict__, "run": RunConfig(**{**cfgs.run.model_dump(), "explainers": "oneshot",
+                                                               "scorers": "generation"})})
+    backend = ScriptedBackend(universal)
+    h = run_all(cfgs, echo=lambda m: None, backend=backend)
+    with Store(cfgs.run.store) as db:
+        first = {e["feature"]: e["id"] for e in db.explanations(h.run_id)}
+        assert all(e["config_hash"] for e in db.explanations(h.run_id))
+    calls = len(backend.requests)
+    run_all(cfgs, echo=lambda m: None, backend=backend)  # unchanged: nothing redone
+    assert len(backend.requests) == calls
+    prompts = tmp_path / "prompts"
+    shutil.copytree(base.PROMPTS, prompts)
+    with open(prompts / "oneshot.toml", "a") as f:
+        f.write("\n# edited\n")
+    monkeypatch.setattr(base, "PROMPTS", prompts)
+    run_all(cfgs, echo=lambda m: None, backend=backend)
+    with Store(cfgs.run.store) as db:
+        again = {e["feature"]: e["id"] for e in db.explanations(h.run_id)}
+        assert again.keys() == first.keys() and not set(again.values()) & set(first.values())
+        assert {s["explanation_id"] for s in db.scores(h.run_id)} == set(again.values())  # rescored, old scores gone

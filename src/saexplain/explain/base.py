@@ -3,10 +3,12 @@ pool (the score pool is for scorers) and returns an Explanation."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +16,8 @@ import numpy as np
 from saexplain.config import Config
 from saexplain.registry import Registry
 from saexplain.sampling.record import FeatureRecord, Window
+
+PROMPTS = Path(__file__).parent / "prompts"
 
 
 @dataclass
@@ -39,9 +43,18 @@ class Tracer:
 class Explainer(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[Config]]
+    prompts: ClassVar[tuple[str, ...]] = ()  # its template files in explain/prompts/ (part of its fingerprint)
 
     def __init__(self, cfg: Config | None = None):
         self.cfg = cfg if cfg is not None else self.Config()
+
+    def fingerprint(self) -> str:
+        """What its explanations depend on besides the record and the LLM: config and prompt files. A stored
+        explanation with another fingerprint is made again by the next run."""
+        h = hashlib.sha256(f"{self.name}:{self.cfg.to_json()}".encode())
+        for name in self.prompts:
+            h.update((PROMPTS / f"{name}.toml").read_bytes())
+        return h.hexdigest()[:16]
 
     @abstractmethod
     async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation: ...

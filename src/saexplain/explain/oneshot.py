@@ -43,6 +43,7 @@ def lens_evidence(oracle, feature: int, k: int) -> str:
 
 class _OneShot(Explainer):
     Config = OneShotConfig
+    prompts = ("oneshot",)
     use_examples: ClassVar[bool] = True
     use_lens: ClassVar[bool] = False
 

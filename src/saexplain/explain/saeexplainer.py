@@ -10,6 +10,7 @@ Explanations need no LLM calls; the explainer model runs in-process (transformer
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -217,9 +218,17 @@ class SAEExplainer(Explainer):
     name = "saeexplainer"
     Config = SAEExplainerConfig
 
+    prompts = ("saeexplainer", "saeexplainer_text")
+
     def __init__(self, cfg: SAEExplainerConfig | None = None):
         super().__init__(cfg)
         self.cfg.resolved().adapters()  # a missing training folder or stage is one error up front, not per feature
+
+    def fingerprint(self) -> str:
+        """Also the trained weights: a retrained stage explains again."""
+        cfg = self.cfg.resolved()
+        weights = [path_fingerprint(str(p)) for p in cfg.adapters()]
+        return hashlib.sha256(f"{super().fingerprint()}:{cfg.to_json()}:{weights}".encode()).hexdigest()[:16]
 
     async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation:
         cfg = self.cfg.resolved()

@@ -140,6 +140,7 @@ class Budget:
 class SAGE(Explainer):
     name = "sage"
     Config = SAGEConfig
+    prompts = ("sage",)
 
     # ----------------------------------------------------------------------------------------- helpers
     def _state(self, hyps: list[Hypothesis], header: str, focus: list[Hypothesis]) -> str:

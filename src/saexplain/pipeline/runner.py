@@ -237,22 +237,24 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
     for f in features if features is not None else list(h.records):
         record = h.records[f]
         for name in h.configs.run.explainer_names:
+            explainer = h.configs.explainer(name)
+            fp = explainer.fingerprint()
             have = store.explanations(h.run_id, feature=f, method=name)
-            if have and have[0]["error"] is None:
+            # '' = made before explanations kept their fingerprint: kept
+            if have and have[0]["error"] is None and have[0]["config_hash"] in ("", fp):
                 counts["skipped"] += 1
                 continue
-            explainer = h.configs.explainer(name)
             try:
                 exp = await explainer.explain(record, llm, oracle)
             except Exception as e:  # noqa: BLE001  recorded (with its type), retried by the next run; others go on
-                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e))
+                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e), config_hash=fp)
                 counts["failed"] += 1
                 if not isinstance(e, LLMError):
                     log.exception("explainer %s failed on feature %s", name, f)
                 echo(f"  feature {f} {name}: FAILED ({_error_text(e)})")
                 continue
             store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
-                                  exp.trace, seconds=exp.seconds)
+                                  exp.trace, seconds=exp.seconds, config_hash=fp)
             counts["done"] += 1
             echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): "
                  f"{exp.description}")

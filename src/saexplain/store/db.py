@@ -123,6 +123,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE scores ADD COLUMN config_hash TEXT NOT NULL DEFAULT '';
     ALTER TABLE scores ADD COLUMN seconds REAL NOT NULL DEFAULT 0;
     """,
+    # v4: explanations remember what made them (explainer config, prompt files, trained weights): '' = unknown
+    """
+    ALTER TABLE explanations ADD COLUMN config_hash TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -309,7 +313,7 @@ class Store:
     # ------------------------------------------------------------------------------------- explanations
     def put_explanation(self, run_id: int, feature: int, method: str, description: str, labels: list[str],
                         evidence: dict[str, Any], usage: dict[str, Any], trace: list[dict[str, Any]],
-                        error: str | None = None, seconds: float = 0.0) -> int:
+                        error: str | None = None, seconds: float = 0.0, config_hash: str = "") -> int:
         """Insert or replace the (run, feature, method) explanation with its trace, in one transaction. A
         replaced explanation's scores and trace are deleted (they judged another text)."""
         now = time.time()
@@ -323,9 +327,9 @@ class Store:
             c.execute("DELETE FROM traces WHERE run_id=? AND feature=? AND method=?", (run_id, feature, method))
             cur = c.execute(
                 "INSERT INTO explanations (run_id, feature, method, description, labels, evidence, usage, created, "
-                "error, seconds) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "error, seconds, config_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, feature, method, description, json.dumps(labels), json.dumps(evidence, default=_jsonable),
-                 json.dumps(usage), now, error, seconds))
+                 json.dumps(usage), now, error, seconds, config_hash))
             eid = int(cur.lastrowid)
             c.executemany("INSERT INTO traces (explanation_id, run_id, feature, method, step, kind, content, created) "
                           "VALUES (?,?,?,?,?,?,?,?)",
