@@ -47,6 +47,7 @@ from saexplain.train.sft import train_sft
 _FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
          "subject.batch_size", "subject.device", "cache.batch_contexts", "llm.timeout", "llm.retries",
          "llm.max_concurrency", "llm.backoff", "llm.max_backoff", "llm.threads", "llm.llm_device"}
+EMPTY = "empty candidate"
 
 
 class Training:
@@ -158,7 +159,9 @@ class Training:
         vectors = self.vectors()
         path = out / "candidates.jsonl"
         done = load_jsonl(path)
-        todo = [f for f in self.features if f not in done or any(c["reward"] is None for c in done[f]["candidates"])]
+        # a feature is done when every candidate has a reward (empty candidates stay empty: not retried)
+        todo = [f for f in self.features if f not in done or any(c["reward"] is None and c["error"] != EMPTY
+                                                                  for c in done[f]["candidates"])]
         t0 = time.perf_counter()
 
         async def go():
@@ -172,7 +175,7 @@ class Training:
                     by_text: dict[str, Candidate] = {}
                     for text in dict.fromkeys(texts):  # each distinct candidate is rewarded once
                         if not text:
-                            by_text[text] = Candidate(text, error="empty candidate")
+                            by_text[text] = Candidate(text, error=EMPTY)
                             continue
                         try:
                             by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle, self.cfg.reward_texts)
