@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--eval-seed", type=int, default=1, help="bench/explainers.py's --seed")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
+    ap.add_argument("--candidates", type=int, default=6)
+    ap.add_argument("--reward-texts", type=int, default=4)
     ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
     ap.add_argument("--skip-eval", action="store_true")
     args = ap.parse_args()
@@ -60,7 +62,7 @@ def main() -> None:
     heldout_id = runs[-1]
     tdir = args.dir or str(home() / "saeexplainer" / "bench")
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
-                      sft_epochs=args.sft_epochs)
+                      sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
     t.close()
