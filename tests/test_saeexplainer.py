@@ -320,3 +320,28 @@ def test_cli_train_sft_then_dpo_without_pairs(ground_truth, tmp_path):
     assert SAEExplainerConfig.load(tmp_path / "t" / "explainer.json").placeholder == PLACEHOLDER
     res = CliRunner().invoke(app, ["train", "dpo", "--round", "1", *common, "--references", str(refs)])
     assert res.exit_code == 2 and "run `saexplain train pairs --round 1` first" in res.output, res.output
+
+
+def test_text_evidence_variant_needs_no_placeholder_and_trains(ground_truth, tmp_path):
+    from datasets import load_from_disk
+
+    from saexplain.train.pipeline import Training
+
+    saex = SAEExplainerConfig(model=str(ground_truth["model"]), evidence="text", placeholder="queen",  # 3 tokens
+                              examples=3, window=8, max_new_tokens=8)
+    refs = tmp_path / "np.json"
+    refs.write_text(json.dumps([{"index": 1, "description": "the word the"}, {"index": 2, "description": "x"}]))
+    t = Training(TrainConfig(dir=str(tmp_path / "t"), features="1,2", references=str(refs), sft_epochs=1,
+                             sft_batch=2), _stages(ground_truth, tmp_path, saex, explainers="", scorers=""),
+                 echo=lambda m: None)
+    assert t.vectors() is None
+    t.sft()
+    t.close()
+    rows = load_from_disk(str(tmp_path / "t" / "sft" / "data"))
+    assert "<<" in rows[0]["prompt"] and "Examples where the feature fires" in rows[0]["prompt"]
+    ev = _stages(ground_truth, tmp_path, SAEExplainerConfig(train_dir=str(tmp_path / "t"), max_new_tokens=8),
+                 features="1", explainers="saeexplainer@sft", scorers="")
+    h = run_all(ev, echo=lambda m: None, backend=ScriptedBackend(lambda req: "{}"))
+    with Store(ev.run.store, readonly=True) as db:
+        (e,) = db.explanations(h.run_id)
+    assert e["error"] is None and e["description"] and e["evidence"]["evidence"] == "text"

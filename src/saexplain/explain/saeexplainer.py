@@ -117,21 +117,32 @@ class Injector:
             h.remove()
 
 
+class _NoInjection:
+    """evidence=text: nothing is injected (training code may still set and clear `vectors`)."""
+
+    vectors = None
+
+    def remove(self) -> None:
+        pass
+
+
 class ExplainerLM:
     """The explainer model with its adapters merged and the injector attached."""
 
     def __init__(self, model, tokenizer, cfg: SAEExplainerConfig):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
-        ids = tokenizer.encode(cfg.placeholder, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ConfigError(f"placeholder {cfg.placeholder!r} is {len(ids)} tokens for this tokenizer; pick a "
-                              f"single token (e.g. an unused special token)")
-        self.placeholder_id = ids[0]
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        d_model = model.get_input_embeddings().weight.shape[1]
-        self.d_model = d_model
-        self.injector = Injector(model, self.placeholder_id, cfg.block, cfg.scale)
+        self.d_model = model.get_input_embeddings().weight.shape[1]
+        self.placeholder_id: int | None = None
+        self.injector: Injector | _NoInjection = _NoInjection()
+        if cfg.evidence == "vector":  # text evidence needs no placeholder (any model family)
+            ids = tokenizer.encode(cfg.placeholder, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ConfigError(f"placeholder {cfg.placeholder!r} is {len(ids)} tokens for this tokenizer; "
+                                  f"pick a single token (e.g. an unused special token)")
+            self.placeholder_id = ids[0]
+            self.injector = Injector(model, self.placeholder_id, cfg.block, cfg.scale)
 
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
