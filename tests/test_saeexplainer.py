@@ -320,6 +320,11 @@ def test_cli_train_sft_then_dpo_without_pairs(ground_truth, tmp_path):
     assert SAEExplainerConfig.load(tmp_path / "t" / "explainer.json").placeholder == PLACEHOLDER
     res = CliRunner().invoke(app, ["train", "dpo", "--round", "1", *common, "--references", str(refs)])
     assert res.exit_code == 2 and "run `saexplain train pairs --round 1` first" in res.output, res.output
+    config = str(tmp_path / "t" / "config.json")  # the folder's settings, without repeating the options
+    res = CliRunner().invoke(app, ["train", "dpo", "--round", "1", "--config", config])
+    assert res.exit_code == 2 and "run `saexplain train pairs --round 1` first" in res.output, res.output
+    res = CliRunner().invoke(app, ["train", "dpo", "--config", config, "--features", "3"])
+    assert res.exit_code == 2 and "either --config or options" in res.output, res.output
 
 
 def test_text_evidence_variant_needs_no_placeholder_and_trains(ground_truth, tmp_path):

@@ -311,21 +311,44 @@ def _training_classes():
     return (TrainConfig, SubjectConfig, CorpusConfig, CacheConfig, SamplingConfig, LLMConfig, SAEExplainerConfig)
 
 
-def _training(training, subject, corpus, cache, sampling, llm, saeexplainer):
+_CONFIG_FILE = typer.Option(None, "--config", help="a training folder's config.json (or a file like it): its "
+                            "settings instead of the options")
+
+
+def _training(config_file, training, subject, corpus, cache, sampling, llm, saeexplainer):
+    import json
+
+    from saexplain.errors import ConfigError
     from saexplain.pipeline.runner import RunConfig, StageConfigs
     from saexplain.train.pipeline import Training
 
-    stages = StageConfigs(RunConfig(explainers="", scorers="", store=training.store), subject, corpus, cache,
-                          sampling, llm, saeexplainer=saeexplainer)
+    given = {"training": training, "subject": subject, "corpus": corpus, "cache": cache, "sampling": sampling,
+             "llm": llm, "saeexplainer": saeexplainer}
+    if config_file is not None:
+        changed = [k for k, v in given.items() if v != type(v)()]
+        if changed:
+            raise ConfigError(f"give either --config or options, not both ({changed[0]} options were given)")
+        try:
+            data = json.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config_file}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config_file}: not JSON ({e})") from None
+        given = {k: type(v).build(**data.get(k, {})) for k, v in given.items()}
+    training = given["training"]
+    stages = StageConfigs(RunConfig(explainers="", scorers="", store=training.store), given["subject"],
+                          given["corpus"], given["cache"], given["sampling"], given["llm"],
+                          saeexplainer=given["saeexplainer"])
     return Training(training, stages, echo=lambda m: console.print(m, markup=False, highlight=False))
 
 
 @train_app.command("sft")
 @friendly_errors
 @config_options(*_training_classes())
-def train_sft_cmd(training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
+def train_sft_cmd(config_file: Path = _CONFIG_FILE, training=None, subject=None, corpus=None, cache=None,
+                  sampling=None, llm=None, saeexplainer=None):
     """SFT warm-up on reference explanations (best-scoring ones of --reference-run, or a Neuronpedia export)."""
-    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    t = _training(config_file, training, subject, corpus, cache, sampling, llm, saeexplainer)
     try:
         t.sft()
     finally:
@@ -337,12 +360,12 @@ def train_sft_cmd(training=None, subject=None, corpus=None, cache=None, sampling
 @config_options(*_training_classes())
 def train_pairs_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="1: candidates of the SFT model; "
                                                "2: of the round-1 model"),
-                    training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None,
+                    config_file: Path = _CONFIG_FILE, training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None,
                     saeexplainer=None):
     """Candidates (6 per feature, T 0.9) → rewards (LLM texts measured by the oracle) → preference pairs."""
     from saexplain.llm import LLM
 
-    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    t = _training(config_file, training, subject, corpus, cache, sampling, llm, saeexplainer)
     try:
         client = LLM(llm, store=t.store)
         t.pairs(round_, client)
@@ -354,10 +377,10 @@ def train_pairs_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help=
 @friendly_errors
 @config_options(*_training_classes())
 def train_dpo_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="DPO round (needs its pairs)"),
-                  training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
+                  config_file: Path = _CONFIG_FILE, training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
     """One DPO round (TRL DPOTrainer + a LoRA adapter; reference = the previous stage). Resumes from its last
     checkpoint."""
-    t = _training(training, subject, corpus, cache, sampling, llm, saeexplainer)
+    t = _training(config_file, training, subject, corpus, cache, sampling, llm, saeexplainer)
     try:
         t.dpo(round_)
     finally:
