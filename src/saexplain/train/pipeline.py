@@ -47,6 +47,8 @@ from saexplain.train.sft import train_sft
 _FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
          "subject.batch_size", "subject.device", "cache.batch_contexts", "llm.timeout", "llm.retries",
          "llm.max_concurrency", "llm.backoff", "llm.max_backoff", "llm.threads", "llm.llm_device"}
+# the stage configs a training depends on (the others — scorers, other explainers — are not its business)
+_SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
 
 
@@ -82,9 +84,9 @@ class Training:
 
     def _check_config(self) -> dict:
         """This command's configs; an error when they differ from the folder's (but for speed settings)."""
-        now = {"training": json.loads(self.cfg.to_json()), **self.stages.to_dict()}
-        now["saeexplainer"] = json.loads(self.explainer.to_json())
-        now.pop("run", None)
+        stages = self.stages.to_dict()
+        now = {"training": json.loads(self.cfg.to_json()), **{k: stages[k] for k in _SECTIONS},
+               "saeexplainer": json.loads(self.explainer.to_json())}
         path = self.dir / "config.json"
         if path.is_file():
             saved = json.loads(path.read_text())
