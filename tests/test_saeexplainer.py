@@ -30,6 +30,7 @@ PLACEHOLDER = "wife"  # one token of the tiny tokenizer, not elsewhere in the pr
 
 
 def _lm(model_dir, **kw) -> ExplainerLM:
+    kw.setdefault("block", 0)  # the tiny model has 2 blocks: inject after the first
     return ExplainerLM.load(SAEExplainerConfig(model=str(model_dir), placeholder=PLACEHOLDER, **kw))
 
 
@@ -72,22 +73,35 @@ def test_injection_changes_exactly_the_placeholder_residual_by_the_configured_am
 
 def test_injection_errors_are_one_line(tiny_model_dir):
     with pytest.raises(ConfigError, match="tokens for this tokenizer"):
-        ExplainerLM.load(SAEExplainerConfig(model=str(tiny_model_dir), placeholder="king"))
+        ExplainerLM.load(SAEExplainerConfig(model=str(tiny_model_dir), placeholder="king", block=0))
     lm = _lm(tiny_model_dir)
     with pytest.raises(ConfigError, match="do not fit the explainer"):
         lm.generate([lm.prompt()], torch.zeros(640), max_new_tokens=4)
     with pytest.raises(ConfigError, match="out of range"):
-        _lm(tiny_model_dir, block=9)
+        _lm(tiny_model_dir, block=1)  # the last block: nothing after the placeholder could read the vector
 
 
 def test_generation_uses_one_vector_per_prompt(tiny_model_dir):
     lm = _lm(tiny_model_dir)
     g = torch.Generator().manual_seed(1)
     v = torch.randn(2, lm.d_model, generator=g)
-    a, b = lm.generate([lm.prompt()] * 2, v, n=2, max_new_tokens=8)
-    assert len(a) == len(b) == 2 and a[0] == a[1] and b[0] == b[1]  # greedy: the n copies agree
-    (solo,) = lm.generate([lm.prompt()], v[1], n=1, max_new_tokens=8)
-    assert solo == [b[0]]  # row 2 of the batch got vector 2, as when alone
+    outs = lm.generate([lm.prompt()] * 2, v, n=3, max_new_tokens=4)
+    assert [len(o) for o in outs] == [3, 3]
+    # routing: in a batch, row i gets vector i — its logits equal a run alone with that vector, and differ
+    ids = lm.tokenizer([lm.prompt()] * 2, return_tensors="pt")["input_ids"]
+
+    def last_logits(vectors, rows):
+        lm.injector.vectors = vectors
+        try:
+            with torch.no_grad():
+                return lm.model(input_ids=ids[:rows]).logits[:, -1]
+        finally:
+            lm.injector.vectors = None
+
+    both = last_logits(v, 2)
+    torch.testing.assert_close(both[0], last_logits(v[0], 1)[0])
+    torch.testing.assert_close(both[1], last_logits(v[1], 1)[0])
+    assert not torch.allclose(both[0], both[1])
 
 
 def _cands(*rewards):
@@ -201,7 +215,7 @@ def _stages(ground_truth, tmp_path, saex: SAEExplainerConfig | None = None, **ru
         corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
         sampling=SamplingConfig(window=16),
         saeexplainer=saex or SAEExplainerConfig(model=str(ground_truth["model"]), placeholder=PLACEHOLDER,
-                                                max_new_tokens=8))
+                                                block=0, max_new_tokens=8))
 
 
 def reward_writer(req):
@@ -309,7 +323,7 @@ def test_cli_train_sft_then_dpo_without_pairs(ground_truth, tmp_path):
     refs.write_text(json.dumps({"explanations": [{"index": 1, "description": "the word the"}]}))
     common = ["--dir", str(tmp_path / "t"), "--store", str(tmp_path / "s.db"), "--model", str(ground_truth["model"]),
               "--sae", str(ground_truth["sae"]), "--corpus", str(corpus), "--context", "48", "--tokens", "30000",
-              "--features", "1,2", "--saex-model", str(ground_truth["model"]), "--saex-placeholder", PLACEHOLDER,
+              "--features", "1,2", "--saex-model", str(ground_truth["model"]), "--saex-placeholder", PLACEHOLDER, "--saex-block", "0",
               "--sft-epochs", "1"]
     res = CliRunner().invoke(app, ["train", "sft", *common, "--references", str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "reference file not found" in res.output, res.output
@@ -333,7 +347,7 @@ def test_text_evidence_variant_needs_no_placeholder_and_trains(ground_truth, tmp
     from saexplain.train.pipeline import Training
 
     saex = SAEExplainerConfig(model=str(ground_truth["model"]), evidence="text", placeholder="queen",  # 3 tokens
-                              examples=3, window=8, max_new_tokens=8)
+                              block=0, examples=3, window=8, max_new_tokens=8)
     refs = tmp_path / "np.json"
     refs.write_text(json.dumps([{"index": 1, "description": "the word the"}, {"index": 2, "description": "x"}]))
     t = Training(TrainConfig(dir=str(tmp_path / "t"), features="1,2", references=str(refs), sft_epochs=1,

@@ -83,8 +83,9 @@ class Injector:
 
     def __init__(self, model: torch.nn.Module, token_id: int, block: int, scale: float):
         layers = find_layers(model)
-        if not 0 <= block < len(layers):
-            raise ConfigError(f"inject block {block} out of range (the explainer has {len(layers)} blocks)")
+        if not 0 <= block < len(layers) - 1:  # after the last block, no later token could read it
+            raise ConfigError(f"inject block {block} out of range (the explainer has {len(layers)} blocks: "
+                              f"0..{len(layers) - 2})")
         self.token_id, self.scale = token_id, scale
         self.vectors: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -147,10 +148,11 @@ class ExplainerLM:
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
         model, tokenizer = load_model_and_tokenizer(cfg.model, "float32", device)
-        for path in adapters:
+        if adapters:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            for path in adapters:
+                model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
         return cls(model.eval(), tokenizer, cfg)
 
     # ------------------------------------------------------------------------------------------- prompts
