@@ -229,6 +229,43 @@ def test_transformers_backend_on_the_tiny_base_model(tiny_model_dir):
         run(llm.generate(MSG))
 
 
+def test_transformers_backend_batches_concurrent_requests_like_solo_ones(tiny_model_dir):
+    """Requests in flight together are generated as one left-padded batch, and each gets what it would get
+    alone (greedy text, logprobs, its own token counts); a seeded sampled request is never batched, so its
+    seed reproduces it; a request with another max_tokens waits for its own batch."""
+    llm = LLM(LLMConfig(llm=f"transformers:{tiny_model_dir}", cache=False, max_concurrency=4))
+    backend = llm.backend
+    prompts = ["Once upon a time", "The king", "A river runs through the old stone town", "Hello"]
+    solo = [run(llm.generate(prompt=p, max_tokens=6, logprobs=2)) for p in prompts]
+    assert backend.batches == [1, 1, 1, 1]
+
+    async def together():
+        return await asyncio.gather(*(llm.generate(prompt=p, max_tokens=6, logprobs=2) for p in prompts))
+
+    backend.batches.clear()
+    batched = run(together())
+    assert backend.batches == [4]
+    for a, b, p in zip(solo, batched, prompts):
+        assert b.texts == a.texts
+        assert b.tokens_in == len(backend.tokenizer(p)["input_ids"]) == a.tokens_in
+        assert b.tokens_out == a.tokens_out == 6
+        for sa, sb in zip(a.logprobs[0], b.logprobs[0]):
+            assert sa.keys() == sb.keys()
+            assert list(sb.values()) == pytest.approx(list(sa.values()), abs=1e-4)
+
+    async def mixed():
+        return await asyncio.gather(llm.generate(prompt="The king", max_tokens=6),
+                                    llm.generate(prompt="The king", max_tokens=3),
+                                    llm.generate(prompt="The king", max_tokens=6, temperature=1.0, seed=5),
+                                    llm.generate(prompt="The king", max_tokens=6, temperature=1.0, seed=5))
+
+    backend.batches.clear()
+    six, three, s1, s2 = run(mixed())
+    assert sorted(backend.batches) == [1, 1, 1, 1]
+    assert three.tokens_out == 3 and six.texts == solo[1].texts
+    assert s1.texts == s2.texts == run(llm.generate(prompt="The king", max_tokens=6, temperature=1.0, seed=5)).texts
+
+
 def test_usage_per_feature_from_the_call_log_and_meters_per_task(tmp_path):
     from saexplain.llm import metered
 

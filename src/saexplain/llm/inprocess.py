@@ -118,11 +118,18 @@ def _smoke(target: str, cfg) -> Backend:
 
 
 class Transformers(Backend):
-    """A transformers causal LM in this process; the same object SAEExplainer trains later."""
+    """A transformers causal LM in this process; the same object SAEExplainer trains later.
+
+    Requests that are in flight together are generated as one left-padded batch (the client keeps up to
+    `max_concurrency` of them in flight): a request waits `batch_wait` seconds for companions, and those that
+    arrive while a batch runs form the next one. Only requests that decode alike share a batch (same
+    max_tokens, temperature, n and logprobs); a sampled request with a seed runs alone, so that its seed
+    reproduces it whatever else is in flight. `seconds` of a batched completion is the batch's wall time (its
+    latency, as with a server that serves requests concurrently)."""
 
     name = "transformers"
 
-    def __init__(self, spec: str, device: str = "cpu"):
+    def __init__(self, spec: str, device: str = "cpu", batch_wait: float = 0.01):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,51 +144,97 @@ class Transformers(Backend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()
+        self.batch_wait = batch_wait
+        self.batches: list[int] = []  # size of each generate() call, for tests and benchmarks
+        self._pending: list[tuple[Request, str, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    def _text(self, request: Request) -> str:
+        if request.messages is None:
+            return request.prompt
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise LLMError(f"{self.model} has no chat template: use a completion prompt (base model)")
+        return self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in request.messages],
+                                                  tokenize=False, add_generation_prompt=True)
+
+    @staticmethod
+    def _batch_key(request: Request) -> tuple:
+        alone = request.temperature > 0 and request.seed is not None
+        return (request.max_tokens, request.temperature, request.n, request.logprobs, id(request) if alone else 0)
 
     async def complete(self, request: Request, timeout: float) -> Completion:
-        return await asyncio.to_thread(self._complete, request)
+        text = self._text(request)
+        loop = asyncio.get_running_loop()
+        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
+            self._pending, self._drainer = [], None
+        fut = loop.create_future()
+        self._pending.append((request, text, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return await fut
 
-    def _complete(self, request: Request) -> Completion:
+    async def _drain(self) -> None:
+        await asyncio.sleep(self.batch_wait)  # companions issued at the same moment join the first batch
+        while self._pending:
+            self._pending = [p for p in self._pending if not p[2].done()]  # timed out / cancelled while queued
+            if not self._pending:
+                break
+            key = self._batch_key(self._pending[0][0])
+            group = [p for p in self._pending if self._batch_key(p[0]) == key]
+            self._pending = [p for p in self._pending if self._batch_key(p[0]) != key]
+            try:
+                comps = await asyncio.to_thread(self._generate, [r for r, _, _ in group], [t for _, t, _ in group])
+            except Exception as e:  # noqa: BLE001  (each waiting request gets the batch's error)
+                for _, _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e if isinstance(e, LLMError) else LLMError(f"generation failed: {e}"))
+                continue
+            for (_, _, fut), comp in zip(group, comps):
+                if not fut.done():
+                    fut.set_result(comp)
+
+    def _generate(self, requests: list[Request], texts: list[str]) -> list[Completion]:
         import torch
 
         t0 = time.perf_counter()
-        if request.messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise LLMError(f"{self.model} has no chat template: use a completion prompt (base model)")
-            text = self.tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in request.messages],
-                                                      tokenize=False, add_generation_prompt=True)
-        else:
-            text = request.prompt
-        enc = self.tokenizer([text], return_tensors="pt").to(self.lm.device)
-        sample = request.temperature > 0
+        first = requests[0]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(self.lm.device)
+        sample = first.temperature > 0
         with self.lock, torch.inference_mode():
-            if request.seed is not None:
-                torch.manual_seed(request.seed)
-            out = self.lm.generate(**enc, max_new_tokens=request.max_tokens, do_sample=sample,
-                                   temperature=request.temperature if sample else None, top_p=None, top_k=None,
-                                   num_return_sequences=request.n, output_scores=bool(request.logprobs),
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+            out = self.lm.generate(**enc, max_new_tokens=first.max_tokens, do_sample=sample,
+                                   temperature=first.temperature if sample else None, top_p=None, top_k=None,
+                                   num_return_sequences=first.n, output_scores=bool(first.logprobs),
                                    return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
-        n_in = enc["input_ids"].shape[1]
-        texts, logprobs, tout = [], [] if request.logprobs else None, 0
-        tokens: list[list[str]] | None = [] if request.logprobs else None
-        for i, seq in enumerate(out.sequences):
-            gen = seq[n_in:]
-            gen = gen[gen != self.tokenizer.pad_token_id]
-            tout += len(gen)
-            t = self.tokenizer.decode(gen, skip_special_tokens=True)
-            for s in request.stop:
-                t = t.split(s)[0]
-            texts.append(t)
-            if logprobs is not None:
-                steps = []
-                for scores in out.scores[: len(gen)]:
-                    lp = torch.log_softmax(scores[i].float(), -1)
-                    top = lp.topk(request.logprobs)
-                    steps.append({self.tokenizer.decode([int(j)]): float(v) for v, j in zip(top.values, top.indices)})
-                logprobs.append(steps)
-                tokens.append([self.tokenizer.decode([int(j)]) for j in gen])
-        return Completion(texts, logprobs, tokens, tokens_in=n_in * request.n, tokens_out=tout,
-                          seconds=time.perf_counter() - t0)
+        self.batches.append(len(requests))
+        seconds = time.perf_counter() - t0
+        width = enc["input_ids"].shape[1]
+        comps = []
+        for b, request in enumerate(requests):
+            n_in = int(enc["attention_mask"][b].sum())
+            texts_b, logprobs, tout = [], [] if request.logprobs else None, 0
+            tokens: list[list[str]] | None = [] if request.logprobs else None
+            for i in range(b * request.n, (b + 1) * request.n):
+                gen = out.sequences[i][width:]
+                gen = gen[gen != self.tokenizer.pad_token_id]
+                tout += len(gen)
+                t = self.tokenizer.decode(gen, skip_special_tokens=True)
+                for s in request.stop:
+                    t = t.split(s)[0]
+                texts_b.append(t)
+                if logprobs is not None:
+                    steps = []
+                    for scores in out.scores[: len(gen)]:
+                        lp = torch.log_softmax(scores[i].float(), -1)
+                        top = lp.topk(request.logprobs)
+                        steps.append({self.tokenizer.decode([int(j)]): float(v)
+                                      for v, j in zip(top.values, top.indices)})
+                    logprobs.append(steps)
+                    tokens.append([self.tokenizer.decode([int(j)]) for j in gen])
+            comps.append(Completion(texts_b, logprobs, tokens, tokens_in=n_in * request.n, tokens_out=tout,
+                                    seconds=seconds))
+        return comps
 
 
 @BACKENDS.register("transformers")
