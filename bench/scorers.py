@@ -2,7 +2,11 @@
 and how stable each score is between two runs with different seeds (a different score pool drawn for each
 seed; generation/contrast writers at temperature 0.7 with the seed), as the correlation over features.
 
-    .venv/bin/python bench/scorers.py [--features 30] [--scorers detection,fuzzing,...]
+    .venv/bin/python bench/scorers.py [--features 30] [--scorers detection,fuzzing,...] [--limit N]
+
+Steering is not in the default list (its cost is the subject model's, not the LLM's: bisection and greedy
+continuations for the feature and two distractors at four strengths); `--scorers steering --limit 10` measures
+it on the first 10 features.
 
 The explanations scored are the one-shot explanations of bench/explainers.py's run (same features, same
 preset), made here first when missing. Results are appended to $SAEXPLAIN_HOME/bench/scorers.jsonl and
@@ -46,6 +50,7 @@ def main() -> None:
     ap.add_argument("--scorers", default=ALL)
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (as bench/explainers.py)")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N of the run's features")
     args = ap.parse_args()
     names = [s.strip() for s in args.scorers.split(",") if s.strip()]
     store = str(home() / "bench.db")  # bench/explainers.py's store: its one-shot explanations are reused
@@ -61,7 +66,7 @@ def main() -> None:
     with Store(store) as db:
         oracle = Oracle.from_config(cfgs.subject)
         exps = {e["feature"]: e for e in db.explanations(h.run_id, method="oneshot", ok_only=True)}
-        features = [f for f in h.records if f in exps]
+        features = [f for f in h.records if f in exps][: args.limit]
         records = {}
         for seed in (0, 1):
             _, ex = sample_features(h.cache, features, cfgs.sampling.model_copy(update={"seed": seed}), db)
