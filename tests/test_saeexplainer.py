@@ -137,20 +137,10 @@ def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
 
 
 def _margin(lm: ExplainerLM, prompt: str, chosen: str, rejected: str, vector) -> float:
-    from saexplain.train.sft import collate
+    from saexplain.train.dpo import pair_margins
 
-    batch = collate(lm, [{"prompt": prompt, "completion": chosen}, {"prompt": prompt, "completion": rejected}], 128)
-    lm.injector.vectors = torch.stack([vector, vector])
-    try:
-        with torch.no_grad():
-            logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    finally:
-        lm.injector.vectors = None
-    logp = torch.log_softmax(logits[:, :-1], -1)
-    labels = batch["labels"][:, 1:]
-    tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)
-    s = tok.sum(-1)
-    return float(s[0] - s[1])
+    return pair_margins(lm, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "feature": 0}],
+                        {0: vector}, 128)[0]
 
 
 def test_one_dpo_step_raises_the_chosen_minus_rejected_margin(tiny_model_dir, tmp_path):
@@ -259,6 +249,14 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     t.pairs(1, scripted_llm(reward_writer)[0])  # resumed: every feature is done, no new reward call
     assert calls == sum(len({c["text"] for c in r["candidates"]}) for r in rows)
     t.dpo(1, max_steps=1)
+    margins = json.loads((tmp_path / "train" / "round1" / "margins.json").read_text())
+    n_pairs = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())["pairs"]
+    assert margins["pairs"] == n_pairs == len(margins["before"]) == len(margins["after"])
+    assert margins["before"] != margins["after"]  # "after" is the round-1 model, not the SFT model again
+    (tmp_path / "train" / "round1" / "margins.json").unlink()
+    t.dpo(1)  # already trained: not trained again, but its margins are measured again, identically
+    again = json.loads((tmp_path / "train" / "round1" / "margins.json").read_text())
+    assert again["before"] == pytest.approx(margins["before"]) and again["after"] == pytest.approx(margins["after"])
     t.pairs(2, scripted_llm(reward_writer)[0])
     t.dpo(2, max_steps=1)
     t.close()

@@ -17,7 +17,7 @@ import torch
 
 from saexplain.explain.saeexplainer import ExplainerLM
 from saexplain.train.config import TrainConfig
-from saexplain.train.sft import lora_config
+from saexplain.train.sft import collate, lora_config
 
 
 class _KeepFeature:
@@ -91,3 +91,26 @@ def train_dpo(lm: ExplainerLM, pairs, vectors: dict[int, torch.Tensor] | None, c
     shutil.rmtree(adapter, ignore_errors=True)
     os.replace(tmp, adapter)
     return adapter
+
+
+def pair_margins(lm: ExplainerLM, rows, vectors: dict[int, torch.Tensor] | None, max_length: int) -> list[float]:
+    """Per pair: log p(chosen) − log p(rejected) given the prompt (and the feature's injected vector), summed
+    over the completion tokens and EOS. DPO's implicit reward margin is β × (this under the policy − this under
+    the reference), so the mean before and after a round says whether the round learnt its pairs."""
+    out = []
+    for r in rows:
+        batch = collate(lm, [{"prompt": r["prompt"], "completion": r["chosen"]},
+                             {"prompt": r["prompt"], "completion": r["rejected"]}], max_length)
+        if vectors is not None:
+            lm.injector.vectors = torch.stack([vectors[r["feature"]]] * 2)
+        try:
+            with torch.no_grad():
+                logits = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        finally:
+            lm.injector.vectors = None
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        labels = batch["labels"][:, 1:]
+        tok = logp.gather(-1, labels.clamp_min(0)[..., None])[..., 0] * (labels != -100)
+        s = tok.sum(-1)
+        out.append(float(s[0] - s[1]))
+    return out

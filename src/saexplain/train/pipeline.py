@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from saexplain.errors import ConfigError, SaexplainError
@@ -39,7 +40,7 @@ from saexplain.train.data import (
     reward,
     save_pairs,
 )
-from saexplain.train.dpo import train_dpo
+from saexplain.train.dpo import pair_margins, train_dpo
 from saexplain.train.sft import train_sft
 
 # options that may differ between the commands of one training folder: speed settings, and where SFT's
@@ -217,6 +218,8 @@ class Training:
         out = self.dir / f"round{round_}"
         if (out / "adapter" / "adapter_config.json").is_file():
             self.echo(f"dpo round {round_}: already trained ({out / 'adapter'})")
+            if not (out / "margins.json").is_file():
+                self.margins(round_)
             return out / "adapter"
         if not (out / "pairs").is_dir():
             raise SaexplainError(f"no pairs for round {round_}: run `saexplain train pairs --round {round_}` first")
@@ -225,7 +228,27 @@ class Training:
         t0 = time.perf_counter()
         adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, **overrides)
         self.echo(f"dpo round {round_}: {len(pairs)} pairs, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
+        del lm
+        self.margins(round_)
         return adapter
+
+    def margins(self, round_: int) -> dict:
+        """log p(chosen) − log p(rejected) on the round's pairs before (the previous stage) and after the round;
+        written to round<N>/margins.json."""
+        from datasets import load_from_disk
+
+        out = self.dir / f"round{round_}"
+        rows = list(load_from_disk(str(out / "pairs")))
+        vectors = self.vectors()
+        m = {k: pair_margins(self.policy(STAGES[round_ + i]), rows, vectors, self.cfg.max_length)
+             for i, k in enumerate(("before", "after"))}
+        res = {"pairs": len(rows), "mean_before": float(np.mean(m["before"])),
+               "mean_after": float(np.mean(m["after"])),
+               "improved": sum(a > b for a, b in zip(m["after"], m["before"])), **m}
+        (out / "margins.json").write_text(json.dumps(res, indent=1))
+        self.echo(f"dpo round {round_}: mean log p(chosen) − log p(rejected) on its {len(rows)} pairs "
+                  f"{res['mean_before']:+.3f} → {res['mean_after']:+.3f} ({res['improved']} pairs raised)")
+        return res
 
 
 def _default_store():
