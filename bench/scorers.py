@@ -62,7 +62,8 @@ def main() -> None:
     if out.is_file():
         for line in out.read_text().splitlines():
             r = json.loads(line)
-            done[(r["feature"], r["scorer"], r["seed"])] = r
+            if "cached" in r:  # rows from before `cached` was recorded are scored again (from the cache)
+                done[(r["feature"], r["scorer"], r["seed"])] = r
     with Store(store) as db:
         oracle = Oracle.from_config(cfgs.subject)
         exps = {e["feature"]: e for e in db.explanations(h.run_id, method="oneshot", ok_only=True)}
@@ -90,7 +91,7 @@ def main() -> None:
                             except Exception as e:  # noqa: BLE001  (a failed score is a result too)
                                 value, err, usage = None, str(e), {}
                             row = {"feature": f, "scorer": name, "seed": seed, "value": value, "error": err,
-                                   "calls": usage.get("calls", 0),
+                                   "calls": usage.get("calls", 0), "cached": usage.get("cached", 0),
                                    "tokens": usage.get("tokens_in", 0) + usage.get("tokens_out", 0),
                                    "seconds": time.perf_counter() - t}
                             done[(f, name, seed)] = row
@@ -112,9 +113,13 @@ def main() -> None:
         if r is not None:
             rs.append(r)
         feats = len({x["feature"] for x in rows})
-        mean = (lambda k: np.mean([x[k] for x in ok]) if ok else float("nan"))
+        # costs from scores that made every call afresh: a seed-0 score can repeat requests that an earlier
+        # run made (the same score pool at temperature 0) and then costs nothing
+        fresh = [x for x in ok if not x["cached"]]
+        mean = (lambda k: np.mean([x[k] for x in fresh]) if fresh else float("nan"))
         print(f"| {name} | {feats} | {mean('calls'):.1f} | {mean('tokens'):.0f} | {mean('seconds'):.1f} | "
               f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) |")
+    print("(costs: mean over the scores that made no cached call; r: Pearson over features, seed 0 vs seed 1)")
     print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
 
 
