@@ -250,7 +250,11 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert calls == sum(len({c["text"] for c in r["candidates"]}) for r in rows)
     t.dpo(1, max_steps=1)
     margins = json.loads((tmp_path / "train" / "round1" / "margins.json").read_text())
-    n_pairs = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())["pairs"]
+    summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
+    n_pairs = summary["pairs"]
+    cands = [c for r in rows for c in r["candidates"] if c["reward"] is not None]
+    assert summary["rewards"]["candidates"] == len(cands)
+    assert summary["rewards"]["nonzero"] == sum(c["reward"] > 0 for c in cands)
     assert margins["pairs"] == n_pairs == len(margins["before"]) == len(margins["after"])
     assert margins["before"] != margins["after"]  # "after" is the round-1 model, not the SFT model again
     (tmp_path / "train" / "round1" / "margins.json").unlink()

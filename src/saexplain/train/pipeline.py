@@ -204,8 +204,15 @@ class Training:
                 dropped[f] = why
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
         failed = sum(c["error"] is not None for f in self.features for c in done[f]["candidates"])
+        rewards = [c["reward"] for f in self.features for c in done[f]["candidates"] if c["reward"] is not None]
+        best = [max((c["reward"] for c in done[f]["candidates"] if c["reward"] is not None), default=0.0)
+                for f in self.features]
+        summary = {"candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
+                   "mean_reward": float(np.mean(rewards)) if rewards else None,
+                   "best_median": float(np.median(best)), "best_mean": float(np.mean(best))}
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
-                                                   "seconds": time.perf_counter() - t0}, indent=1))
+                                                   "rewards": summary, "seconds": time.perf_counter() - t0},
+                                                  indent=1))
         save_pairs(pairs, prompts, out / "pairs")
         self.echo(f"round {round_}: {len(pairs)} pairs from {len(self.features)} features "
                   f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
