@@ -205,11 +205,12 @@ class Training:
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
         failed = sum(c["error"] is not None for f in self.features for c in done[f]["candidates"])
         rewards = [c["reward"] for f in self.features for c in done[f]["candidates"] if c["reward"] is not None]
-        best = [max((c["reward"] for c in done[f]["candidates"] if c["reward"] is not None), default=0.0)
-                for f in self.features]
+        best = [max(r) for f in self.features  # features with no reward at all (failed, empty) are left out
+                if (r := [c["reward"] for c in done[f]["candidates"] if c["reward"] is not None])]
         summary = {"candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
-                   "mean_reward": float(np.mean(rewards)) if rewards else None,
-                   "best_median": float(np.median(best)), "best_mean": float(np.mean(best))}
+                   "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
+                   "best_median": float(np.median(best)) if best else None,
+                   "best_mean": float(np.mean(best)) if best else None}
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
                                                    "rewards": summary, "seconds": time.perf_counter() - t0},
                                                   indent=1))
