@@ -248,6 +248,10 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     calls = len(writer.requests)
     t.pairs(1, scripted_llm(reward_writer)[0])  # resumed: every feature is done, no new reward call
     assert calls == sum(len({c["text"] for c in r["candidates"]}) for r in rows)
+    # the resumed invocation did no feature: pairs.json still reports the first one's time, feature by feature
+    summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
+    assert summary["features_timed"] == 4 and summary["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
+    assert all(r["seconds"] > 0 for r in rows)
     t.dpo(1, max_steps=1)
     margins = json.loads((tmp_path / "train" / "round1" / "margins.json").read_text())
     summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())

@@ -165,11 +165,11 @@ class Training:
         # a feature is done when every candidate has a reward (empty candidates stay empty: not retried)
         todo = [f for f in self.features if f not in done or any(c["reward"] is None and c["error"] != EMPTY
                                                                   for c in done[f]["candidates"])]
-        t0 = time.perf_counter()
 
         async def go():
             with open(path, "a") as fh:
                 for i, f in enumerate(todo):
+                    t_f = time.perf_counter()
                     texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
                                         n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
                                         max_new_tokens=self.explainer.max_new_tokens,
@@ -185,9 +185,12 @@ class Training:
                         except Exception as e:  # noqa: BLE001  recorded and retried by the next run
                             by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
                     cands = [asdict(by_text[t]) for t in texts]
-                    fh.write(json.dumps({"feature": f, "max_act": rec.max_act, "candidates": cands}) + "\n")
+                    line = {"feature": f, "max_act": rec.max_act, "candidates": cands,
+                            # generation + rewards of this feature, over its attempts (a retry adds its time)
+                            "seconds": done.get(f, {}).get("seconds", 0.0) + time.perf_counter() - t_f}
+                    fh.write(json.dumps(line) + "\n")
                     fh.flush()
-                    done[f] = {"feature": f, "candidates": cands}
+                    done[f] = line
                     best = max((c["reward"] for c in cands if c["reward"] is not None), default=None)
                     self.echo(f"round {round_} feature {f} ({i + 1}/{len(todo)}): {len(by_text)} distinct "
                               f"candidates, best reward {best if best is None else round(best, 3)}")
@@ -211,9 +214,12 @@ class Training:
                    "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
                    "best_median": float(np.median(best)) if best else None,
                    "best_mean": float(np.mean(best)) if best else None}
+        # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
+        # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
+        timed = [done[f]["seconds"] for f in self.features if "seconds" in done[f]]
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
-                                                   "rewards": summary, "seconds": time.perf_counter() - t0},
-                                                  indent=1))
+                                                   "rewards": summary, "seconds": float(sum(timed)),
+                                                   "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
         self.echo(f"round {round_}: {len(pairs)} pairs from {len(self.features)} features "
                   f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
