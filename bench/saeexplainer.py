@@ -2,6 +2,8 @@
 evaluation on held-out features against one-shot and SAGE, every method judged by the same LLM.
 
     .venv/bin/python bench/saeexplainer.py [--train-features 64] [--eval-features 30] [--sft-epochs 3]
+    # another training folder's stages on the same held-out features, in a run of their own:
+    .venv/bin/python bench/saeexplainer.py --eval-only --dir FOLDER --eval-stages sft,round1 --eval-name NAME
 
 - Held-out features: those of bench/explainers.py's run (same store $SAEXPLAIN_HOME/bench.db, same preset, so
   its one-shot and SAGE explanations are reused and judged by the same LLM on the same score pools). The
@@ -29,7 +31,7 @@ from saexplain.store import Store
 from saexplain.train.config import TrainConfig
 from saexplain.train.pipeline import Training
 
-STAGES = ("saeexplainer@sft", "saeexplainer@round1", "saeexplainer@round2")
+STAGES = ("sft", "round1", "round2")
 
 
 def main() -> None:
@@ -43,6 +45,10 @@ def main() -> None:
     ap.add_argument("--reward-texts", type=int, default=4)
     ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="evaluate the folder's trained stages, train nothing")
+    ap.add_argument("--eval-stages", default=",".join(STAGES), help="stages to evaluate, e.g. sft,round1")
+    ap.add_argument("--eval-name", default="", help="evaluate in a run of this name (its own identity): only the "
+                    "SAEExplainer stages, one-shot and SAGE are not explained again (default: the held-out run)")
     args = ap.parse_args()
     store = str(home() / "bench.db")
     echo = (lambda m: print(m, flush=True))
@@ -55,6 +61,13 @@ def main() -> None:
         echo(f"== {name}: {time.perf_counter() - t:.0f}s")
         return out
 
+    wanted = {x.strip() for x in args.eval_stages.split(",") if x.strip()}
+    if wanted - set(STAGES) or "sft" not in wanted:
+        raise SystemExit(f"--eval-stages: sft plus any of {', '.join(STAGES[1:])} (got {args.eval_stages!r})")
+    stages_ev = [s for s in STAGES if s in wanted]  # round2 last: its delta is the headline, the last line
+    if args.dir and not args.eval_name and not args.skip_eval:  # the held-out run's saeexplainer@ rows are one
+        raise SystemExit("--dir: give --eval-name too (evaluating another folder in the held-out run would "
+                         "replace the default folder's saeexplainer@ explanations there)")
     with Store(store) as db:  # the held-out run: bench/explainers.py's (unnamed) run in the same store
         runs = [r["id"] for r in db.runs("run") if not json.loads(r["config_json"]).get("run", {}).get("name")]
     if not runs:
@@ -64,6 +77,8 @@ def main() -> None:
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts)
     stages = cpu_preset("", "", "", args.tokens, store=store)
+    if args.eval_only:
+        return evaluate(args, store, tdir, stages_ev, timed)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
     t.close()
     ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(
@@ -79,21 +94,28 @@ def main() -> None:
         t.close()
     for k, v in times.items():
         print(f"| {k} | {v:.0f} s |")
-    if args.skip_eval:
-        return
-    ev = cpu_preset(f"random:{args.eval_features}", "oneshot,sage," + ",".join(STAGES),
+    if not args.skip_eval:
+        evaluate(args, store, tdir, stages_ev, timed)
+
+
+def evaluate(args, store: str, tdir: str, stages: list[str], timed) -> None:
+    """The stages (and, in the held-out run, one-shot and SAGE) on the held-out features; paired deltas vs SFT."""
+    methods = [f"saeexplainer@{s}" for s in stages]
+    ev = cpu_preset(f"random:{args.eval_features}", ",".join(methods if args.eval_name else
+                                                             ["oneshot", "sage", *methods]),
                     "generation,contrast,detection", args.tokens, args.eval_seed, store=store,
-                    saeexplainer=SAEExplainerConfig(train_dir=tdir))
-    h = timed("evaluation", lambda: run_all(ev, echo=echo))
+                    name=args.eval_name, saeexplainer=SAEExplainerConfig(train_dir=tdir))
+    h = timed("evaluation", lambda: run_all(ev, echo=lambda m: print(m, flush=True)))
     with Store(store, readonly=True) as db:
         s = summarize(db, h.run_id, baseline="saeexplainer@sft")
     print(markdown(s))
-    d = s["paired"].get("saeexplainer@round2|generation")
-    if d and d["n"]:
-        print(f"round2 - SFT GEN delta: {100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
-              f"{100 * d['ci95'][1]:+.1f}] points (n={d['n']} held-out features)")
-    else:
-        print("round2 - SFT GEN delta: n/a (no held-out feature scored for both)")
+    for stage in stages[1:]:
+        d = s["paired"].get(f"saeexplainer@{stage}|generation")
+        if d and d["n"]:
+            print(f"{stage} - SFT GEN delta: {100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
+                  f"{100 * d['ci95'][1]:+.1f}] points (n={d['n']} held-out features)")
+        else:
+            print(f"{stage} - SFT GEN delta: n/a (no held-out feature scored for both)")
 
 
 if __name__ == "__main__":
