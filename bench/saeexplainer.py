@@ -1,7 +1,7 @@
 """SAEExplainer at CPU scale on the default stack: SFT → pairs → DPO round 1 → pairs → DPO round 2, then the
 evaluation on held-out features against one-shot and SAGE, every method judged by the same LLM.
 
-    .venv/bin/python bench/saeexplainer.py [--train-features 64] [--eval-features 30] [--sft-epochs 3]
+    .venv/bin/python bench/saeexplainer.py [--train-features 64] [--sft-epochs 3]
     # another training folder's stages on the same held-out features, in a run of their own:
     .venv/bin/python bench/saeexplainer.py --eval-only --dir FOLDER --eval-stages sft,round1 --eval-name NAME
 
@@ -37,8 +37,6 @@ STAGES = ("sft", "round1", "round2")
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-features", type=int, default=64)
-    ap.add_argument("--eval-features", type=int, default=30, help="bench/explainers.py's features (random:N)")
-    ap.add_argument("--eval-seed", type=int, default=1, help="bench/explainers.py's --seed")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
     ap.add_argument("--candidates", type=int, default=6)
@@ -69,16 +67,17 @@ def main() -> None:
         raise SystemExit("--dir: give --eval-name too (evaluating another folder in the held-out run would "
                          "replace the default folder's saeexplainer@ explanations there)")
     with Store(store) as db:  # the held-out run: bench/explainers.py's (unnamed) run in the same store
-        runs = [r["id"] for r in db.runs("run") if not json.loads(r["config_json"]).get("run", {}).get("name")]
+        runs = [(r["id"], json.loads(r["config_json"])) for r in db.runs("run")
+                if not json.loads(r["config_json"]).get("run", {}).get("name")]
     if not runs:
         raise SystemExit(f"no bench/explainers.py run in {store}: run it first (its features are held out)")
-    heldout_id = runs[-1]
+    heldout_id, heldout_features = runs[-1][0], runs[-1][1]["features"]  # evaluated on exactly these
     tdir = args.dir or str(home() / "saeexplainer" / "bench")
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
-        return evaluate(args, store, tdir, stages_ev, timed)
+        return evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
     t.close()
     ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(
@@ -95,17 +94,18 @@ def main() -> None:
     for k, v in times.items():
         print(f"| {k} | {v:.0f} s |")
     if not args.skip_eval:
-        evaluate(args, store, tdir, stages_ev, timed)
+        evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo)
 
 
-def evaluate(args, store: str, tdir: str, stages: list[str], timed) -> None:
-    """The stages (and, in the held-out run, one-shot and SAGE) on the held-out features; paired deltas vs SFT."""
+def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, echo) -> None:
+    """The stages (and, in the held-out run, one-shot and SAGE) on the held-out run's features; paired deltas vs
+    SFT. The feature list is the run's own (its identity leaves the list out, so this is the same run)."""
     methods = [f"saeexplainer@{s}" for s in stages]
-    ev = cpu_preset(f"random:{args.eval_features}", ",".join(methods if args.eval_name else
-                                                             ["oneshot", "sage", *methods]),
-                    "generation,contrast,detection", args.tokens, args.eval_seed, store=store,
+    ev = cpu_preset(",".join(map(str, features)), ",".join(methods if args.eval_name else
+                                                           ["oneshot", "sage", *methods]),
+                    "generation,contrast,detection", args.tokens, store=store,
                     name=args.eval_name, saeexplainer=SAEExplainerConfig(train_dir=tdir))
-    h = timed("evaluation", lambda: run_all(ev, echo=lambda m: print(m, flush=True)))
+    h = timed("evaluation", lambda: run_all(ev, echo=echo))
     with Store(store, readonly=True) as db:
         s = summarize(db, h.run_id, baseline="saeexplainer@sft")
     print(markdown(s))
