@@ -81,3 +81,33 @@ def keyword_judge(request: Request):
         marked = " ".join(re.findall(r"<<(.*?)>>", snippet))
         return yes_no(0.9 if word and word in marked else 0.1)
     return yes_no(0.9 if word and re.search(rf"\b{re.escape(word)}\b", snippet) else 0.1)
+
+
+def universal(req):
+    """Every prompt of a run on the ground-truth SAE (feature 0 fires on "wife"): SAGE's steps (test_sage.Script),
+    one-shot, simulation, and the keyword judge for the rest."""
+    from test_sage import Script
+
+    system = req.messages[0][1]
+    if system.startswith("You are an interpretability researcher"):
+        return Script()(req)
+    if '{"explanation"' in system:
+        return json.dumps({"explanation": 'the word "wife"'})
+    if '{"activations"' in system:
+        toks = [json.loads(ln.split(". ", 1)[1]) for ln in last_user(req).splitlines()
+                if ln[:1].isdigit() and ". " in ln]
+        return json.dumps({"activations": [10 if t.strip().lower() == "wife" else 0 for t in toks]})
+    return keyword_judge(req)
+
+
+def sage_design_fails(req):
+    """`universal`, except that SAGE's probe-design step gets HTTP 500 (None) from the fake server."""
+    from test_sage import step_of
+
+    if req.messages[0][1].startswith("You are an interpretability researcher") and step_of(req) == "design":
+        return None
+    return universal(req)
+
+
+def always_500(req):
+    return None

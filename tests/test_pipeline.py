@@ -21,21 +21,7 @@ from saexplain.sampling.sampler import SamplingConfig
 from saexplain.score.simulation import SimulationConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import SubjectConfig
-from scripted_llm import ScriptedBackend, keyword_judge, last_user
-from test_sage import Script
-
-
-def universal(req):
-    system = req.messages[0][1]
-    if system.startswith("You are an interpretability researcher"):
-        return Script()(req)
-    if '{"explanation"' in system:
-        return json.dumps({"explanation": 'the word "wife"'})
-    if '{"activations"' in system:
-        toks = [json.loads(ln.split(". ", 1)[1]) for ln in last_user(req).splitlines()
-                if ln[:1].isdigit() and ". " in ln]
-        return json.dumps({"activations": [10 if t.strip().lower() == "wife" else 0 for t in toks]})
-    return keyword_judge(req)
+from scripted_llm import ScriptedBackend, universal
 
 
 @pytest.fixture()

@@ -166,7 +166,7 @@ def test_malformed_twice_is_a_recorded_failure(wife):
         run_sage(make_record(wife, TEXTS), wife, Script(malformed_first=2))
 
 
-def test_malformed_mid_run_concludes_with_what_it_has(wife):
+def test_malformed_mid_run_concludes_with_what_it_has_and_says_it_is_degraded(wife):
     script = Script()
     calls = {"n": 0}
 
@@ -182,6 +182,9 @@ def test_malformed_mid_run_concludes_with_what_it_has(wife):
     st = statuses(exp)
     assert st["the word wife"] == "CONFIRMED" and st["people at home"] == "REFUTED"
     assert exp.description == 'the word "wife"'
+    # what it concluded is kept for reading, but it is not a result: degraded, with the step that failed
+    assert exp.status == "degraded" and exp.reason.startswith("LLM failed in 1 step(s)") and "refine" in exp.reason
+    assert exp.evidence["faults"][0].startswith("refine:")
 
 
 @pytest.mark.parametrize("budget, reason", [

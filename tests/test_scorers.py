@@ -186,4 +186,4 @@ def test_score_stage_records_failures_and_retries_them(gt, tmp_path):
     (row,) = [s for s in store.scores(h.run_id) if s["feature"] == 0]
     assert row["error"] is None and row["value"] > 0.9
     c = asyncio.run(score_stage(h, store, llm, gt["oracle"], ["detection"], echo=lambda m: None))
-    assert c == {"done": 0, "skipped": 1, "failed": 0}  # finished work is not redone
+    assert c == {"done": 0, "skipped": 1, "degraded": 0, "failed": 0}  # finished work is not redone

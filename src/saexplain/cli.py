@@ -216,6 +216,16 @@ def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None
                         embedding, generation, contrast, steering, saeexplainer)
     h = run_all_and_print(cfgs)
     console.print(f"[bold]run {h.run_id}[/bold]: report in {h.folder}")
+    _exit_on_failures(h.counts)
+
+
+def _exit_on_failures(counts: dict[str, dict[str, int]]) -> None:
+    """Exit 1 (scripts and CI notice) when an item failed or was degraded; rerunning the command retries them."""
+    bad = {stage: (c.get("failed", 0), c.get("degraded", 0)) for stage, c in counts.items()}
+    if any(f or d for f, d in bad.values()):
+        parts = ", ".join(f"{stage}: {f} failed, {d} degraded" for stage, (f, d) in bad.items())
+        print(f"incomplete: {parts} (run the same command again to retry them)", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 def run_all_and_print(cfgs):
@@ -234,7 +244,7 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
 
     from saexplain.cache.pipeline import default_store_path
     from saexplain.llm import LLM
-    from saexplain.pipeline.runner import open_run, score_stage
+    from saexplain.pipeline.runner import RunLease, open_run, score_stage
     from saexplain.report import write_report
     from saexplain.score import SCORERS
 
@@ -244,18 +254,20 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
     echo = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
     with Store(store or default_store_path()) as db:
         run_id = run_id or _latest_run(db, "run")
-        h, oracle = open_run(db, run_id, echo=echo)
-        llm = LLM(h.configs.llm, store=db, run_id=run_id)
+        with RunLease(db, run_id):
+            h, oracle = open_run(db, run_id, echo=echo)
+            llm = LLM(h.configs.llm, store=db, run_id=run_id)
 
-        async def go():
-            c = await score_stage(h, db, llm, oracle, names, echo)
-            await llm.aclose()
-            return c
+            async def go():
+                c = await score_stage(h, db, llm, oracle, names, echo)
+                await llm.aclose()
+                return c
 
-        c = asyncio.run(go())
-        echo(f"score: {c['done']} new, {c['skipped']} already done, {c['failed']} failed")
+            c = asyncio.run(go())
+        echo(f"score: {c['done']} new, {c['skipped']} already done, {c['degraded']} degraded, {c['failed']} failed")
         paths = write_report(db, run_id, h.folder)
     console.print(f"report: {paths['markdown']}")
+    _exit_on_failures({"score": c})
 
 
 @app.command()
@@ -263,6 +275,7 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
 def report(run_id: int = typer.Option(None, "--run", help="run id (default: the latest run)"),
            baseline: str = typer.Option(None, help="method the others are compared with (default: oneshot)"),
            out: Path = typer.Option(None, help="folder (default: $SAEXPLAIN_HOME/runs/<run>)"),
+           include_degraded: bool = typer.Option(False, help="average degraded scores that have a value too"),
            store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
     """Method × scorer table with bootstrap 95 % CIs (markdown, JSON, PNG), rebuilt from the store alone."""
     from saexplain.cache.pipeline import default_store_path
@@ -273,7 +286,7 @@ def report(run_id: int = typer.Option(None, "--run", help="run id (default: the 
         run_id = run_id or _latest_run(db, "run")
         if db.run(run_id)["kind"] != "run":
             raise SaexplainError(f"run {run_id} is not an explain/score run")
-        paths = write_report(db, run_id, out or run_folder(run_id, db.path), baseline)
+        paths = write_report(db, run_id, out or run_folder(run_id, db.path), baseline, include_degraded)
     console.print(paths["markdown"].read_text(), markup=False, highlight=False)
     console.print(f"written: {paths['markdown']}  {paths['json']}  {paths['png']}")
 
@@ -417,6 +430,7 @@ def demo(features: int = typer.Option(6, help="features to explain (random, dens
     console.print(f"\n[bold]demo finished in {time.perf_counter() - t0:.0f}s[/bold] · run {h.run_id}\n"
                   f"report: {h.folder / 'report.md'}\nplot:   {h.folder / 'report.png'}\n"
                   f"a SAGE trace: saexplain trace --run {h.run_id} --feature {next(iter(h.records))}")
+    _exit_on_failures(h.counts)
 
 
 def _print_examples(run, examples: dict, show: int) -> None:
@@ -437,3 +451,7 @@ def _print_examples(run, examples: dict, show: int) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
+
+
+if __name__ == "__main__":
+    main()

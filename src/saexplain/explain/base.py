@@ -28,6 +28,10 @@ class Explanation:
     trace: list[dict[str, Any]] = field(default_factory=list)  # {"kind", "content", "time"} steps
     usage: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    # "ok", or "degraded" when the explainer finished without a step it needed (an LLM fault it worked
+    # around): stored apart, left out of comparisons, retried by the next run. `reason` says what happened.
+    status: str = "ok"
+    reason: str | None = None
 
 
 class Tracer:

@@ -124,9 +124,12 @@ class Budget:
         """Why no further step may start (None: it may). `reserve_calls` keeps calls for the conclusion;
         a structured call may need a corrective retry, so a step needs 2 calls of headroom."""
         c = self.cfg
-        if self.usage.calls + self.usage.failures + 2 + reserve_calls > c.max_llm_calls:
+        # cached replies count as calls and tokens: a resumed run (its earlier replies now cached) must take
+        # the same steps as an uninterrupted one
+        u = self.usage
+        if u.calls + u.cached + u.failures + 2 + reserve_calls > c.max_llm_calls:
             return f"max_llm_calls ({c.max_llm_calls})"
-        if self.usage.tokens_in + self.usage.tokens_out + reserve_calls * 1500 >= c.max_tokens:
+        if u.tokens_in + u.tokens_out + u.tokens_cached + reserve_calls * 1500 >= c.max_tokens:
             return f"max_tokens ({c.max_tokens})"
         if time.perf_counter() - self.t0 >= c.max_seconds:
             return f"max_seconds ({c.max_seconds:g})"
@@ -199,6 +202,7 @@ class SAGE(Explainer):
 
         stop = None
         rounds = 0
+        faults: list[str] = []  # LLM faults worked around: the explanation is then degraded, not ok
         while rounds < cfg.max_rounds:
             active = [h for h in hyps if h.status == ACTIVE]
             if not active:
@@ -210,6 +214,7 @@ class SAGE(Explainer):
                 try:
                     new = await self._review(llm, hyps, exemplars, trace, f)
                 except LLMError as e:
+                    faults.append(f"review: {e}")
                     trace("error", {"step": "review", "error": str(e)})
                     stop = "llm_error"
                     break
@@ -227,6 +232,7 @@ class SAGE(Explainer):
             try:
                 tests = await self._design(llm, hyps, active, exemplars, trace, f, budget)
             except LLMError as e:
+                faults.append(f"design: {e}")
                 trace("error", {"step": "design", "error": str(e)})
                 stop = "llm_error"
                 break
@@ -254,6 +260,7 @@ class SAGE(Explainer):
                 try:
                     verdicts = await self._judge(llm, hyps, active, verdicts, exemplars, trace, f)
                 except LLMError as e:
+                    faults.append(f"judge: {e}")
                     trace("error", {"step": "judge", "error": str(e)})
             to_refine = []
             for h in active:
@@ -274,6 +281,7 @@ class SAGE(Explainer):
                 try:
                     await self._refine(llm, hyps, to_refine, exemplars, trace, f)
                 except LLMError as e:
+                    faults.append(f"refine: {e}")
                     trace("error", {"step": "refine", "error": str(e)})
                     for h in to_refine:
                         h.status = REFUTED
@@ -285,7 +293,7 @@ class SAGE(Explainer):
         trace("stop", {"reason": stop or "all hypotheses decided"})
 
         # FINAL_CONCLUSION from tested hypotheses only
-        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget)
+        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults)
         candidates = _dedupe([description] + labels + [h.text for h in hyps if not h.negative and h.tested
                                                        and h.status != REFUTED])
         chosen, proxy = description, {}
@@ -299,6 +307,10 @@ class SAGE(Explainer):
                                       for t in h.tests]} for h in hyps],
             "stop_reason": stop or "all hypotheses decided", "rounds": rounds, "probes": budget.probes,
             "conclusion": description, "candidates": proxy, "verdict_mode": cfg.verdict}
+        if faults:
+            evidence["faults"] = faults
+            return Explanation(chosen, labels, evidence, status="degraded",
+                               reason=f"LLM failed in {len(faults)} step(s), concluded without them: {faults[0]}")
         return Explanation(chosen, labels, evidence)
 
     # ------------------------------------------------------------------------------------------ steps
@@ -385,7 +397,8 @@ class SAGE(Explainer):
             out[h.id] = status
         return out
 
-    async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget) -> tuple[str, list[str]]:
+    async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget,
+                        faults: list[str]) -> tuple[str, list[str]]:
         tested = [h for h in hyps if h.tested]
         positives = [h for h in tested if not h.negative and h.status != REFUTED]
         fallback = max(positives or [h for h in tested if not h.negative] or [h for h in hyps if not h.negative],
@@ -401,6 +414,7 @@ class SAGE(Explainer):
                                       state=self._state(tested, "", []))
                 return obj["description"].strip(), _dedupe(obj["labels"])
             except LLMError as e:
+                faults.append(f"conclude: {e}")
                 trace("error", {"step": "conclude", "error": str(e)})
         else:
             trace("stop", {"reason": f"no budget for the conclusion: {why}"})

@@ -61,16 +61,18 @@ class Request:
 @dataclass
 class Usage:
     calls: int = 0
-    cached: int = 0
+    cached: int = 0  # replies served from the request cache (no tokens spent, counted apart)
     failures: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0  # prompt + reply tokens of the cached replies (budgets count them as if asked again)
     seconds: float = 0.0
-    cost: float = 0.0
+    cost: float | None = 0.0  # USD; None = unknown (a model without a known price took part)
 
     def add(self, other: Usage) -> None:
         for f in self.__dataclass_fields__:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
+            a, b = getattr(self, f), getattr(other, f)
+            setattr(self, f, None if a is None or b is None else a + b)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,12 +104,14 @@ class Completion:
 
 
 class Backend(ABC):
-    """Turns a Request into a Completion. Raise RetryableError for transient faults, LLMError otherwise."""
+    """Turns a Request into a Completion. Raise RetryableError for transient faults, LLMError for faults of the
+    endpoint or its reply that retrying cannot fix; anything else (a bug, out of memory) propagates as it is."""
 
     name: str = "backend"
     model: str = ""
     supports_json_schema: bool = False
     chat_model: bool = True  # instruction-tuned with a chat template (else: completion prompts)
+    local: bool = False  # runs in this process: calls cost nothing (remote models without a known price: unknown)
 
     @abstractmethod
     async def complete(self, request: Request, timeout: float) -> Completion: ...

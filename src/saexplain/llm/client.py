@@ -105,7 +105,7 @@ class LLM:
             if hit is not None:
                 comp = Completion.from_dict(hit, cached=True)
                 comp.extra["request_key"] = key
-                self._account(Usage(cached=1), feature)
+                self._account(Usage(cached=1, tokens_cached=comp.tokens_in + comp.tokens_out), feature)
                 return comp
         last: Exception | None = None
         attempts = 0
@@ -129,7 +129,8 @@ class LLM:
                 err = LLMError(f"{self.backend.name}:{self.backend.model} failed after {attempts} attempts: {last}")
                 self._fail(request, key, err, feature, attempts)
                 raise err
-        cost = _cost(self.backend.model, comp.tokens_in, comp.tokens_out)
+        cost = 0.0 if getattr(self.backend, "local", False) else _cost(self.backend.model, comp.tokens_in,
+                                                                        comp.tokens_out)
         self._account(Usage(calls=1, tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, seconds=comp.seconds,
                             cost=cost), feature)
         if self.store is not None:
@@ -231,6 +232,7 @@ def parse_json(text: str, schema: dict) -> tuple[Any, str | None]:
     return obj, None
 
 
-def _cost(model: str, tokens_in: int, tokens_out: int) -> float:
+def _cost(model: str, tokens_in: int, tokens_out: int) -> float | None:
+    """USD for a call, None when the model's price is unknown (never a silent $0)."""
     price = PRICES.get(model)
-    return 0.0 if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6
+    return None if price is None else (tokens_in * price[0] + tokens_out * price[1]) / 1e6

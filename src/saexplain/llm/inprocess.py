@@ -18,6 +18,7 @@ class LlamaCpp(Backend):
     the common prefix, which is what an agent whose conversation grows call by call needs."""
 
     name = "llamacpp"
+    local = True
     supports_json_schema = True
 
     def __init__(self, path: str, n_ctx: int, threads: int | None, logits_all: bool):
@@ -128,6 +129,7 @@ class Transformers(Backend):
     latency, as with a server that serves requests concurrently)."""
 
     name = "transformers"
+    local = True
 
     def __init__(self, spec: str, device: str = "cpu", batch_wait: float = 0.01):
         import torch
@@ -184,10 +186,11 @@ class Transformers(Backend):
             self._pending = [p for p in self._pending if self._batch_key(p[0]) != key]
             try:
                 comps = await asyncio.to_thread(self._generate, [r for r, _, _ in group], [t for _, t, _ in group])
-            except Exception as e:  # noqa: BLE001  (each waiting request gets the batch's error)
+            except Exception as e:  # noqa: BLE001  each waiting request gets the batch's error, as it is: a
+                # bug or an out-of-memory error is not an endpoint fault (not LLMError, so never retried)
                 for _, _, fut in group:
                     if not fut.done():
-                        fut.set_exception(e if isinstance(e, LLMError) else LLMError(f"generation failed: {e}"))
+                        fut.set_exception(e)
                 continue
             for (_, _, fut), comp in zip(group, comps):
                 if not fut.done():

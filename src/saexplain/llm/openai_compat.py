@@ -73,7 +73,7 @@ class OpenAICompatible(Backend):
                 raise RetryableError(f"HTTP {e.status_code} from {self.base_url or 'OpenAI'}",
                                      _retry_after(e)) from None
             raise LLMError(f"HTTP {e.status_code} from {self.base_url or 'OpenAI'}: {_short(e.message)}") from None
-        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as e:
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as e:  # the reply, not our code
             raise RetryableError(f"malformed reply from {self.base_url or 'OpenAI'}: {_short(str(e))}") from None
         return self._parse(resp, request, time.perf_counter() - t0)
 

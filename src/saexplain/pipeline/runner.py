@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from saexplain.score.embedding import EmbeddingConfig
 from saexplain.score.generative import ContrastConfig, GenerationConfig
 from saexplain.score.simulation import SimulationConfig
 from saexplain.score.steering import SteeringConfig
-from saexplain.store import Store
+from saexplain.store import StaleScore, Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,12 @@ class RunHandle:
     cache: CacheRun
     records: dict[int, FeatureRecord]
     folder: Path
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → done/skipped/degraded/failed
+
+    @property
+    def ok(self) -> bool:
+        """Nothing of this invocation failed or was degraded."""
+        return not any(c.get("failed") or c.get("degraded") for c in self.counts.values())
 
 
 def run_folder(run_id: int, store_path: str | Path | None = None) -> Path:
@@ -231,9 +238,16 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
     return RunHandle(run_id, cfgs, cache, records, folder)
 
 
+def _counts() -> dict[str, int]:
+    return {"done": 0, "skipped": 0, "degraded": 0, "failed": 0}
+
+
 async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
                         echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    """Explain every due (feature, method): due when there is no ok row made with the explainer's current
+    fingerprint. Degraded and failed results are stored with their reason (and retried by the next run); a
+    result never replaces a better stored one."""
+    counts = _counts()
     for f in features if features is not None else list(h.records):
         record = h.records[f]
         for name in h.configs.run.explainer_names:
@@ -241,63 +255,124 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
             fp = explainer.fingerprint()
             have = store.explanations(h.run_id, feature=f, method=name)
             # '' = made before explanations kept their fingerprint: kept
-            if have and have[0]["error"] is None and have[0]["config_hash"] in ("", fp):
+            if have and have[0]["status"] == "ok" and have[0]["config_hash"] in ("", fp):
                 counts["skipped"] += 1
                 continue
             try:
                 exp = await explainer.explain(record, llm, oracle)
             except Exception as e:  # noqa: BLE001  recorded (with its type), retried by the next run; others go on
-                store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e), config_hash=fp)
+                kept = store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e),
+                                             config_hash=fp, status="failed") is None
                 counts["failed"] += 1
                 if not isinstance(e, LLMError):
                     log.exception("explainer %s failed on feature %s", name, f)
-                echo(f"  feature {f} {name}: FAILED ({_error_text(e)})")
+                echo(f"  feature {f} {name}: FAILED ({_error_text(e)})"
+                     + ("; the earlier explanation is kept" if kept else ""))
                 continue
-            store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
-                                  exp.trace, seconds=exp.seconds, config_hash=fp)
-            counts["done"] += 1
-            echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): "
-                 f"{exp.description}")
+            kept = store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
+                                         exp.trace, seconds=exp.seconds, config_hash=fp, status=exp.status,
+                                         error=exp.reason) is None
+            if exp.status == "ok":
+                counts["done"] += 1
+                echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): "
+                     f"{exp.description}")
+            else:
+                counts["degraded"] += 1
+                echo(f"  feature {f} {name}: DEGRADED ({exp.reason})"
+                     + ("; the earlier explanation is kept" if kept else f": {exp.description}"))
     return counts
 
 
 async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scorers: list[str] | None = None,
                       echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
-    counts = {"done": 0, "skipped": 0, "failed": 0}
+    """Score every ok explanation of `features` (default: the run's records) with every scorer, where no ok
+    score made with the scorer's current config exists for the explanation's current text."""
+    counts = _counts()
     scorers = scorers or h.configs.run.scorer_names
-    for e in store.explanations(h.run_id, ok_only=True):
-        record = h.records.get(e["feature"])
-        if record is None or (features is not None and e["feature"] not in features):
+    for f in features if features is not None else list(h.records):
+        record = h.records.get(f)
+        if record is None:
             continue
-        for name in scorers:
-            scorer = h.configs.scorer(name)
-            cfg_hash = scorer.cfg.hash()
-            old = store.score(e["id"], name)
-            if old is not None and old["error"] is None and old["config_hash"] == cfg_hash:
-                counts["skipped"] += 1
-                continue
-            t0 = time.perf_counter()
-            try:
-                res = await scorer.score(record, e["description"], llm, oracle)
-            except Exception as err:  # noqa: BLE001  recorded, retried by the next run; the others go on
-                if not isinstance(err, LLMError):
-                    log.exception("scorer %s failed on feature %s", name, e["feature"])
-                store.put_score(e["id"], name, None, {}, {}, cfg_hash, error=_error_text(err),
-                                seconds=time.perf_counter() - t0)
-                counts["failed"] += 1
-                echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({_error_text(err)})")
-                continue
-            store.put_score(e["id"], name, res.value, res.details, res.usage, cfg_hash,
-                            seconds=time.perf_counter() - t0)
-            counts["done"] += 1
-            value = "n/a" if res.value is None else f"{res.value:.3f}"
-            echo(f"  feature {e['feature']} {e['method']} {name}: {value} ({time.perf_counter() - t0:.0f}s)")
+        for e in store.explanations(h.run_id, feature=f, ok_only=True):
+            for name in scorers:
+                scorer = h.configs.scorer(name)
+                cfg_hash = scorer.cfg.hash()
+                old = store.score(e["id"], name)
+                if old is not None and old["status"] == "ok" and old["config_hash"] == cfg_hash \
+                        and old["text_hash"] == e["text_hash"]:
+                    counts["skipped"] += 1
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    res = await scorer.score(record, e["description"], llm, oracle)
+                except Exception as err:  # noqa: BLE001  recorded, retried by the next run; the others go on
+                    if not isinstance(err, LLMError):
+                        log.exception("scorer %s failed on feature %s", name, e["feature"])
+                    _put_score(store, e, name, None, {}, {}, cfg_hash, time.perf_counter() - t0, "failed",
+                               _error_text(err), echo)
+                    counts["failed"] += 1
+                    echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({_error_text(err)})")
+                    continue
+                if not _put_score(store, e, name, res.value, res.details, res.usage, cfg_hash,
+                                  time.perf_counter() - t0, res.status, res.reason, echo):
+                    counts["failed"] += 1
+                    continue
+                value = "n/a" if res.value is None else f"{res.value:.3f}"
+                if res.status == "ok":
+                    counts["done"] += 1
+                    echo(f"  feature {e['feature']} {e['method']} {name}: {value} ({time.perf_counter() - t0:.0f}s)")
+                else:
+                    counts["degraded"] += 1
+                    echo(f"  feature {e['feature']} {e['method']} {name}: DEGRADED {value} ({res.reason})")
     return counts
+
+
+def _put_score(store: Store, e: dict, name: str, value, details, usage, cfg_hash: str, seconds: float,
+               status: str, reason: str | None, echo: Callable[[str], None]) -> bool:
+    """Persist one score of explanation row `e`, tied to the text it was computed on; False when that
+    explanation was replaced meanwhile (the score is dropped, with a message)."""
+    try:
+        store.put_score(e["id"], name, value, details, usage, cfg_hash, error=reason, seconds=seconds,
+                        text=e["description"], status=status)
+    except StaleScore as err:
+        echo(f"  feature {e['feature']} {e['method']} {name}: not stored ({err})")
+        return False
+    return True
 
 
 def _error_text(e: Exception) -> str:
     """LLM faults are expected and read as they are; anything else also names its type (a bug to report)."""
     return str(e) if isinstance(e, LLMError) else f"{type(e).__name__}: {e}"
+
+
+class RunLease:
+    """The run's writer lease for the duration of a command: taken (or refused with one line when another live
+    process holds it), renewed by a heartbeat thread on its own connection, released at the end."""
+
+    def __init__(self, store: Store, run_id: int, ttl: float = 60.0):
+        self.store, self.run_id, self.ttl = store, run_id, ttl
+        self.owner = store.claim_run(run_id, ttl=ttl)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name=f"lease-run-{run_id}")
+        self._thread.start()
+
+    def _beat(self) -> None:
+        with Store(self.store.path) as db:
+            while not self._stop.wait(self.ttl / 4):
+                if not db.renew_run(self.run_id, self.owner, self.ttl):
+                    log.warning("run %s: another process took over the writer lease", self.run_id)
+                    return
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.store.release_run(self.run_id, self.owner)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Callable[[str], None] = print
@@ -307,15 +382,21 @@ def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Call
     if row["kind"] != "run":
         raise SaexplainError(f"run {run_id} is a {row['kind']} run, not an explain/score run")
     cfgs = StageConfigs.from_dict(json.loads(row["config_json"]))
+    if cfgs.identity() != row["config_hash"]:
+        raise SaexplainError(f"run {run_id}: its stored settings no longer give its identity "
+                             f"({cfgs.identity()} ≠ {row['config_hash']}); it was made by another saexplain version")
     oracle = oracle or Oracle.from_config(cfgs.subject)
     features = sorted({e["feature"] for e in store.explanations(run_id)})
     if not features:
         raise SaexplainError(f"run {run_id} has no explanations yet")
-    return prepare(cfgs, store, oracle, features, echo), oracle
+    h = prepare(cfgs, store, oracle, features, echo)
+    if h.run_id != run_id:  # prepare finds the run by identity: it must be the one asked for
+        raise SaexplainError(f"opened run {h.run_id} instead of run {run_id}")
+    return h, oracle
 
 
 def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=None) -> RunHandle:
-    """`saexplain run`: every stage, with the time of each."""
+    """`saexplain run`: every stage, with the time of each; the outcome counts what failed or was degraded."""
     from saexplain.report import write_report
 
     store = Store(cfgs.run.store or default_store_path())
@@ -326,29 +407,31 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
              f"({time.perf_counter() - t0:.1f}s)")
         h = prepare(cfgs, store, oracle, echo=echo)
         echo(f"run {h.run_id}: {len(h.records)} features × {', '.join(cfgs.run.explainer_names)}")
-        llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
+        totals = {"explain": [0.0, _counts()], "score": [0.0, _counts()]}
+        with RunLease(store, h.run_id):
+            llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
 
-        async def go():
-            # feature by feature: a killed run keeps every finished feature explained *and* scored
-            totals = {"explain": [0.0, {"done": 0, "skipped": 0, "failed": 0}],
-                      "score": [0.0, {"done": 0, "skipped": 0, "failed": 0}]}
-            for i, f in enumerate(h.records):
-                echo(f"feature {f} ({i + 1}/{len(h.records)})")
-                for stage, fn in (("explain", explain_stage), ("score", score_stage)):
-                    t = time.perf_counter()
-                    c = await fn(h, store, llm, oracle, echo=echo, features=[f])
-                    totals[stage][0] += time.perf_counter() - t
-                    for k, v in c.items():
-                        totals[stage][1][k] += v
-            await llm.aclose()
-            for stage, (secs, c) in totals.items():
-                echo(f"{stage}: {c['done']} new, {c['skipped']} already done, {c['failed']} failed ({secs:.1f}s)")
+            async def go():
+                # feature by feature: a killed run keeps every finished feature explained *and* scored
+                for i, f in enumerate(h.records):
+                    echo(f"feature {f} ({i + 1}/{len(h.records)})")
+                    for stage, fn in (("explain", explain_stage), ("score", score_stage)):
+                        t = time.perf_counter()
+                        c = await fn(h, store, llm, oracle, echo=echo, features=[f])
+                        totals[stage][0] += time.perf_counter() - t
+                        for k, v in c.items():
+                            totals[stage][1][k] += v
+                await llm.aclose()
 
-        asyncio.run(go())
+            asyncio.run(go())
+        for stage, (secs, c) in totals.items():
+            echo(f"{stage}: {c['done']} new, {c['skipped']} already done, {c['degraded']} degraded, "
+                 f"{c['failed']} failed ({secs:.1f}s)")
         t = time.perf_counter()
         paths = write_report(store, h.run_id, h.folder)
         echo(f"report ({time.perf_counter() - t:.1f}s): {paths['markdown']}  {paths['png']}")
-        store.set_run_status(h.run_id, "complete")
+        h.counts = {k: c for k, (_, c) in totals.items()}
+        store.set_run_status(h.run_id, "complete" if h.ok else "incomplete")
         return h
     finally:
         store.close()

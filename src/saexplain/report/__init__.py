@@ -29,7 +29,10 @@ def bootstrap_ci(values: list[float], seed: int = 0, n: int = BOOTSTRAP) -> tupl
     return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[str, Any]:
+def summarize(store: Store, run_id: int, baseline: str | None = None,
+              include_degraded: bool = False) -> dict[str, Any]:
+    """Only ok scores of ok explanations enter the table and the comparisons (degraded ones too with
+    `include_degraded`, where they have a value); degraded and failed ones are counted per cell."""
     run = store.run(run_id)
     config = json.loads(run["config_json"])
     explanations = store.explanations(run_id)
@@ -43,11 +46,17 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
 
     value: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     failed: dict[tuple[str, str], int] = defaultdict(int)
+    degraded: dict[tuple[str, str], int] = defaultdict(int)
     for s in scores:
-        if s["error"] is not None:
-            failed[(s["method"], s["scorer"])] += 1
-        elif s["value"] is not None:
-            value[(s["method"], s["scorer"])][s["feature"]] = s["value"]
+        key = (s["method"], s["scorer"])
+        if s["status"] == "failed":
+            failed[key] += 1
+        elif s["status"] == "degraded":
+            degraded[key] += 1
+            if include_degraded and s["value"] is not None:
+                value[key][s["feature"]] = s["value"]
+        else:
+            value[key][s["feature"]] = s["value"]
 
     table = {}
     for m in methods:
@@ -55,7 +64,7 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
             vals = value.get((m, sc), {})
             mean, lo, hi = bootstrap_ci(list(vals.values()))
             table[f"{m}|{sc}"] = {"method": m, "scorer": sc, "mean": mean, "ci95": [lo, hi], "n": len(vals),
-                                  "failed": failed.get((m, sc), 0)}
+                                  "failed": failed.get((m, sc), 0), "degraded": degraded.get((m, sc), 0)}
     paired = {}
     if baseline:
         for m in methods:
@@ -68,8 +77,10 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
                 paired[f"{m}|{sc}"] = {"method": m, "baseline": baseline, "scorer": sc, "delta": mean,
                                        "ci95": [lo, hi], "n": len(common)}
     usage: dict[str, dict[str, float]] = {}
+    explanation_status = {m: {st: sum(1 for e in explanations if e["method"] == m and e["status"] == st)
+                              for st in ("ok", "degraded", "failed")} for m in methods}
     for m in methods:
-        rows = [e for e in explanations if e["method"] == m and e["error"] is None]
+        rows = [e for e in explanations if e["method"] == m and e["status"] == "ok"]
         if rows:
             usage[m] = {"features": len(rows),
                         "llm_calls": float(np.mean([e["usage"].get("calls", 0) for e in rows])),
@@ -77,10 +88,10 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
                                                  for e in rows])),
                         "tokens_out": float(np.mean([e["usage"].get("tokens_out", 0) for e in rows])),
                         "seconds": float(np.mean([e["seconds"] for e in rows])),
-                        "failed": sum(1 for e in explanations if e["method"] == m and e["error"] is not None)}
+                        "degraded": explanation_status[m]["degraded"], "failed": explanation_status[m]["failed"]}
     scorer_usage = {}
     for sc in scorers:
-        rows = [s for s in scores if s["scorer"] == sc and s["error"] is None]
+        rows = [s for s in scores if s["scorer"] == sc and s["status"] == "ok"]
         if rows:
             scorer_usage[sc] = {"scored": len(rows),
                                 "llm_calls": float(np.mean([s["usage"].get("calls", 0) for s in rows])),
@@ -90,10 +101,12 @@ def summarize(store: Store, run_id: int, baseline: str | None = None) -> dict[st
     per_feature = defaultdict(dict)
     for e in explanations:
         per_feature[e["feature"]][e["method"]] = {
-            "description": e["description"], "labels": e["labels"], "error": e["error"],
+            "description": e["description"], "labels": e["labels"], "error": e["error"], "status": e["status"],
+            "redo_error": e.get("redo_error"),
             "scores": {sc: value.get((e["method"], sc), {}).get(e["feature"]) for sc in scorers}}
     return {"run_id": run_id, "config": config, "methods": methods, "scorers": scorers, "baseline": baseline,
             "table": table, "paired": paired, "usage": usage, "scorer_usage": scorer_usage,
+            "explanation_status": explanation_status, "include_degraded": include_degraded,
             "features": {str(k): v for k, v in sorted(per_feature.items())},
             "values": {f"{m}|{sc}": {str(f): v for f, v in vals.items()} for (m, sc), vals in value.items()}}
 
@@ -110,7 +123,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"# saexplain run {summary['run_id']}", "",
              f"Subject: `{subject.get('model')}` + SAE `{subject.get('sae')}`; explainer/judge LLM: "
              f"`{llm.get('llm')}`; sampling seed {sampling.get('seed')} (the same score-pool windows and the same "
-             f"LLM judge every method). Values: mean over features with bootstrap 95 % CI; n = features scored.", "",
+             f"LLM judge every method). Values: mean over features with bootstrap 95 % CI; n = features with an ok score "
+             f"({'degraded scores with a value included' if summary['include_degraded'] else 'degraded and failed scores are counted, not averaged'}).", "",
              "## Scores", "", "| method | " + " | ".join(summary["scorers"]) + " |",
              "|---|" + "---|" * len(summary["scorers"])]
     for m in summary["methods"]:
@@ -118,6 +132,8 @@ def markdown(summary: dict[str, Any]) -> str:
         for sc in summary["scorers"]:
             t = summary["table"][f"{m}|{sc}"]
             cell = f"{_fmt(t['mean'], t['ci95'])} (n={t['n']})"
+            if t["degraded"]:
+                cell += f", {t['degraded']} degraded"
             if t["failed"]:
                 cell += f", {t['failed']} failed"
             cells.append(cell)
@@ -134,11 +150,17 @@ def markdown(summary: dict[str, Any]) -> str:
                 cells.append(f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] (n={p['n']})"
                              if p["n"] else "–")
             lines.append(f"| {m} − {summary['baseline']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Cost per feature", "", "| explainer | features | LLM calls | tokens (in+out) | tokens out | seconds | failed |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "## Explanations by status", "",
+              "Only ok explanations are scored; degraded ones (an explainer that finished without a step it needed, "
+              "e.g. an LLM fault) and failed ones are left out of every comparison and retried by the next run.", "",
+              "| explainer | ok | degraded | failed |", "|---|---|---|---|"]
+    for m, st in summary["explanation_status"].items():
+        lines.append(f"| {m} | {st['ok']} | {st['degraded']} | {st['failed']} |")
+    lines += ["", "## Cost per feature", "", "| explainer | features | LLM calls | tokens (in+out) | tokens out | seconds |",
+              "|---|---|---|---|---|---|"]
     for m, u in summary["usage"].items():
         lines.append(f"| {m} | {u['features']} | {u['llm_calls']:.1f} | {u['tokens']:.0f} | {u['tokens_out']:.0f} "
-                     f"| {u['seconds']:.1f} | {u['failed']} |")
+                     f"| {u['seconds']:.1f} |")
     lines += ["", "| scorer | explanations | LLM calls | tokens (in+out) | seconds |", "|---|---|---|---|---|"]
     for sc, u in summary["scorer_usage"].items():
         lines.append(f"| {sc} | {u['scored']} | {u['llm_calls']:.1f} | {u['tokens']:.0f} | {u['seconds']:.1f} |")
@@ -146,7 +168,10 @@ def markdown(summary: dict[str, Any]) -> str:
               "|---|---|---|" + "---|" * len(summary["scorers"])]
     for f, by_method in summary["features"].items():
         for m, e in by_method.items():
-            text = (e["description"] or f"FAILED: {e['error']}").replace("|", "\\|").replace("\n", " ")
+            text = e["description"] if e["status"] == "ok" else f"{e['status'].upper()} ({e['error']}): {e['description']}"
+            if e.get("redo_error"):
+                text += f" (a later attempt did not replace it: {e['redo_error']})"
+            text = text.replace("|", "\\|").replace("\n", " ")
             vals = [("–" if e["scores"][sc] is None else f"{e['scores'][sc]:.2f}") for sc in summary["scorers"]]
             lines.append(f"| {f} | {m} | {text} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
@@ -179,9 +204,10 @@ def plot(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_report(store: Store, run_id: int, folder: Path, baseline: str | None = None) -> dict[str, Path]:
+def write_report(store: Store, run_id: int, folder: Path, baseline: str | None = None,
+                 include_degraded: bool = False) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    summary = summarize(store, run_id, baseline)
+    summary = summarize(store, run_id, baseline, include_degraded)
     paths = {"markdown": folder / "report.md", "json": folder / "report.json", "png": folder / "report.png"}
     paths["markdown"].write_text(markdown(summary))
     paths["json"].write_text(json.dumps(summary, indent=1, default=float, allow_nan=False) + "\n")

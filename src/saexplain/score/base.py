@@ -22,6 +22,14 @@ class ScoreResult:
     value: float | None
     details: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] = field(default_factory=dict)
+    # "ok"; "degraded" when the value is not what the config asked for (e.g. AUROC asked, logprobs missing for
+    # some windows) or there is no value: stored apart, left out of comparisons, retried by the next run
+    status: str = "ok"
+    reason: str | None = None
+
+    def __post_init__(self):
+        if self.value is None and self.status == "ok":
+            self.status, self.reason = "degraded", str(self.details.get("error") or "no value")
 
 
 class Scorer(ABC):
@@ -51,8 +59,14 @@ SCORERS: Registry[type[Scorer]] = Registry("scorer")
 
 # ---------------------------------------------------------------------------------------------- arithmetic
 def p_yes(completion) -> float:
-    """P("yes") / (P("yes") + P("no")) at the first answer token, from logprobs when the backend gave them;
-    else 1.0 or 0.0 from the text. Case, spaces and punctuation variants of the tokens are summed."""
+    """P("yes") / (P("yes") + P("no")) at the first answer token (see `p_yes_with_source`)."""
+    return p_yes_with_source(completion)[0]
+
+
+def p_yes_with_source(completion) -> tuple[float, str]:
+    """(P("yes") / (P("yes") + P("no")) at the first answer token, where it came from): "logprobs" when the
+    backend gave logprobs holding yes or no (case, spaces and punctuation variants summed); else "text", 1.0 or
+    0.0 read from the answer. Anything else is an LLMParseError."""
     if completion.logprobs and completion.logprobs[0]:
         yes = no = 0.0
         for tok, lp in completion.logprobs[0][0].items():
@@ -62,12 +76,12 @@ def p_yes(completion) -> float:
             elif word == "no":
                 no += math.exp(lp)
         if yes + no > 0:
-            return yes / (yes + no)
+            return yes / (yes + no), "logprobs"
     answer = completion.text.strip().lower()
     if answer.startswith("yes"):
-        return 1.0
+        return 1.0, "text"
     if answer.startswith("no"):
-        return 0.0
+        return 0.0, "text"
     from saexplain.llm import LLMParseError
 
     raise LLMParseError(f"expected yes or no, got {completion.text[:60]!r}", completion.text)

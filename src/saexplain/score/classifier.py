@@ -20,7 +20,7 @@ from saexplain.config import Config
 from saexplain.llm import LLMParseError
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord, Window
-from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc, balanced_accuracy, p_yes, snippet
+from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc, balanced_accuracy, p_yes_with_source, snippet
 
 
 def spread(windows: list[Window], n: int) -> list[Window]:
@@ -56,17 +56,18 @@ class ClassifierScorer(Scorer):
     def items(self, record: FeatureRecord, rng: np.random.Generator) -> list[tuple[Window, bool, str]]:
         raise NotImplementedError
 
-    async def judge_one(self, llm, explanation: str, text: str, feature: int) -> float:
+    async def judge_one(self, llm, explanation: str, text: str, feature: int) -> tuple[float, str]:
+        """(P(yes), "logprobs" or "text": where it came from)."""
         comp = await llm.ask(template(__file__, self.prompt), explanation=explanation, snippet=snippet(text),
                              max_tokens=1 if self.cfg.logprobs else 3, temperature=0.0,
                              logprobs=5 if self.cfg.logprobs else None, feature=feature)
         try:
-            return p_yes(comp)
+            return p_yes_with_source(comp)
         except LLMParseError:
             llm._forget(comp)  # not cached: the next run asks again
             raise
 
-    async def judge_many(self, llm, explanation: str, texts: list[str], feature: int) -> list[float]:
+    async def judge_many(self, llm, explanation: str, texts: list[str], feature: int) -> list[tuple[float, str]]:
         numbered = "\n".join(f"{i + 1}. \"{snippet(t)}\"" for i, t in enumerate(texts))
         schema = {"type": "object", "properties": {"matches": {"type": "array", "items": {
             "type": "integer", "minimum": 1, "maximum": len(texts)}}}, "required": ["matches"]}
@@ -74,7 +75,7 @@ class ClassifierScorer(Scorer):
         obj, _ = await llm.generate_json(tpl.chat(explanation=explanation, snippets=numbered), schema,
                                          max_tokens=16 + 4 * len(texts), feature=feature)
         chosen = set(obj["matches"])
-        return [1.0 if i + 1 in chosen else 0.0 for i in range(len(texts))]
+        return [(1.0 if i + 1 in chosen else 0.0, "list") for i in range(len(texts))]
 
     async def run(self, record: FeatureRecord, explanation: str, llm, oracle) -> ScoreResult:
         rng = np.random.default_rng([self.cfg.seed, record.feature])
@@ -86,27 +87,38 @@ class ClassifierScorer(Scorer):
         texts = [t for _, _, t in items]
         per = getattr(self.cfg, "per_prompt", 1)
         if per == 1:
-            probs = await asyncio.gather(*(self.judge_one(llm, explanation, t, record.feature) for t in texts))
+            judged = await asyncio.gather(*(self.judge_one(llm, explanation, t, record.feature) for t in texts))
         else:
             chunks = await asyncio.gather(*(self.judge_many(llm, explanation, texts[i:i + per], record.feature)
                                             for i in range(0, len(texts), per)))
-            probs = [p for c in chunks for p in c]
+            judged = [p for c in chunks for p in c]
+        probs = [p for p, _ in judged]
+        sources = [src for _, src in judged]
         truth = [t for _, t, _ in items]
         predicted = [p > 0.5 for p in probs]
-        rows = [{"kind": w.kind, "decile": _decile(w), "max_act": w.max_act, "truth": t, "p_yes": p,
-                 "text": text} for (w, t, text), p in zip(items, probs)]
+        rows = [{"kind": w.kind, "decile": _decile(w), "max_act": w.max_act, "truth": t, "p_yes": p, "from": src,
+                 "text": text} for (w, t, text), p, src in zip(items, probs, sources)]
         recall: dict[str, list[bool]] = {}
         for r, pred in zip(rows, predicted):
             if r["truth"]:
                 recall.setdefault(r["decile"], []).append(pred)
         details = {"balanced_accuracy": balanced_accuracy(predicted, truth),
                    "auroc": auroc(probs, truth),
-                   "auroc_from": "logprobs" if self.cfg.logprobs and per == 1 else "answers",
+                   # what the AUROC was computed from, as it happened: logprobs only when every window's
+                   # P(yes) came from logprobs; "mixed" when some fell back to the written answer
+                   "auroc_from": ("logprobs" if all(s == "logprobs" for s in sources) else
+                                  "mixed" if "logprobs" in sources else "answers"),
+                   "windows_from_logprobs": sum(s == "logprobs" for s in sources),
                    "recall_by_decile": {k: float(np.mean(v)) for k, v in sorted(recall.items())},
                    "windows": rows}
         use_auroc = self.cfg.metric == "auroc" and details["auroc_from"] == "logprobs" and details["auroc"] is not None
         details["metric"] = "auroc" if use_auroc else "balanced_accuracy"
-        return ScoreResult(details[details["metric"]], details)
+        result = ScoreResult(details[details["metric"]], details)
+        if self.cfg.metric == "auroc" and self.cfg.logprobs and per == 1 and not use_auroc:
+            result.status = "degraded"
+            result.reason = (f"AUROC asked for, but only {details['windows_from_logprobs']} of {len(sources)} "
+                             f"windows had yes/no in the top logprobs: the value is balanced accuracy")
+        return result
 
 
 @SCORERS.register("detection")

@@ -6,7 +6,10 @@ The schema is versioned: `PRAGMA user_version` holds the version and `_MIGRATION
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -127,8 +130,60 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE explanations ADD COLUMN config_hash TEXT NOT NULL DEFAULT '';
     """,
+    # v5: a status per explanation and score (ok / degraded / failed; `error` holds the reason, NULL iff ok);
+    # explanation ids are never reused (AUTOINCREMENT); each explanation keeps the hash of its text and each
+    # score the hash of the text it judged; `redo_error` says why a later attempt did not replace a row;
+    # runs carry a writer lease (one writing process per run)
+    """
+    CREATE TABLE explanations_v5 (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id      INTEGER NOT NULL REFERENCES runs(id),
+        feature     INTEGER NOT NULL,
+        method      TEXT NOT NULL,
+        description TEXT NOT NULL,
+        labels      TEXT NOT NULL DEFAULT '[]',
+        evidence    TEXT NOT NULL DEFAULT '{}',
+        usage       TEXT NOT NULL DEFAULT '{}',
+        created     REAL NOT NULL,
+        error       TEXT,
+        seconds     REAL NOT NULL DEFAULT 0,
+        config_hash TEXT NOT NULL DEFAULT '',
+        status      TEXT NOT NULL DEFAULT 'ok',
+        text_hash   TEXT NOT NULL DEFAULT '',
+        redo_error  TEXT,
+        UNIQUE (run_id, feature, method)
+    );
+    INSERT INTO explanations_v5 (id, run_id, feature, method, description, labels, evidence, usage, created, error,
+                                 seconds, config_hash, status, text_hash)
+        SELECT id, run_id, feature, method, description, labels, evidence, usage, created, error, seconds,
+               config_hash, CASE WHEN error IS NULL THEN 'ok' ELSE 'failed' END, saexplain_text_hash(description)
+        FROM explanations;
+    DROP TABLE explanations;
+    ALTER TABLE explanations_v5 RENAME TO explanations;
+    ALTER TABLE scores ADD COLUMN status TEXT NOT NULL DEFAULT 'ok';
+    ALTER TABLE scores ADD COLUMN text_hash TEXT NOT NULL DEFAULT '';
+    UPDATE scores SET status='failed' WHERE error IS NOT NULL;
+    UPDATE scores SET status='degraded', error='no value' WHERE error IS NULL AND value IS NULL;
+    UPDATE scores SET text_hash=(SELECT text_hash FROM explanations e WHERE e.id = scores.explanation_id);
+    ALTER TABLE runs ADD COLUMN owner TEXT;
+    ALTER TABLE runs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+STATUSES = ("failed", "degraded", "ok")  # in order of worth: a row is replaced only by one at least as good
+
+
+def text_hash(text: str) -> str:
+    """The identity of an explanation's text; a score carries the hash of the text it judged."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class StaleScore(SaexplainError):
+    """A score computed on an explanation text that is no longer the stored one (replaced meanwhile)."""
+
+
+class RunBusy(SaexplainError):
+    """Another live process holds the run's writer lease."""
 
 
 class Store:
@@ -138,20 +193,28 @@ class Store:
         self.path = Path(path)
         if readonly and not self.path.is_file():
             raise SaexplainError(f"store not found: {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SaexplainError(f"{self.path}: cannot create the store's folder ({e.strerror})") from None
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-        self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
-                                    check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        if not readonly:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        else:
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise SaexplainError(f"{self.path}: schema version {version}, this saexplain reads {SCHEMA_VERSION}")
+        try:
+            self.conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.create_function("saexplain_text_hash", 1, text_hash, deterministic=True)
+            if not readonly:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self._migrate()
+                self.conn.execute("PRAGMA foreign_keys=ON")
+            else:
+                version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+                if version != SCHEMA_VERSION:
+                    raise SaexplainError(f"{self.path}: schema version {version}, this saexplain reads "
+                                         f"{SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise SaexplainError(_db_error(self.path, e)) from None
 
     def close(self) -> None:
         self.conn.close()
@@ -167,6 +230,7 @@ class Store:
         if version > SCHEMA_VERSION:
             raise SaexplainError(f"{self.path}: schema version {version} is newer than this saexplain "
                                  f"({SCHEMA_VERSION}); upgrade saexplain")
+        # foreign keys are off while tables are rebuilt (v5); they are switched on after the upgrade
         for v in range(version, SCHEMA_VERSION):
             with self.transaction() as c:  # one transaction per step: a failed upgrade leaves version v
                 for statement in _MIGRATIONS[v].split(";"):  # (the schema text has no ';' inside statements)
@@ -203,6 +267,32 @@ class Store:
     def set_run_config(self, run_id: int, config_json: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE runs SET config_json=?, updated=? WHERE id=?", (config_json, time.time(), run_id))
+
+    def claim_run(self, run_id: int, owner: str | None = None, ttl: float = 60.0) -> str:
+        """Take the run's writer lease (one writing process per run). Refused with RunBusy while another owner's
+        lease is fresh and, on this host, its process alive. Returns the owner string (renew with `renew_run`)."""
+        owner = owner or _owner()
+        now = time.time()
+        with self.transaction() as c:
+            row = c.execute("SELECT owner, lease_until FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise SaexplainError(f"no run {run_id} in {self.path}")
+            held = row["owner"]
+            if held and held != owner and row["lease_until"] > now and _alive(held):
+                raise RunBusy(f"run {run_id} is being written by another process ({held}); wait for it to finish "
+                              f"or stop it (its lease lapses {row['lease_until'] - now:.0f}s after it stops)")
+            c.execute("UPDATE runs SET owner=?, lease_until=? WHERE id=?", (owner, now + ttl, run_id))
+        return owner
+
+    def renew_run(self, run_id: int, owner: str, ttl: float = 60.0) -> bool:
+        """Extend our lease; False when another process took the run over meanwhile."""
+        with self.transaction() as c:
+            cur = c.execute("UPDATE runs SET lease_until=? WHERE id=? AND owner=?", (time.time() + ttl, run_id, owner))
+            return cur.rowcount == 1
+
+    def release_run(self, run_id: int, owner: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET owner=NULL, lease_until=0 WHERE id=? AND owner=?", (run_id, owner))
 
     def run(self, run_id: int) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
@@ -313,23 +403,37 @@ class Store:
     # ------------------------------------------------------------------------------------- explanations
     def put_explanation(self, run_id: int, feature: int, method: str, description: str, labels: list[str],
                         evidence: dict[str, Any], usage: dict[str, Any], trace: list[dict[str, Any]],
-                        error: str | None = None, seconds: float = 0.0, config_hash: str = "") -> int:
-        """Insert or replace the (run, feature, method) explanation with its trace, in one transaction. A
-        replaced explanation's scores and trace are deleted (they judged another text)."""
+                        error: str | None = None, seconds: float = 0.0, config_hash: str = "",
+                        status: str | None = None) -> int | None:
+        """Store the (run, feature, method) explanation with its trace, in one transaction; returns its id, or
+        None when an existing row was kept. `status` is ok / degraded / failed (default: failed when `error` is
+        given, else ok); `error` is the reason of a degraded or failed one. A row is replaced only by one at
+        least as good (a failed redo never removes an ok explanation: the old row stays and `redo_error` says
+        why it was not replaced). A replaced explanation's scores and trace are deleted (they judged another
+        text); ids are never reused."""
+        status = status or ("failed" if error else "ok")
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if status != "ok" and not error:
+            raise ValueError(f"a {status} explanation needs its reason")
         now = time.time()
         with self.transaction() as c:
-            old = c.execute("SELECT id FROM explanations WHERE run_id=? AND feature=? AND method=?",
+            old = c.execute("SELECT id, status FROM explanations WHERE run_id=? AND feature=? AND method=?",
                             (run_id, feature, method)).fetchone()
             if old is not None:
+                if STATUSES.index(status) < STATUSES.index(old["status"]):
+                    c.execute("UPDATE explanations SET redo_error=? WHERE id=?", (f"{status}: {error}", old["id"]))
+                    return None
                 c.execute("DELETE FROM scores WHERE explanation_id=?", (old["id"],))
                 c.execute("DELETE FROM traces WHERE explanation_id=?", (old["id"],))
                 c.execute("DELETE FROM explanations WHERE id=?", (old["id"],))
             c.execute("DELETE FROM traces WHERE run_id=? AND feature=? AND method=?", (run_id, feature, method))
             cur = c.execute(
                 "INSERT INTO explanations (run_id, feature, method, description, labels, evidence, usage, created, "
-                "error, seconds, config_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "error, seconds, config_hash, status, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, feature, method, description, json.dumps(labels), json.dumps(evidence, default=_jsonable),
-                 json.dumps(usage), now, error, seconds, config_hash))
+                 json.dumps(usage), now, None if status == "ok" else error, seconds, config_hash, status,
+                 text_hash(description)))
             eid = int(cur.lastrowid)
             c.executemany("INSERT INTO traces (explanation_id, run_id, feature, method, step, kind, content, created) "
                           "VALUES (?,?,?,?,?,?,?,?)",
@@ -348,7 +452,7 @@ class Store:
             q += " AND method=?"
             args.append(method)
         if ok_only:
-            q += " AND error IS NULL"
+            q += " AND status='ok'"
         out = []
         for r in self.conn.execute(q + " ORDER BY feature, method", args):
             d = dict(r)
@@ -366,12 +470,36 @@ class Store:
     # ------------------------------------------------------------------------------------------- scores
     def put_score(self, explanation_id: int, scorer: str, value: float | None, details: dict[str, Any],
                   usage: dict[str, Any], config_hash: str = "", error: str | None = None,
-                  seconds: float = 0.0) -> None:
+                  seconds: float = 0.0, text: str | None = None, status: str | None = None) -> bool:
+        """Store a score of explanation `explanation_id`, computed on `text` (its description). Raises StaleScore
+        when that explanation is gone or now holds another text. Status as for explanations (default: failed
+        with an error, degraded without a value, else ok); a score is replaced only by one at least as good.
+        Returns whether it was written."""
+        if status is None:
+            status = "failed" if error else ("degraded" if value is None else "ok")
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if status == "degraded" and not error:
+            error = str(details.get("error") or "no value")
+        if status != "ok" and not error:
+            raise ValueError(f"a {status} score needs its reason")
         with self.transaction() as c:
+            row = c.execute("SELECT text_hash, description FROM explanations WHERE id=?",
+                            (explanation_id,)).fetchone()
+            want = text_hash(text) if text is not None else None
+            if row is None or (want is not None and row["text_hash"] != want):
+                raise StaleScore(f"explanation {explanation_id} was replaced while it was being scored by {scorer}; "
+                                 "the score was not stored")
+            old = c.execute("SELECT status FROM scores WHERE explanation_id=? AND scorer=?",
+                            (explanation_id, scorer)).fetchone()
+            if old is not None and STATUSES.index(status) < STATUSES.index(old["status"]):
+                return False
             c.execute("INSERT OR REPLACE INTO scores (explanation_id, scorer, value, details, usage, created, error, "
-                      "config_hash, seconds) VALUES (?,?,?,?,?,?,?,?,?)",
+                      "config_hash, seconds, status, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       (explanation_id, scorer, value, json.dumps(details, default=_jsonable), json.dumps(usage),
-                       time.time(), error, config_hash, seconds))
+                       time.time(), None if status == "ok" else error, config_hash, seconds, status,
+                       row["text_hash"]))
+            return True
 
     def score(self, explanation_id: int, scorer: str) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT * FROM scores WHERE explanation_id=? AND scorer=?",
@@ -383,16 +511,47 @@ class Store:
         return d
 
     def scores(self, run_id: int) -> list[dict[str, Any]]:
-        """Every score of a run's explanations, with the explanation's feature and method."""
+        """Every score of a run's explanations, with the explanation's feature and method (only scores of the
+        text the explanation holds now)."""
         rows = self.conn.execute(
             "SELECT s.*, e.feature, e.method FROM scores s JOIN explanations e ON e.id = s.explanation_id "
-            "WHERE e.run_id=? ORDER BY e.feature, e.method, s.scorer", (run_id,))
+            "WHERE e.run_id=? AND s.text_hash = e.text_hash ORDER BY e.feature, e.method, s.scorer", (run_id,))
         out = []
         for r in rows:
             d = dict(r)
             d["details"], d["usage"] = json.loads(d["details"]), json.loads(d["usage"])
             out.append(d)
         return out
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether a lease's owner may still be running (a process on another host is assumed alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _db_error(path: Path, e: sqlite3.DatabaseError) -> str:
+    """One line for a store that cannot be opened or written."""
+    msg = str(e)
+    if "file is not a database" in msg or "malformed" in msg:
+        return f"{path}: not a saexplain store (not a SQLite database, or a damaged one): {msg}"
+    if "readonly" in msg or "read-only" in msg:
+        return f"{path}: the store is read-only here ({msg}); use a writable --store path"
+    if "unable to open" in msg:
+        return f"{path}: cannot open the store ({msg}); check that its folder exists and is writable"
+    return f"{path}: {msg}"
 
 
 def _jsonable(obj: Any) -> Any:

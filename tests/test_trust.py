@@ -1,0 +1,378 @@
+"""Trustworthy results: a failure is never stored as a result, a score never lands on a text it was not computed
+on, and a resumed run stores what an uninterrupted one stores. Runs talk to a fake OpenAI-compatible server in a
+separate process (tests/fault_server.py: canned replies, named as a fake) or to a ScriptedLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from fault_server import FaultServer, FaultServerProcess
+from saexplain.cli import app
+from saexplain.errors import SaexplainError
+from saexplain.explain.sage import SAGE, SAGEConfig
+from saexplain.llm import LLM, LLMConfig
+from saexplain.llm.base import Backend, Completion, LLMError, Usage
+from saexplain.llm.client import _cost
+from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
+from saexplain.report import summarize
+from saexplain.score.classifier import DetectionConfig
+from saexplain.store import RunBusy, StaleScore, Store
+from scripted_llm import ScriptedBackend, keyword_judge, scripted_llm, universal, yes_no
+from test_pipeline import cfgs  # noqa: F401  (the fixture)
+from test_sage import Script, make_record, wife  # noqa: F401  (wife: the fixture)
+from test_scorers import GOOD, score
+from test_scorers import gt  # noqa: F401  (the fixture)
+
+QUIET = {"echo": lambda m: None}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_run(cfgs, llm: LLMConfig | None = None, **run):
+    d = dict(cfgs.__dict__)
+    d["run"] = RunConfig(**{**cfgs.run.model_dump(), **run})
+    if llm is not None:
+        d["llm"] = llm
+    return StageConfigs(**d)
+
+
+# ------------------------------------------------------------------------------- failures never pass as results
+def test_sage_llm_faults_make_a_degraded_explanation_that_is_not_scored_and_is_retried(cfgs):
+    port = _free_port()
+    llm = LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#fake", retries=0)
+    c = with_run(cfgs, llm, explainers="sage", scorers="generation")
+    with FaultServerProcess("scripted_llm:sage_design_fails", port=port) as server:
+        h = run_all(c, **QUIET)
+        first = server.requests
+    assert first > 0 and not h.ok and h.counts["explain"]["degraded"] == 2
+    with Store(c.run.store) as db:
+        rows = db.explanations(h.run_id)
+        assert [r["status"] for r in rows] == ["degraded", "degraded"]
+        assert all("design" in r["error"] and r["evidence"]["stop_reason"] == "llm_error" for r in rows)
+        assert db.scores(h.run_id) == []  # a degraded explanation is not scored
+        s = summarize(db, h.run_id)
+        assert s["explanation_status"]["sage"] == {"ok": 0, "degraded": 2, "failed": 0}
+        assert s["table"]["sage|generation"]["n"] == 0
+        assert db.run(h.run_id)["status"] == "incomplete"
+    # the same command against a healthy server: the degraded explanations are asked again, and replaced
+    with FaultServerProcess("scripted_llm:universal", port=port) as server:
+        h2 = run_all(c, **QUIET)
+        assert server.requests > 0
+    assert h2.run_id == h.run_id and h2.ok and h2.counts["explain"]["done"] == 2
+    with Store(c.run.store) as db:
+        rows = db.explanations(h.run_id)
+        assert [r["status"] for r in rows] == ["ok", "ok"] and all(r["error"] is None for r in rows)
+        assert len(db.scores(h.run_id)) == 2
+        assert db.run(h.run_id)["status"] == "complete"
+
+
+def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
+    port = _free_port()
+    args = ["run", "--features", "0,1", "--explainers", "oneshot", "--scorers", "generation",
+            "--store", cfgs.run.store, "--model", cfgs.subject.model, "--sae", cfgs.subject.sae,
+            "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
+            "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake", "--retries", "0"]
+    with FaultServerProcess("scripted_llm:always_500", port=port):
+        res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "explain: 2 failed, 0 degraded" in res.output
+    with FaultServerProcess("scripted_llm:universal", port=port):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        with Store(cfgs.run.store) as db:
+            (run,) = db.runs("run")
+        res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "detection",
+                                       "--store", cfgs.run.store])
+        assert res.exit_code == 0, res.output
+    with FaultServerProcess("scripted_llm:always_500", port=port):
+        res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "embedding,detection",
+                                       "--store", cfgs.run.store])
+    assert res.exit_code == 0, res.output  # embedding needs no LLM; detection is done already
+    with Store(cfgs.run.store) as db:
+        db.conn.execute("DELETE FROM scores WHERE scorer='detection'")
+        db.conn.execute("DELETE FROM llm_cache")  # asked afresh
+    with FaultServerProcess("scripted_llm:always_500", port=port):
+        res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "detection",
+                                       "--store", cfgs.run.store])
+    assert res.exit_code == 1 and "score: 2 failed" in res.output, res.output
+
+
+def test_a_failed_redo_keeps_the_good_explanation_and_its_scores(cfgs, monkeypatch):
+    from saexplain.explain.oneshot import OneShot
+
+    c = with_run(cfgs, LLMConfig(cache=False), explainers="oneshot", scorers="generation")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    with Store(c.run.store) as db:
+        before = {e["feature"]: e for e in db.explanations(h.run_id)}
+        scores = db.scores(h.run_id)
+    assert len(scores) == 2 and all(e["status"] == "ok" for e in before.values())
+
+    monkeypatch.setattr(OneShot, "fingerprint", lambda self: "another prompt")  # e.g. an edited template
+    h2 = run_all(c, backend=ScriptedBackend(lambda r: "no json" if '{"explanation"' in r.messages[0][1]
+                                            else universal(r)), **QUIET)
+    assert h2.counts["explain"]["failed"] == 2 and not h2.ok
+    with Store(c.run.store) as db:
+        after = {e["feature"]: e for e in db.explanations(h.run_id)}
+        assert {f: e["id"] for f, e in after.items()} == {f: e["id"] for f, e in before.items()}
+        assert all(e["status"] == "ok" and e["description"] == before[f]["description"] for f, e in after.items())
+        assert all("not valid JSON" in e["redo_error"] for e in after.values())
+        assert db.scores(h.run_id) == scores
+    # a later success replaces it (and its scores, which judged the old text)
+    h3 = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    assert h3.ok
+    with Store(c.run.store) as db:
+        final = {e["feature"]: e for e in db.explanations(h.run_id)}
+        assert all(e["config_hash"] == "another prompt" and e["redo_error"] is None for e in final.values())
+        assert not {e["id"] for e in final.values()} & {e["id"] for e in before.values()}
+
+
+def test_p_yes_records_per_window_where_it_came_from(gt):  # noqa: F811
+    n = {"i": 0}
+
+    def half_without_logprobs(req):
+        n["i"] += 1
+        text, lp = yes_no(0.9 if "wife" in req.messages[-1][1].lower() else 0.1)
+        return (text, {"maybe": -0.1}) if n["i"] % 2 else (text, lp)  # every other: no yes/no in the top tokens
+
+    res, _ = score("detection", DetectionConfig(), gt["record"], GOOD, half_without_logprobs, gt["oracle"])
+    sources = [w["from"] for w in res.details["windows"]]
+    assert set(sources) == {"logprobs", "text"}
+    assert res.details["auroc_from"] == "mixed" and res.details["windows_from_logprobs"] == sources.count("logprobs")
+    assert res.status == "degraded" and "balanced accuracy" in res.reason
+    assert res.value == res.details["balanced_accuracy"]
+    ok, _ = score("detection", DetectionConfig(), gt["record"], GOOD, lambda r: yes_no(0.8), gt["oracle"])
+    assert ok.status == "ok" and ok.details["auroc_from"] == "logprobs"
+    assert {w["from"] for w in ok.details["windows"]} == {"logprobs"}
+
+
+class Exploding(Backend):
+    name, model = "exploding", "x"
+
+    def __init__(self, exc):
+        self.exc, self.calls = exc, 0
+
+    async def complete(self, request, timeout):
+        self.calls += 1
+        raise self.exc
+
+
+def test_bugs_and_out_of_memory_are_not_endpoint_faults():
+    for exc in (RuntimeError("CUDA out of memory"), ValueError("a bug"), KeyError("k")):
+        backend = Exploding(exc)
+        llm = LLM(LLMConfig(retries=3, backoff=0), backend=backend)
+        with pytest.raises(type(exc)) as info:
+            asyncio.run(llm.generate(prompt="x"))
+        assert not isinstance(info.value, LLMError) and backend.calls == 1  # not retried
+
+
+def test_transformers_backend_passes_errors_through_unwrapped(tiny_model_dir, monkeypatch):
+    from saexplain.llm.inprocess import Transformers
+
+    backend = Transformers(str(tiny_model_dir), "cpu")
+
+    def oom(requests, texts):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(backend, "_generate", oom)
+    llm = LLM(LLMConfig(retries=3, backoff=0), backend=backend)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        asyncio.run(llm.generate(prompt="x"))
+
+
+def test_openai_compatible_reply_parse_bugs_are_not_malformed_replies(monkeypatch):
+    from saexplain.llm.openai_compat import OpenAICompatible
+
+    def broken_parse(self, resp, request, seconds):
+        raise ValueError("a bug in our parsing")
+
+    monkeypatch.setattr(OpenAICompatible, "_parse", broken_parse)
+    with FaultServer(default_text="fine") as server:
+        llm = LLM(LLMConfig(llm=f"openai-compatible:{server.url}#m", retries=3, backoff=0))
+        with pytest.raises(ValueError, match="a bug"):
+            asyncio.run(llm.generate(prompt="x"))
+        assert len(server.requests) == 1
+    with FaultServer([("malformed",), ("ok", "fine")]) as server:  # a malformed reply is still retried
+        llm = LLM(LLMConfig(llm=f"openai-compatible:{server.url}#m", retries=3, backoff=0))
+        monkeypatch.undo()
+        assert asyncio.run(llm.generate(prompt="x")).text == "fine"
+
+
+def test_unknown_model_costs_are_unknown_not_zero():
+    assert _cost("some-local-model", 1000, 1000) is None
+    assert _cost("gpt-4o-mini", 1_000_000, 0) == pytest.approx(0.15)
+    u = Usage(cost=0.5)
+    u.add(Usage(cost=None))
+    assert u.cost is None
+    with FaultServer(default_text="hi") as server:
+        llm = LLM(LLMConfig(llm=f"openai-compatible:{server.url}#mystery", cache=False))
+        asyncio.run(llm.generate(prompt="x"))
+    assert llm.usage.calls == 1 and llm.usage.cost is None
+    local, _ = scripted_llm(lambda r: "hi")
+    asyncio.run(local.generate(prompt="x"))
+    assert local.usage.cost is None  # the scripted fake is not marked local: unknown as well
+
+
+def test_scores_without_a_value_are_counted_not_dropped(cfgs):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation,simulation")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    with Store(c.run.store) as db:
+        eid = db.explanations(h.run_id)[0]["id"]
+        text = db.explanations(h.run_id)[0]["description"]
+        db.put_score(eid, "simulation", None, {"error": "no score-pool snippets"}, {}, text=text, status="degraded")
+        s = summarize(db, h.run_id)
+    cell = s["table"]["oneshot|simulation"]
+    assert cell["degraded"] == 1 and cell["n"] == 1  # one scored, one without a value: counted apart
+
+
+# ------------------------------------------------------------------------------------ rows keep their identity
+def test_explanation_ids_are_never_reused_and_scores_follow_their_text(tmp_path):
+    with Store(tmp_path / "s.db") as db:
+        run = db.get_or_create_run("run", "h", "{}")
+        a = db.put_explanation(run, 0, "oneshot", "first text", [], {}, {}, [])
+        b = db.put_explanation(run, 0, "oneshot", "second text", [], {}, {}, [])  # replaces the top row
+        assert b > a
+        db.conn.execute("DELETE FROM explanations WHERE id=?", (b,))
+        c = db.put_explanation(run, 0, "oneshot", "third text", [], {}, {}, [])
+        assert c > b  # the deleted top id is not handed out again
+        with pytest.raises(StaleScore):
+            db.put_score(c, "generation", 0.5, {}, {}, text="second text")  # computed on another text
+        with pytest.raises(StaleScore):
+            db.put_score(b, "generation", 0.5, {}, {}, text="second text")  # on a row that is gone
+        db.put_score(c, "generation", 0.7, {}, {}, text="third text")
+        assert [s["value"] for s in db.scores(run)] == [0.7]
+        # a worse result never replaces a better one
+        assert db.put_score(c, "generation", None, {}, {}, error="HTTP 500", text="third text") is False
+        assert db.score(c, "generation")["status"] == "ok"
+
+
+def test_a_second_process_on_the_same_run_is_refused_until_the_first_stops(cfgs):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    code = ("import sys, time; from saexplain.store import Store; db = Store(sys.argv[1]); "
+            "db.claim_run(int(sys.argv[2])); print('claimed', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, c.run.store, str(h.run_id)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "claimed"
+        with pytest.raises(RunBusy, match=f"run {h.run_id} is being written by another process"):
+            run_all(c, backend=ScriptedBackend(universal), **QUIET)
+        res = CliRunner().invoke(app, ["score", "--run", str(h.run_id), "--store", c.run.store])
+        assert res.exit_code == 2 and "being written by another process" in res.output
+    finally:
+        proc.kill()
+        proc.wait()
+    h2 = run_all(c, backend=ScriptedBackend(universal), **QUIET)  # its process is gone: the lease is free
+    assert h2.run_id == h.run_id and h2.ok
+    with Store(c.run.store) as db:
+        assert db.run(h.run_id)["owner"] is None  # released at the end
+
+
+def test_two_concurrent_runs_on_one_store_never_attach_a_score_to_another_text(cfgs, tmp_path):
+    """Two processes run the same command at once: one is refused (one line), the other completes; every
+    stored score is on the text it was computed on."""
+    port = _free_port()
+    args = [sys.executable, "-m", "saexplain.cli", "run", "--features", "0,1", "--explainers", "oneshot,sage",
+            "--scorers", "generation,detection", "--store", cfgs.run.store, "--model", cfgs.subject.model,
+            "--sae", cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000",
+            "--window", "16", "--sage-selection", "none",
+            "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake"]
+    with FaultServerProcess("scripted_llm:universal", port=port):
+        first = subprocess.run(args[:4] + ["--features", "0", "--explainers", "oneshot"] + args[8:],
+                               capture_output=True, text=True, timeout=300)  # makes the cache and the run
+        assert first.returncode == 0, first.stderr
+        procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes[0] == 0, outs
+    if codes[1] != 0:  # the second came while the first held the run
+        (err,) = [e for p, (_, e) in zip(procs, outs) if p.returncode != 0]
+        assert "being written by another process" in err and "Traceback" not in err
+    with Store(cfgs.run.store) as db:
+        (run,) = db.runs("run")
+        n = db.conn.execute("SELECT COUNT(*) FROM scores s JOIN explanations e ON e.id = s.explanation_id "
+                            "WHERE s.text_hash != e.text_hash").fetchone()[0]
+        assert n == 0
+        assert len(db.explanations(run["id"])) == 4 and len(db.scores(run["id"])) == 8
+
+
+def test_a_sage_run_killed_midway_resumes_to_what_an_uninterrupted_run_stores(wife, tmp_path):  # noqa: F811
+    record = make_record(wife, ["His wife came home.", "The wife and the husband.", "A wife sang.",
+                                "The river ran.", "The sky was blue."])
+    cfg = SAGEConfig(selection="none", max_llm_calls=7)  # the call budget binds: cached replies must count
+
+    def explain(db, handler):
+        llm = LLM(LLMConfig(retries=0, cache=True), store=db, backend=ScriptedBackend(handler))
+        return asyncio.run(SAGE(cfg).explain(record, llm, wife))
+
+    with Store(tmp_path / "a.db") as db:
+        whole = explain(db, Script())
+    with Store(tmp_path / "b.db") as db:
+        script, n = Script(), {"i": 0}
+
+        def dies_at_the_fourth_call(req):
+            n["i"] += 1
+            if n["i"] == 4:
+                raise KeyboardInterrupt
+            return script(req)
+
+        with pytest.raises(KeyboardInterrupt):
+            explain(db, dies_at_the_fourth_call)
+        resumed = explain(db, Script())
+    assert resumed.description == whole.description and resumed.labels == whole.labels
+    assert resumed.evidence == whole.evidence
+    assert resumed.usage["cached"] == 3 and resumed.usage["calls"] + 3 == whole.usage["calls"]
+
+
+# ---------------------------------------------------------------------------------------------- data at rest
+def test_a_store_that_is_not_a_database_is_one_line(tmp_path):
+    bad = tmp_path / "store.db"
+    bad.write_bytes(os.urandom(4096))
+    with pytest.raises(SaexplainError, match="not a saexplain store"):
+        Store(bad)
+    res = CliRunner().invoke(app, ["report", "--store", str(bad)])
+    assert res.exit_code == 2 and "not a saexplain store" in res.output and "Traceback" not in res.output
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    res = CliRunner().invoke(app, ["report", "--store", str(blocked / "store.db")])
+    assert res.exit_code == 2 and "store" in res.output and "Traceback" not in res.output
+    with pytest.raises(SaexplainError, match="cannot create the store's folder"):
+        Store(blocked / "store.db")
+
+
+def test_a_store_from_schema_4_is_upgraded_with_statuses_and_text_hashes(tmp_path):
+    import sqlite3
+
+    from saexplain.store.db import _MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for v in range(4):
+        conn.executescript(_MIGRATIONS[v])
+    conn.execute("PRAGMA user_version=4")
+    conn.execute("INSERT INTO runs (kind, config_hash, config_json, created, updated) VALUES ('run','h','{}',0,0)")
+    conn.execute("INSERT INTO explanations (run_id, feature, method, description, created) VALUES (1,0,'a','x',0)")
+    conn.execute("INSERT INTO explanations (run_id, feature, method, description, created, error) "
+                 "VALUES (1,1,'a','',0,'boom')")
+    conn.execute("INSERT INTO scores (explanation_id, scorer, value, created) VALUES (1,'g',0.5,0)")
+    conn.execute("INSERT INTO scores (explanation_id, scorer, value, created) VALUES (1,'s',NULL,0)")
+    conn.commit()
+    conn.close()
+    with Store(path) as db:
+        e = {r["feature"]: r for r in db.explanations(1)}
+        assert e[0]["status"] == "ok" and e[1]["status"] == "failed" and e[0]["text_hash"]
+        sc = {s["scorer"]: s for s in db.scores(1)}
+        assert sc["g"]["status"] == "ok" and sc["s"]["status"] == "degraded"
+        new = db.put_explanation(1, 2, "a", "y", [], {}, {}, [])
+        assert new == 3
