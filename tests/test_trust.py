@@ -376,3 +376,17 @@ def test_a_store_from_schema_4_is_upgraded_with_statuses_and_text_hashes(tmp_pat
         assert sc["g"]["status"] == "ok" and sc["s"]["status"] == "degraded"
         new = db.put_explanation(1, 2, "a", "y", [], {}, {}, [])
         assert new == 3
+
+
+# ------------------------------------------------------------------------------------------------- start-up
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["run", "--no-such-option"], ["train", "sft", "--help"]])
+def test_help_and_argument_errors_load_no_model_library(argv):
+    code = ("import sys; from saexplain.cli import app\n"
+            "try:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+            "heavy = sorted(m for m in ('torch', 'transformers', 'sae_lens', 'openai', 'jsonschema', "
+            "'sentence_transformers') if m in sys.modules)\n"
+            "print('HEAVY', heavy, 'CODE', code)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("HEAVY [] CODE"), (last, out.stderr[-500:])
+    assert last.endswith("CODE 0") == (argv[-1] == "--help")

@@ -12,15 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from saexplain.cache.latents import CacheConfig
+from saexplain.cache.config import CacheConfig
 from saexplain.config import config_options
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import SaexplainError
-from saexplain.llm import LLMConfig
+from saexplain.llm.client import LLMConfig
 from saexplain.sampling.sampler import SamplingConfig
 from saexplain.store import Store
-from saexplain.subject.oracle import Oracle, SubjectConfig
-from saexplain.subject.train_sae import TrainSAEConfig
+from saexplain.subject.config import SubjectConfig, TrainSAEConfig
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
@@ -58,6 +57,8 @@ def probe(text: str = typer.Argument(..., help="text to run through the model + 
                                             "none: the top features of each token"),
           subject: SubjectConfig = None):
     """Per-token activations of SAE features on TEXT (the activation oracle)."""
+    from saexplain.subject.oracle import Oracle
+
     oracle = Oracle.from_config(subject)
     (res,) = oracle.activations([text], feature or None)
     table = Table(title=f"{subject.sae} @ {oracle.subject.hookpoint.saelens_name}", show_lines=False)
@@ -85,6 +86,8 @@ def probe(text: str = typer.Argument(..., help="text to run through the model + 
 def lens(feature: int = typer.Argument(..., help="feature id"), k: int = typer.Option(10, help="tokens each side"),
          subject: SubjectConfig = None):
     """Logit lens of a feature: the tokens its decoder direction promotes and suppresses."""
+    from saexplain.subject.oracle import Oracle
+
     oracle = Oracle.from_config(subject)
     view = oracle.logit_lens(feature, k)
     table = Table(title=f"feature {feature}: logit lens")
@@ -197,7 +200,7 @@ def ask(prompt: str = typer.Argument(..., help="a question for the configured LL
 
 
 def _stage_classes():
-    from saexplain.pipeline.runner import RunConfig, StageConfigs
+    from saexplain.pipeline.configs import RunConfig, StageConfigs
 
     return (RunConfig, *StageConfigs.CLASSES.values())
 
@@ -210,7 +213,7 @@ def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None
         steering=None, saeexplainer=None):
     """Cache → sample → explain → score → report, resumable per feature (the same command continues a
     killed run; more features, explainers or scorers extend it)."""
-    from saexplain.pipeline.runner import StageConfigs
+    from saexplain.pipeline.configs import StageConfigs
 
     cfgs = StageConfigs(run, subject, corpus, cache, sampling, llm, oneshot, sage, detection, fuzzing, simulation,
                         embedding, generation, contrast, steering, saeexplainer)

@@ -19,26 +19,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from saexplain.config import Config, Count
+from saexplain.cache.config import CacheConfig  # noqa: F401  (its home is a light module)
 from saexplain.data.contexts import Contexts
 from saexplain.errors import SaexplainError
 
 HIST_BINS = 30
 HIST_DECADES = 3  # histogram edges: max × 10^linspace(-3, 0, 31), per feature
-
-
-class CacheConfig(Config):
-    cli_name: ClassVar[str] = "cache"
-    tokens: Count = Field(1_000_000, ge=1, description="tokens to cache (at most the corpus)")
-    shard_contexts: int = Field(256, ge=1, description="contexts per shard file")
-    batch_contexts: int = Field(16, ge=1, description="contexts per forward batch")
 
 
 @dataclass

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from saexplain.config import Config
@@ -27,7 +26,6 @@ from saexplain.explain.oneshot import examples_evidence
 from saexplain.fingerprint import path_fingerprint
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord
-from saexplain.subject.model import find_layers, load_model_and_tokenizer
 
 STAGES = ("base", "sft", "round1", "round2")
 
@@ -82,6 +80,8 @@ class Injector:
     (later steps hold no placeholder) are handled."""
 
     def __init__(self, model: torch.nn.Module, token_id: int, block: int, scale: float):
+        from saexplain.subject.model import find_layers
+
         layers = find_layers(model)
         if not 0 <= block < len(layers) - 1:  # after the last block, no later token could read it
             raise ConfigError(f"inject block {block} out of range (the explainer has {len(layers)} blocks: "
@@ -94,6 +94,8 @@ class Injector:
 
     def _capture(self, _module, args):
         ids = args[0] if args else None
+        import torch
+
         self._mask = (ids == self.token_id) if isinstance(ids, torch.Tensor) else None
 
     def _add(self, _module, _args, output):
@@ -147,6 +149,8 @@ class ExplainerLM:
 
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
+        from saexplain.subject.model import load_model_and_tokenizer
+
         model, tokenizer = load_model_and_tokenizer(cfg.model, "float32", device)
         if adapters:
             from peft import PeftModel
@@ -178,10 +182,17 @@ class ExplainerLM:
                               f"family (or use evidence=text)")
         return vectors.float()
 
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[str], vectors: torch.Tensor | None, n: int = 1,
                  temperature: float = 0.0, max_new_tokens: int = 32, seed: int = 0) -> list[list[str]]:
         """n explanations per prompt (row i of `vectors` goes with prompt i)."""
+        import torch
+
+        with torch.inference_mode():
+            return self._generate(prompts, vectors, n, temperature, max_new_tokens, seed)
+
+    def _generate(self, prompts, vectors, n, temperature, max_new_tokens, seed) -> list[list[str]]:
+        import torch
+
         tok = self.tokenizer
         tok.padding_side = "left"
         batch = tok(list(prompts), return_tensors="pt", padding=True).to(self.model.device)

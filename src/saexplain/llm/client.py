@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar, Literal
 
-import jsonschema
 from pydantic import Field
 
 from saexplain.config import Config
@@ -213,6 +212,7 @@ class LLM:
 
 def parse_json(text: str, schema: dict) -> tuple[Any, str | None]:
     """(object, None) or (None, one-line error). Tolerates a ```json fence around the object."""
+    import jsonschema
     t = text.strip()
     if t.startswith("```"):
         t = t.strip("`")

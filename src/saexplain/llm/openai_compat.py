@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import time
-
-import openai
+from typing import TYPE_CHECKING
 
 from saexplain.llm.base import BACKENDS, Backend, Completion, LLMError, Request, RetryableError
+
+if TYPE_CHECKING:
+    import openai
 
 
 class OpenAICompatible(Backend):
@@ -30,6 +32,8 @@ class OpenAICompatible(Backend):
     def client(self) -> openai.AsyncOpenAI:
         """One async client per event loop: its connection pool belongs to the loop that opened it, and
         synchronous callers (CLI, tests) run each batch in a fresh loop."""
+        import openai  # imported when first used: the CLI starts without it
+
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, max_retries=0)
@@ -42,6 +46,8 @@ class OpenAICompatible(Backend):
             self._client = None
 
     async def complete(self, request: Request, timeout: float) -> Completion:
+        import openai
+
         t0 = time.perf_counter()
         common = {"model": self.model, "max_tokens": request.max_tokens, "temperature": request.temperature,
                   "n": request.n, "timeout": timeout}

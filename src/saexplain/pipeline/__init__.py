@@ -1,5 +1,2 @@
-"""The end-to-end run (`saexplain run`, `score`, `report`): stages wired together, resumable."""
-
-from saexplain.pipeline.runner import RunConfig, StageConfigs, choose_features, open_run, run_all
-
-__all__ = ["RunConfig", "StageConfigs", "choose_features", "open_run", "run_all"]
+"""The end-to-end run (`saexplain run`, `score`, `report`): stages wired together, resumable. Import from the
+submodules (`pipeline.configs` is light; `pipeline.runner` loads the model libraries)."""

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from saexplain.cache.latents import CacheConfig
+from saexplain.cache.config import CacheConfig
 from saexplain.explain.oneshot import OneShotConfig
 from saexplain.explain.saeexplainer import SAEExplainerConfig
 from saexplain.explain.sage import SAGEConfig

@@ -21,7 +21,6 @@ from typing import ClassVar
 import numpy as np
 from pydantic import Field
 
-from saexplain.cache.latents import top_token_ids
 from saexplain.config import Config
 
 
@@ -138,6 +137,8 @@ class Sampler:
     def _hard_negatives(self, pool, pool_ctx, act_ctx, act_pos, act_max, rng) -> list[Example]:
         if not self.cfg.hard_negatives or len(pool_ctx) == 0:
             return []
+        from saexplain.cache.latents import top_token_ids
+
         top_ids = top_token_ids(self.tokens, act_ctx, act_pos, act_max, self.cfg.top_tokens)
         if len(top_ids) == 0:
             return []

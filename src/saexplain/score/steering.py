@@ -17,7 +17,6 @@ from saexplain.config import Config
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord
 from saexplain.score.base import SCORERS, Scorer, ScoreResult
-from saexplain.subject.steering import calibrate, continuations
 
 
 class SteeringConfig(Config):
@@ -31,6 +30,8 @@ class SteeringConfig(Config):
 
 
 def steered_set(oracle, feature: int, cfg: SteeringConfig) -> tuple[list[str], list[dict]]:
+    from saexplain.subject.steering import calibrate, continuations
+
     direction = oracle.decoder_direction(feature).float()
     direction = direction / direction.norm()
     texts, levels = [], []

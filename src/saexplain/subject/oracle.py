@@ -6,30 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from saexplain.config import Config
 from saexplain.errors import ConfigError, SaexplainError
+from saexplain.subject.config import SubjectConfig  # noqa: F401  (its home is a light module)
 from saexplain.subject.hookpoints import Hookpoint
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import encoder_for, load_sae, sae_hook_name, sae_prepend_bos
-
-
-class SubjectConfig(Config):
-    """Which model, SAE and hookpoint the oracle runs; saved with every run."""
-
-    cli_name: ClassVar[str] = "subject"
-    model: str = Field("default", description="HF id, local folder, .gguf file, or 'default' (Gemma 3 270M)")
-    sae: str = Field("default", description="SAELens/sparsify folder, sae_lens:<release>:<sae_id>, or 'default'")
-    hookpoint: str | None = Field(None, description="e.g. layers.6 or blocks.6.hook_resid_post; default: the SAE's")
-    device: str = Field("cpu", description="torch device")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="model dtype")
-    batch_size: int = Field(32, ge=1, description="texts per forward batch")
-    top_k: int = Field(32, ge=1, description="features kept per token when none are requested (non-TopK SAEs)")
 
 
 @dataclass

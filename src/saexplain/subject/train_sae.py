@@ -12,50 +12,17 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from tqdm.auto import tqdm
 
-from saexplain.config import Config, Count
 from saexplain.data.corpus import iter_documents
 from saexplain.paths import home
+from saexplain.subject.config import TrainSAEConfig
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
-from saexplain.subject.sae import default_sae_dir
 
 log = logging.getLogger(__name__)
-
-
-class TrainSAEConfig(Config):
-    cli_name: ClassVar[str] = "train"
-    model: str = Field("default", description="subject model (HF id, folder, .gguf or 'default')")
-    hookpoint: str = Field("blocks.6.hook_resid_post", description="residual-stream hookpoint")
-    corpus: list[str] = Field(default_factory=list, description="corpus files/folders (default: ../shared/data)")
-    context: int = Field(128, ge=8, description="tokens per context (BOS first)")
-    max_corpus_tokens: Count = Field(2_000_000, description="cap on distinct tokens of activations held in RAM")
-    tokens: Count = Field(2_500_000, description="training tokens seen (passes repeat the activations)")
-    d_sae: int = Field(4096, description="number of SAE features")
-    k: int = Field(32, description="active features per token (TopK)")
-    lr: float = Field(1e-3, description="Adam learning rate")
-    batch_tokens: int = Field(1024, description="tokens per training step")
-    aux_loss_coefficient: float = Field(1.0, description="weight of the AuxK loss that revives dead features")
-    dead_window_steps: int = Field(100, ge=1, description="steps without firing before AuxK treats a feature as dead")
-    eval_fraction: float = Field(0.05, description="held-out share of contexts for the metrics")
-    seed: int = Field(0)
-    out: str | None = Field(None, description="output folder (default: $SAEXPLAIN_HOME/saes/<model>/<hookpoint>-topk)")
-
-    def output_dir(self) -> Path:
-        """Where the SAE goes: `out`, the default SAE's folder for the default stack, else one per model."""
-        if self.out:
-            return Path(self.out).expanduser()
-        from saexplain.subject.default import DEFAULT_HOOKPOINT
-
-        if self.model == "default" and self.hookpoint == DEFAULT_HOOKPOINT:
-            return default_sae_dir()
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.model.strip("/"))[-80:]
-        return home() / "saes" / slug / f"{self.hookpoint}-topk"
 
 
 def collect_activations(subject: SubjectModel, texts, context: int, max_tokens: int,
