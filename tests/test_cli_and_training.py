@@ -77,12 +77,17 @@ def test_corpus_reader_on_shared_files():
     assert len(docs) == 7600 and stats.documents == 7600
     assert docs[0].text.startswith("Fears for T N pension after talks Unions representing")  # title + description
     tales = list(iter_documents([SHARED / "grimm_tales.txt"]))
-    assert len(tales) > 1000 and all("\n" not in d.text for d in tales[:50])
+    assert len(tales) > 1000 and all("\r" not in d.text and "\n\n" not in d.text for d in tales)
+    assert not tales[0].text.startswith("\ufeff")
+    # kept as written: the line breaks of a hard-wrapped paragraph, a dialogue's speaker turns
+    assert any("\n" in d.text for d in tales[:50])
+    lines = list(iter_documents([SHARED / "tinyshakespeare.txt"]))
+    assert lines[0].text == "First Citizen:\nBefore we proceed any further, hear me speak."
 
 
 def test_corpus_bad_bytes_counted_and_bad_input_errors(tmp_path):
     bad = tmp_path / "bad.txt"
-    bad.write_bytes(b"good text\n\nbroken \xff\xfe bytes here")
+    bad.write_bytes(b"good text\n\nbroken \xff\xfe bytes here" + b" and much more good text" * 20)
     stats = ReadStats()
     docs = list(iter_documents([bad], stats=stats))
     assert len(docs) == 2 and stats.replaced_bytes == 2

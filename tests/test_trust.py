@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -390,3 +391,156 @@ def test_help_and_argument_errors_load_no_model_library(argv):
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("HEAVY [] CODE"), (last, out.stderr[-500:])
     assert last.endswith("CODE 0") == (argv[-1] == "--help")
+
+
+# ------------------------------------------------------------------------------- identities follow content
+def test_speed_settings_change_no_identity_and_content_changes_every_one(cfgs):
+    from saexplain.cache.pipeline import cache_key
+    from saexplain.subject.config import SubjectConfig
+
+    key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
+    fast = SubjectConfig(**{**cfgs.subject.model_dump(), "batch_size": 3, "device": "cpu:0"})
+    assert cache_key(fast, cfgs.corpus, cfgs.cache.model_copy(update={"batch_contexts": 7}))[0] == key
+    assert cache_key(SubjectConfig(**{**cfgs.subject.model_dump(), "top_k": 5}), cfgs.corpus, cfgs.cache)[0] != key
+    assert cfgs.identity(key) == with_run(cfgs, LLMConfig(max_concurrency=9, timeout=3)).identity(key)
+    assert cfgs.identity(key) != cfgs.identity("another-cache")
+
+
+def test_a_changed_corpus_file_starts_a_new_run_instead_of_mixing_old_explanations(cfgs):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation", features="0")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    corpus = c.corpus.corpus[0]
+    with open(corpus, "a") as f:
+        f.write("\n\nA new tale about a wife and her husband, added after the first run.\n")
+    h2 = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    assert h2.run_id != h.run_id and h2.cache.key != h.cache.key
+    res = CliRunner().invoke(app, ["score", "--run", str(h.run_id), "--store", c.run.store])
+    assert res.exit_code == 2 and "made on other data" in res.output  # the old run cannot be re-read silently
+
+
+def test_a_run_stored_before_a_config_field_existed_is_resumed_not_forked(cfgs):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation", features="0")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    with Store(c.run.store) as db:  # as an older saexplain stored it: without sage.seed, under another hash
+        stored = json.loads(db.run(h.run_id)["config_json"])
+        del stored["sage"]["seed"]
+        db.set_run_config(h.run_id, json.dumps(stored))
+        db.set_run_hash(h.run_id, "older-identity")
+    again = ScriptedBackend(universal)
+    h2 = run_all(c, backend=again, **QUIET)
+    assert h2.run_id == h.run_id and again.requests == []  # found, nothing redone
+    with Store(c.run.store) as db:
+        assert db.run(h.run_id)["config_hash"] == c.identity(h2.cache.key)
+        stored = json.loads(db.run(h.run_id)["config_json"])
+        stored["sage"]["seed"] = 5  # a setting that changes results: another run
+        db.set_run_config(h.run_id, json.dumps(stored))
+        db.set_run_hash(h.run_id, "older-identity")
+    h3 = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    assert h3.run_id != h.run_id
+
+
+# ---------------------------------------------------------------------------------------- data at rest (cache)
+def _cache_dir(cfgs):
+    from saexplain.cache.pipeline import cache_key
+    from saexplain.paths import home
+
+    return home() / "caches" / cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)[0]
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "empty", "bitflip", "extra"])
+def test_a_damaged_cache_is_one_line_naming_the_file(cfgs, damage):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation", features="0")
+    c = StageConfigs(**{**c.__dict__, "cache": c.cache.model_copy(update={"shard_contexts": 100})})
+    run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    folder = _cache_dir(c)
+    shards = sorted(folder.glob("shard_*.npz"))
+    assert len(shards) >= 3
+    victim = shards[1]
+    data = victim.read_bytes()
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        victim.write_bytes(b"")
+    elif damage == "bitflip":
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x10
+        victim.write_bytes(bytes(flipped))
+    else:
+        (folder / "shard_999999990_999999999.npz").write_bytes(data)
+        victim = folder / "shard_999999990_999999999.npz"
+    with Store(c.run.store) as db:
+        db.conn.execute("DELETE FROM features")  # statistics are recomputed from the shards
+    args = ["cache", "--model", c.subject.model, "--sae", c.subject.sae, "--corpus", c.corpus.corpus[0],
+            "--context", "48", "--tokens", "30000", "--shard-contexts", "100", "--store", c.run.store]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    err = res.output.strip().splitlines()[-1]
+    assert err.startswith(f"error: {victim}") and "rebuild" in err and "Traceback" not in res.output
+
+
+def test_stale_temporaries_are_removed_and_a_second_cache_process_waits(cfgs):
+    import shutil
+
+    from saexplain.cache.latents import LatentCache
+
+    args = [sys.executable, "-m", "saexplain.cli", "cache", "--model", cfgs.subject.model, "--sae",
+            cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000",
+            "--shard-contexts", "20", "--store", cfgs.run.store]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert first.returncode == 0, first.stderr
+    cache = _cache_dir(StageConfigs(**{**cfgs.__dict__, "cache": cfgs.cache.model_copy(
+        update={"shard_contexts": 20})}))
+    contexts = Path(LatentCache(cache).meta["contexts_path"])
+    # what writers killed mid-write leave behind: a temporary corpus folder, a temporary shard
+    shutil.rmtree(contexts)
+    stale = contexts.with_name(contexts.name + ".tmp999999")
+    stale.mkdir()
+    (stale / "tokens.npy").write_bytes(b"partial")
+    shutil.rmtree(cache)
+    cache.mkdir()
+    (cache / "shard_000000000_000000020.npz.tmp999999").write_bytes(b"partial")
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert not stale.exists() and not list(cache.glob("*.tmp*"))
+    done = LatentCache(cache)
+    assert done.meta["complete"] and sum(1 for _ in done.shards()) == len(done.meta["shards"])
+
+
+# ------------------------------------------------------------------------------------------ bad corpus input
+def test_bad_corpus_files_are_refused_or_warned_in_one_line(tmp_path, caplog):
+    from saexplain.data.corpus import ReadStats, iter_documents
+
+    noise = tmp_path / "noise.txt"
+    noise.write_bytes(os.urandom(20_000))
+    with pytest.raises(SaexplainError, match=r"noise.txt: .* are not UTF-8 .*refused"):
+        list(iter_documents([noise]))
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Le café était très animé; à côté, l'église sonnait midi. ".encode("latin-1") * 50)
+    with pytest.raises(SaexplainError, match="Latin-1"):
+        list(iter_documents([latin]))
+    few = tmp_path / "few.txt"
+    few.write_bytes(b"plain text " * 500 + b"\xff")
+    stats = ReadStats()
+    with caplog.at_level("WARNING"):
+        list(iter_documents([few], stats=stats))
+    assert stats.replaced_bytes == 1 and "1 bytes are not UTF-8" in caplog.text
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("id,score,count\n1,0.5,3\n2,0.7,4\n")
+    with pytest.raises(SaexplainError, match=r"numbers.csv: no text column \(columns: id, score, count\)"):
+        list(iter_documents([numbers]))
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("Class Index,Title\n3,Fears for pension\n4,Race is on\n")
+    assert [d.text for d in iter_documents([mixed])] == ["Fears for pension", "Race is on"]  # no "3 " prefix
+
+
+def test_features_on_a_missing_or_non_cache_run_is_an_error(cfgs):
+    c = with_run(cfgs, explainers="oneshot", scorers="generation", features="0")
+    h = run_all(c, backend=ScriptedBackend(universal), **QUIET)
+    res = CliRunner().invoke(app, ["features", "--run", "99", "--store", c.run.store])
+    assert res.exit_code == 2 and "no run 99" in res.output
+    res = CliRunner().invoke(app, ["features", "--run", str(h.run_id), "--store", c.run.store])
+    assert res.exit_code == 2 and "not a cache run" in res.output

@@ -145,7 +145,14 @@ def features(top: int = typer.Option(20, help="rows"), by: str = typer.Option("d
 
     with Store(store or default_store_path(), readonly=True) as db:
         run_id = run if run is not None else _latest_run(db, "cache")
+        kind = db.run(run_id)["kind"]  # no such run: one error
+        if kind != "cache":
+            raise SaexplainError(f"run {run_id} is not a cache run (it is a {kind!r} run): features are listed "
+                                 f"for cache runs")
         rows = db.feature_stats(run_id, order_by=by, limit=top, alive_only=True)
+        if not rows and not db.feature_stats(run_id, limit=1):
+            raise SaexplainError(f"cache run {run_id} has no feature statistics yet: run `saexplain cache` again "
+                                 f"to finish it")
     table = Table(title=f"cache run {run_id}: top {top} features by {by}")
     for col, just in (("id", "right"), ("max", "right"), ("density", "right"), ("top tokens", "left")):
         table.add_column(col, justify=just)

@@ -8,7 +8,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import typer
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -36,9 +36,16 @@ class Config(BaseModel):
     """Base class of every stage config. Unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # settings that change how fast results come, not what they are: left out of every identity (cache keys,
+    # run identities, training folders). Declared once, here, per config.
+    speed_fields: ClassVar[frozenset[str]] = frozenset()
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def identity(self) -> dict[str, Any]:
+        """What results depend on: every field but the speed settings (JSON values)."""
+        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.speed_fields}
 
     def hash(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

@@ -11,6 +11,7 @@ from saexplain.config import Config, Count
 
 class CacheConfig(Config):
     cli_name: ClassVar[str] = "cache"
+    speed_fields: ClassVar[frozenset[str]] = frozenset({"batch_contexts"})
     tokens: Count = Field(1_000_000, ge=1, description="tokens to cache (at most the corpus)")
     shard_contexts: int = Field(256, ge=1, description="contexts per shard file")
     batch_contexts: int = Field(16, ge=1, description="contexts per forward batch")

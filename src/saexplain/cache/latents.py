@@ -13,6 +13,8 @@ A run killed at any point resumes after its last complete shard; a finished cach
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from saexplain.cache.config import CacheConfig  # noqa: F401  (its home is a light module)
 from saexplain.data.contexts import Contexts
 from saexplain.errors import SaexplainError
+from saexplain.locks import exclusive
 
 HIST_BINS = 30
 HIST_DECADES = 3  # histogram edges: max × 10^linspace(-3, 0, 31), per feature
@@ -47,18 +50,67 @@ class Shard:
 
 
 class LatentCache:
+    """A latent cache folder. A finished one carries a manifest (every shard's context range, size and sha256)
+    in meta.json: opening checks that every shard is there with its size, reading checks each shard's sha256,
+    and a missing or damaged shard is one error naming the file and how to rebuild."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise SaexplainError(f"no latent cache in {self.path}")
-        self.meta = json.loads(meta_path.read_text())
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise SaexplainError(f"{meta_path}: unreadable cache metadata ({e}); {self._rebuild}") from None
+        if self.meta.get("complete"):
+            if "shards" not in self.meta:  # finished before caches had manifests: check coverage, then pin them
+                self._check_coverage()
+                self.meta["shards"] = [_manifest_entry(p) for p in self.shard_paths()]
+                _atomic_write(meta_path, json.dumps(self.meta, indent=1))
+            self._check_manifest()
+
+    @property
+    def _rebuild(self) -> str:
+        return f"remove {self.path} and run `saexplain cache` (or the same `run`) again to rebuild it"
+
+    def _check_coverage(self) -> None:
+        end = 0
+        for p in self.shard_paths():
+            a, b = _shard_range(p)
+            if a != end:
+                raise SaexplainError(f"{self.path}: the shard for contexts {end}–{a} is missing; {self._rebuild}")
+            end = b
+        if end != self.n_contexts:
+            raise SaexplainError(f"{self.path}: shards cover {end} of {self.n_contexts} contexts; {self._rebuild}")
+
+    def _check_manifest(self) -> None:
+        listed = {e["name"]: e for e in self.meta["shards"]}
+        for name, e in listed.items():
+            p = self.path / name
+            if not p.is_file():
+                raise SaexplainError(f"{p}: shard missing from the cache (contexts {e['start']}–{e['end']}); "
+                                     f"{self._rebuild}")
+            size = p.stat().st_size
+            if size != e["bytes"]:
+                raise SaexplainError(f"{p}: shard is {size} bytes, its manifest says {e['bytes']} (truncated or "
+                                     f"replaced); {self._rebuild}")
+        extra = sorted(p.name for p in self.shard_paths() if p.name not in listed)
+        if extra:
+            raise SaexplainError(f"{self.path / extra[0]}: a shard the cache's manifest does not list; {self._rebuild}")
 
     # ---------------------------------------------------------------------------------------- building
     @classmethod
     def build(cls, oracle, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict,
               progress: bool = True) -> LatentCache:
+        """Build (or resume) the cache in `path`; one process at a time (a second one waits, then reuses it)."""
         path.mkdir(parents=True, exist_ok=True)
+        with exclusive(path / ".lock", "this latent cache"):
+            return cls._build(oracle, contexts, cfg, path, config_json, progress)
+
+    @classmethod
+    def _build(cls, oracle, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict,
+               progress: bool) -> LatentCache:
         n_ctx = min(contexts.n_contexts, max(1, cfg.tokens // contexts.length))
         meta = {"config": config_json, "d_sae": oracle.d_sae, "n_contexts": n_ctx, "context": contexts.length,
                 "contexts_path": str(contexts.path), "index_dtype": "uint16" if oracle.d_sae <= 65535 else "uint32",
@@ -96,11 +148,12 @@ class LatentCache:
                         values=np.concatenate(values).astype(np.float32))
             start = end
         pbar.close()
-        cache = cls(path)
-        cache.meta["complete"] = True
-        cache.meta["finished"] = time.time()
-        _atomic_write(meta_path, json.dumps(cache.meta, indent=1))
-        return cache
+        meta = json.loads(meta_path.read_text())
+        meta["shards"] = [_manifest_entry(p) for p in sorted(path.glob("shard_*.npz"))]
+        meta["complete"] = True
+        meta["finished"] = time.time()
+        _atomic_write(meta_path, json.dumps(meta, indent=1))
+        return cls(path)
 
     # ----------------------------------------------------------------------------------------- reading
     @property
@@ -119,10 +172,23 @@ class LatentCache:
         return sorted(self.path.glob("shard_*.npz"))
 
     def shards(self) -> Iterator[Shard]:
+        """Every shard in order, each checked against the manifest's sha256 as it is read."""
+        sums = {e["name"]: e["sha256"] for e in self.meta.get("shards", [])}
         for p in self.shard_paths():
-            _, a, b = p.stem.split("_")
-            with np.load(p) as z:
-                yield Shard(int(a), int(b), z["counts"], z["indices"], z["values"])
+            a, b = _shard_range(p)
+            data = p.read_bytes()
+            if p.name in sums and hashlib.sha256(data).hexdigest() != sums[p.name]:
+                raise SaexplainError(f"{p}: shard is damaged (its sha256 differs from the cache's manifest); "
+                                     f"{self._rebuild}")
+            try:
+                with np.load(io.BytesIO(data)) as z:
+                    shard = Shard(a, b, z["counts"], z["indices"], z["values"])
+            except Exception as e:  # noqa: BLE001  any decoding fault of a file is that file's damage
+                raise SaexplainError(f"{p}: shard does not load ({type(e).__name__}: {e}); {self._rebuild}") from None
+            if len(shard.counts) != (b - a) * self.context or int(shard.counts.sum()) != len(shard.values) \
+                    or len(shard.indices) != len(shard.values):
+                raise SaexplainError(f"{p}: shard arrays do not fit contexts {a}–{b}; {self._rebuild}")
+            yield shard
 
     def storage(self) -> dict:
         nnz = sum(int(np.load(p, mmap_mode="r")["values"].shape[0]) for p in self.shard_paths())
@@ -215,8 +281,20 @@ def top_token_ids(tokens: np.ndarray, ctx: np.ndarray, pos: np.ndarray, val: np.
     return uniq[np.argsort(-weight, kind="stable")][:n]
 
 
+def _shard_range(p: Path) -> tuple[int, int]:
+    _, a, b = p.stem.split("_")
+    return int(a), int(b)
+
+
+def _manifest_entry(p: Path) -> dict:
+    a, b = _shard_range(p)
+    return {"name": p.name, "start": a, "end": b, "bytes": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
 def _covered(path: Path) -> int:
-    """Number of leading contexts covered by complete, contiguous shards (stray temporaries removed)."""
+    """Number of leading contexts covered by complete, contiguous shards. Stray temporaries are removed: the
+    caller holds the cache's lock, so none belongs to a live writer."""
     for tmp in path.glob("*.tmp*"):
         tmp.unlink()
     end = 0

@@ -28,18 +28,20 @@ class CacheRun:
     cache: LatentCache
     contexts: Contexts
     config: dict
+    key: str = ""  # the cache's content identity (its run's config hash; its folder's name)
 
 
 def cache_config_json(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig) -> dict:
     """What identifies a cache: the model + SAE (with their files' fingerprints), the corpus (with its files'
-    fingerprint), and the cache layout; batch size is left out (it changes speed, not results)."""
+    fingerprint and the readers' version), and the cache layout; speed settings (device, batch sizes) are left
+    out: they change how fast, not what."""
     from saexplain.subject.sae import default_sae_dir
 
     sae_path = str(default_sae_dir()) if subject.sae == "default" else subject.sae
-    return {"subject": json.loads(subject.to_json()), "sae_fingerprint": path_fingerprint(sae_path),
+    return {"subject": subject.identity(), "sae_fingerprint": path_fingerprint(sae_path),
             "model_fingerprint": path_fingerprint(subject.model),
-            "corpus": json.loads(corpus.to_json()), "corpus_fingerprint": corpus.fingerprint(),
-            "cache": {k: v for k, v in json.loads(cache.to_json()).items() if k != "batch_contexts"}}
+            "corpus": corpus.identity(), "corpus_fingerprint": corpus.fingerprint(),
+            "cache": cache.identity()}
 
 
 def cache_key(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig) -> tuple[str, str]:
@@ -72,7 +74,7 @@ def build_cache(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig
                 row["top_tokens"] = [decode([int(i)]) for i in ids]
         store.put_feature_stats(run_id, stats)
     store.set_run_status(run_id, "complete")
-    return CacheRun(run_id, latents, contexts, config)
+    return CacheRun(run_id, latents, contexts, config, key)
 
 
 def open_cache_run(store: Store, run_id: int) -> CacheRun:
@@ -86,4 +88,5 @@ def open_cache_run(store: Store, run_id: int) -> CacheRun:
     latents = LatentCache(path)
     if not latents.meta.get("complete"):
         raise SaexplainError(f"cache run {run_id} is not finished: run `saexplain cache` again to resume it")
-    return CacheRun(run_id, latents, Contexts.open(Path(latents.meta["contexts_path"])), json.loads(run["config_json"]))
+    return CacheRun(run_id, latents, Contexts.open(Path(latents.meta["contexts_path"])), json.loads(run["config_json"]),
+                    run["config_hash"])

@@ -22,9 +22,10 @@ import numpy as np
 from pydantic import Field
 
 from saexplain.config import Config
-from saexplain.data.corpus import ReadStats, default_corpus, iter_documents
+from saexplain.data.corpus import READER_VERSION, ReadStats, default_corpus, iter_documents
 from saexplain.errors import SaexplainError
 from saexplain.fingerprint import path_fingerprint
+from saexplain.locks import exclusive
 from saexplain.paths import home
 
 SEPARATOR = "\n\n"
@@ -43,7 +44,7 @@ class CorpusConfig(Config):
 
     def fingerprint(self) -> str:
         """Changes when a source's content changes or the config does (not when files are merely copied)."""
-        parts = [self.to_json()] + [path_fingerprint(src) for src in self.sources()]
+        parts = [self.to_json(), f"readers v{READER_VERSION}"] + [path_fingerprint(src) for src in self.sources()]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -106,6 +107,15 @@ def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None) 
     path = home() / "corpora" / key
     if (path / "meta.json").is_file():
         return Contexts.open(path)
+    with exclusive(path.with_name(key + ".lock"), "this tokenised corpus"):
+        if (path / "meta.json").is_file():  # another process finished it while we waited
+            return Contexts.open(path)
+        for stale in path.parent.glob(key + ".tmp*"):  # left by a killed writer (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        return _build_contexts(cfg, tokenizer, max_tokens, path)
+
+
+def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: Path) -> Contexts:
     if tokenizer.bos_token_id is None:
         raise SaexplainError("the tokenizer has no BOS token; contexts start with BOS")
     body = cfg.context - 1

@@ -1,14 +1,26 @@
 """Read documents from local corpus files. One reader per file type, in a registry.
 
-- `.txt`: documents are blocks separated by blank lines (paragraphs); Gutenberg headers are kept as text.
-- `.csv`: one document per row; text columns are joined (AG News: title + description).
+- `.txt`: documents are blocks separated by blank lines (paragraphs), kept as written: line breaks, indentation
+  and runs of spaces are tokens the model sees (only CRLF becomes LF, a leading byte-order mark is dropped, and
+  blank lines around a block are trimmed). Gutenberg headers are kept as text.
+- `.csv`: one document per row; the text columns are joined (AG News: title + description). Without
+  `--text-column`, label/id columns and columns holding only numbers are left out; a file with no text column
+  is refused, naming its columns.
 - `.jsonl`: one document per line, field `text` (or `--text-column`).
-Bad bytes are replaced (and counted), never a crash."""
+- `.parquet`: column `text` (or `--text-column`).
+Bytes that are not UTF-8 are replaced by U+FFFD and counted: a file with a few gets a warning with the count;
+one where more than MAX_BAD_SHARE of the bytes are not UTF-8 (another encoding such as Latin-1, or binary data)
+is refused with one line, since caching it would fill the cache with replacement characters.
+
+READER_VERSION is part of a corpus's fingerprint: a change to what a reader makes of a file rebuilds the
+tokenised corpora and caches made from it."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +29,10 @@ from saexplain.errors import SaexplainError
 from saexplain.registry import Registry
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+READER_VERSION = 2  # 2: .txt keeps line breaks and indentation; CSV leaves number-only columns out
+MAX_BAD_SHARE = 0.01  # refuse a file when more than this share of its bytes is not UTF-8
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,16 +55,24 @@ READERS: Registry[Reader] = Registry("corpus file type")
 def _read_text(path: Path, stats: ReadStats) -> str:
     raw = path.read_bytes()
     text = raw.decode("utf-8", errors="replace")
-    stats.replaced_bytes += text.count("\ufffd") - raw.count("\ufffd".encode())
+    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    if bad:
+        share = bad / max(len(raw), 1)
+        if share > MAX_BAD_SHARE:
+            raise SaexplainError(f"{path}: {bad:,} of {len(raw):,} bytes ({share:.1%}) are not UTF-8 — another "
+                                 f"encoding (e.g. Latin-1: `iconv -f latin1 -t utf-8`) or not text; refused "
+                                 f"(more than {MAX_BAD_SHARE:.0%})")
+        log.warning("%s: %d bytes are not UTF-8 and were replaced by U+FFFD", path, bad)
+    stats.replaced_bytes += bad
     return text
 
 
 @READERS.register(".txt")
 def read_txt(path: Path, column: str | None, stats: ReadStats) -> Iterator[Document]:
-    text = _read_text(path, stats)
-    for i, block in enumerate(b for b in text.replace("\r\n", "\n").split("\n\n")):
-        block = " ".join(block.split())
-        if block:
+    text = _read_text(path, stats).removeprefix("\ufeff").replace("\r\n", "\n")
+    for i, block in enumerate(re.split(r"\n[ \t]*\n", text)):
+        block = block.strip("\n").rstrip()
+        if block.strip():
             yield Document(f"{path.name}:{i}", block)
 
 
@@ -64,15 +88,30 @@ def read_csv(path: Path, column: str | None, stats: ReadStats) -> Iterator[Docum
         if column not in names:
             raise SaexplainError(f"{path}: no column {column!r} (columns: {', '.join(names)})")
         cols = [names.index(column)]
-    else:  # every column that holds text, not labels
-        cols = [i for i, n in enumerate(names) if n.lower() not in {"label", "labels", "id", "class"}]
-    if not has_header:
+    else:  # every column that holds text: not labels or ids, not numbers only (judged on the first rows)
+        rows = list(rows) if has_header else [header, *rows]
+        head = rows[:200]
+        cols = [i for i, n in enumerate(names) if n.lower() not in {"label", "labels", "id", "class"}
+                and any(i < len(r) and r[i].strip() and not _number(r[i]) for r in head)]
+        if not cols:
+            raise SaexplainError(f"{path}: no text column (columns: {', '.join(names)}); name one with "
+                                 f"--text-column")
+        rows = iter(rows)
+    if not has_header and column is not None:
         rows = iter([header, *rows])
     for i, row in enumerate(rows):
         text = " ".join(row[c].replace("\\", " ").strip() for c in cols if c < len(row))
         text = " ".join(text.split())
         if text:
             yield Document(f"{path.name}:{i}", text)
+
+
+def _number(value: str) -> bool:
+    try:
+        float(value.replace(",", ""))
+    except ValueError:
+        return False
+    return True
 
 
 @READERS.register(".jsonl")

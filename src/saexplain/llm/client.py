@@ -29,6 +29,10 @@ PRICES: dict[str, tuple[float, float]] = {
 
 class LLMConfig(Config):
     cli_name: ClassVar[str] = "llm"
+    # what results depend on is which LLM, prompted how (llm, mode, json_mode); the rest is speed and plumbing
+    speed_fields: ClassVar[frozenset[str]] = frozenset({"max_concurrency", "timeout", "retries", "backoff",
+                                                        "max_backoff", "cache", "n_ctx", "threads", "logprobs",
+                                                        "llm_device"})
     llm: str = Field("default", description="default | smoke | openai:<model> | openai-compatible:<url>#<model> | "
                                             "llamacpp:<file.gguf> | transformers:<id or folder>")
     max_concurrency: int = Field(4, ge=1, description="requests in flight at once")

@@ -106,15 +106,15 @@ class StageConfigs:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"stored run config does not load: {e}") from None
 
-    def identity(self) -> str:
-        """What explanations depend on (not the feature list, explainer/scorer lists, or speed settings)."""
-        ident = {k: json.loads(getattr(self, k).to_json()) for k in ("subject", "corpus", "cache", "sampling",
-                                                                     "oneshot", "sage")}
-        for k in ("batch_size", "device"):
-            ident["subject"].pop(k, None)
-        ident["cache"].pop("batch_contexts", None)
-        ident["llm"] = {k: getattr(self.llm, k) for k in ("llm", "mode", "json_mode")}
-        if self.run.name:  # unnamed runs keep the identities they had before names existed
+    IDENTITY: ClassVar[tuple[str, ...]] = ("subject", "corpus", "cache", "sampling", "llm", "oneshot", "sage")
+
+    def identity(self, cache_key: str) -> str:
+        """What explanations depend on: the stage configs in IDENTITY (each without its speed settings), the
+        content identity of the cache they read (`cache_key`: model, SAE and corpus files included) and the run's
+        name — not the feature list, the explainer/scorer lists, or speed settings."""
+        ident: dict[str, Any] = {k: getattr(self, k).identity() for k in self.IDENTITY}
+        ident["cache_key"] = cache_key
+        if self.run.name:
             ident["name"] = self.run.name
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from saexplain.cache.pipeline import CacheRun, build_cache, default_store_path
+from saexplain.cache.pipeline import CacheRun, build_cache, cache_key, default_store_path
 from saexplain.pipeline.configs import EXPLAINER_CONFIG, SCORER_CONFIG, RunConfig, StageConfigs  # noqa: F401
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.llm import LLM, LLMError
@@ -108,13 +108,36 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
     if not records:
         raise SaexplainError("no feature to run on")
     features = list(records)
-    config_json = json.dumps({**cfgs.to_dict(), "features": features}, sort_keys=True)  # features: held out
-    run_id = store.get_or_create_run("run", cfgs.identity(), config_json)
+    config_json = json.dumps({**cfgs.to_dict(), "features": features, "cache_key": cache.key},
+                             sort_keys=True)  # features: held out; cache_key: the data it was made on
+    run_id = find_or_create_run(store, cfgs, cache.key, config_json)
     store.set_run_config(run_id, config_json)  # the latest invocation's lists and scorer settings
     folder = run_folder(run_id, store.path)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfgs.to_dict(), indent=2, sort_keys=True) + "\n")
     return RunHandle(run_id, cfgs, cache, records, folder)
+
+
+def find_or_create_run(store: Store, cfgs: StageConfigs, cache_key: str, config_json: str) -> int:
+    """The run with this identity. A run stored by an earlier version whose identity was computed without a
+    field added since is found too: every stored config is read with today's code (a new field takes its
+    default, exactly what that run ran with) and compared; a match gets today's identity recorded."""
+    ident = cfgs.identity(cache_key)
+    found = store.find_run("run", ident)
+    if found is not None:
+        return found
+    for row in store.runs("run"):
+        stored = json.loads(row["config_json"])
+        if stored.get("cache_key") != cache_key:
+            continue
+        try:
+            old = StageConfigs.from_dict(stored)
+        except ConfigError:  # a field since removed: not the same settings
+            continue
+        if old.identity(cache_key) == ident:
+            store.set_run_hash(row["id"], ident)
+            return int(row["id"])
+    return store.get_or_create_run("run", ident, config_json)
 
 
 def _counts() -> dict[str, int]:
@@ -260,10 +283,15 @@ def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Call
     row = store.run(run_id)
     if row["kind"] != "run":
         raise SaexplainError(f"run {run_id} is a {row['kind']} run, not an explain/score run")
-    cfgs = StageConfigs.from_dict(json.loads(row["config_json"]))
-    if cfgs.identity() != row["config_hash"]:
-        raise SaexplainError(f"run {run_id}: its stored settings no longer give its identity "
-                             f"({cfgs.identity()} ≠ {row['config_hash']}); it was made by another saexplain version")
+    stored = json.loads(row["config_json"])
+    cfgs = StageConfigs.from_dict(stored)
+    key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
+    if stored.get("cache_key") != key:
+        raise SaexplainError(f"run {run_id} was made on other data than the model, SAE and corpus files hold now "
+                             f"(or by an older saexplain): its features cannot be re-read; start a new run")
+    if cfgs.identity(key) != row["config_hash"]:
+        raise SaexplainError(f"run {run_id}: its stored settings do not give its identity; it was made by "
+                             f"another saexplain version")
     oracle = oracle or Oracle.from_config(cfgs.subject)
     features = sorted({e["feature"] for e in store.explanations(run_id)})
     if not features:

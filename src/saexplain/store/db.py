@@ -260,6 +260,15 @@ class Store:
                             (kind, config_hash, config_json, now, now))
             return int(cur.lastrowid)
 
+    def find_run(self, kind: str, config_hash: str) -> int | None:
+        row = self.conn.execute("SELECT id FROM runs WHERE kind=? AND config_hash=?", (kind, config_hash)).fetchone()
+        return None if row is None else int(row["id"])
+
+    def set_run_hash(self, run_id: int, config_hash: str) -> None:
+        """Record a run's identity as computed by this version (its stored config, read with today's defaults)."""
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET config_hash=?, updated=? WHERE id=?", (config_hash, time.time(), run_id))
+
     def set_run_status(self, run_id: int, status: str) -> None:
         with self.transaction() as c:
             c.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))

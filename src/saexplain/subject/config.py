@@ -16,6 +16,7 @@ class SubjectConfig(Config):
     """Which model, SAE and hookpoint the oracle runs; saved with every run."""
 
     cli_name: ClassVar[str] = "subject"
+    speed_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
     model: str = Field("default", description="HF id, local folder, .gguf file, or 'default' (Gemma 3 270M)")
     sae: str = Field("default", description="SAELens/sparsify folder, sae_lens:<release>:<sae_id>, or 'default'")
     hookpoint: str | None = Field(None, description="e.g. layers.6 or blocks.6.hook_resid_post; default: the SAE's")

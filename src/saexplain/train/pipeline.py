@@ -43,11 +43,10 @@ from saexplain.train.data import (
 from saexplain.train.dpo import pair_margins, train_dpo
 from saexplain.train.sft import train_sft
 
-# options that may differ between the commands of one training folder: speed settings, and where SFT's
-# references come from (read by `sft` only; what it trained on is kept in sft/data)
-_FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
-         "subject.batch_size", "subject.device", "cache.batch_contexts", "llm.timeout", "llm.retries",
-         "llm.max_concurrency", "llm.backoff", "llm.max_backoff", "llm.threads", "llm.llm_device"}
+# options that may differ between the commands of one training folder: the configs' declared speed settings,
+# and where SFT's references come from (read by `sft` only; what it trained on is kept in sft/data)
+_FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer"} | {
+    f"{section}.{name}" for section, cls in StageConfigs.CLASSES.items() for name in cls.speed_fields}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
