@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -544,3 +545,137 @@ def test_features_on_a_missing_or_non_cache_run_is_an_error(cfgs):
     assert res.exit_code == 2 and "no run 99" in res.output
     res = CliRunner().invoke(app, ["features", "--run", str(h.run_id), "--store", c.run.store])
     assert res.exit_code == 2 and "not a cache run" in res.output
+
+
+@pytest.mark.parametrize("prepend_bos", [True, False])
+def test_cache_values_equal_the_oracles_whatever_the_saes_bos_setting(tiny_model_dir, tmp_path, prepend_bos):
+    from conftest import SHARED, make_saelens_sae
+    from saexplain.cache.config import CacheConfig
+    from saexplain.cache.pipeline import build_cache
+    from saexplain.data.contexts import CorpusConfig
+    from saexplain.subject.oracle import Oracle, SubjectConfig
+
+    sae = make_saelens_sae("standard")
+    sae.cfg.metadata.prepend_bos = prepend_bos
+    sae.save_model(tmp_path / "sae")
+    corpus = tmp_path / "tales.txt"
+    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[30_000:50_000])
+    subject = SubjectConfig(model=str(tiny_model_dir), sae=str(tmp_path / "sae"))
+    oracle = Oracle.from_config(subject)
+    assert oracle.subject.prepend_bos is prepend_bos
+    with Store(tmp_path / "s.db") as db:
+        run = build_cache(subject, CorpusConfig(corpus=[str(corpus)], context=24), CacheConfig(tokens=2400),
+                          db, oracle=oracle, progress=False)
+        stats = {r["feature"]: r for r in db.feature_stats(run.run_id)}
+    tokens = np.asarray(run.contexts.tokens)
+    bos = oracle.subject.tokenizer.bos_token_id
+    assert (tokens[:, 0] == bos).all() == prepend_bos and run.cache.meta["bos"] is prepend_bos
+    dense = np.zeros((*tokens.shape, run.cache.d_sae), np.float32)
+    for s in run.cache.shards():
+        t = s.token_index
+        dense[s.start + t // run.cache.context, t % run.cache.context, s.indices.astype(np.int64)] = s.values
+    checked = 0
+    for c in range(len(tokens)):
+        body = tokens[c, 1:] if prepend_bos else tokens[c]
+        text = "".join(run.contexts.window(c, 1 if prepend_bos else 0, tokens.shape[1])[0])
+        (ids, _), = oracle.subject.tokenize([text])
+        if ids[1 if prepend_bos else 0:] != body.tolist():
+            continue  # the text does not tokenise back to the same ids (a word cut at the context's start)
+        res = oracle.activations([text])[0]
+        got = np.zeros((len(body), run.cache.d_sae), np.float32)
+        for i in range(len(body)):
+            got[i, res.indices[i]] = np.maximum(res.acts[i], 0)
+        want = dense[c, 1:] if prepend_bos else dense[c]
+        top = np.sort(want, axis=1)[:, -oracle.top_k:]
+        np.testing.assert_allclose(np.sort(got, axis=1)[:, -oracle.top_k:], top, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 3
+    text_tokens = tokens.size - (len(tokens) if prepend_bos else 0)
+    f = max(stats, key=lambda j: stats[j]["n_nonzero"])
+    assert stats[f]["frequency"] == pytest.approx(stats[f]["n_nonzero"] / text_tokens)
+
+
+# ---------------------------------------------------------------------------------------- bad SAE / device input
+def _probe(model, sae, *extra):
+    return CliRunner().invoke(app, ["probe", "The wife came home.", "--model", str(model), "--sae", str(sae), *extra])
+
+
+def _one_clear_line(res, *words):
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and res.output.count("error:") == 1, res.output
+    for w in words:
+        assert w in res.output, res.output
+
+
+def test_sae_checkpoints_and_broken_sae_files_are_loaded_or_refused_in_one_line(tiny_model_dir, tmp_path):
+    import shutil
+
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, TemporalSAE, TemporalSAEConfig
+    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
+                                                        MatryoshkaBatchTopKTrainingSAEConfig)
+
+    from conftest import D_MODEL, D_SAE, make_saelens_sae
+    from saexplain.subject.sae import load_sae
+
+    meta = {"hook_name": "blocks.0.hook_resid_post", "prepend_bos": True}
+    # checkpoints sae-lens's trainer writes for BatchTopK and Matryoshka-BatchTopK: they run as JumpReLU
+    for name, cls, cfg_cls, extra in (
+            ("btk", BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, {}),
+            ("mbtk", MatryoshkaBatchTopKTrainingSAE, MatryoshkaBatchTopKTrainingSAEConfig,
+             {"matryoshka_widths": [32, D_SAE]})):
+        training = cls(cfg_cls(d_in=D_MODEL, d_sae=D_SAE, k=8, dtype="float32", device="cpu", **extra))
+        training.cfg.metadata.hook_name = meta["hook_name"]
+        with torch_no_grad():
+            training.topk_threshold.fill_(0.2)
+            training.b_enc.normal_(0, 0.5)
+        training.save_model(tmp_path / name)
+        sae = load_sae(str(tmp_path / name))
+        assert sae.cfg.architecture() == "jumprelu" and float(sae.threshold.min()) > 0
+        res = _probe(tiny_model_dir, tmp_path / name, "--feature", "3")
+        assert res.exit_code == 0, res.output
+    temporal = TemporalSAE(TemporalSAEConfig(d_in=D_MODEL, d_sae=D_SAE, n_heads=4, bottleneck_factor=1))
+    temporal.save_model(tmp_path / "temporal")
+    _one_clear_line(_probe(tiny_model_dir, tmp_path / "temporal"), "temporal SAE")
+    good = tmp_path / "good"
+    make_saelens_sae("standard").save_model(good)
+    for damage in ("cfg-not-json", "truncated", "garbage", "empty"):
+        bad = tmp_path / damage
+        shutil.copytree(good, bad)
+        weights = bad / "sae_weights.safetensors"
+        if damage == "cfg-not-json":
+            (bad / "cfg.json").write_text("{architecture: standard")
+            _one_clear_line(_probe(tiny_model_dir, bad), "cfg.json", "JSON")
+            continue
+        data = weights.read_bytes()
+        weights.write_bytes({"truncated": data[: len(data) // 2], "garbage": os.urandom(len(data)),
+                             "empty": b""}[damage])
+        _one_clear_line(_probe(tiny_model_dir, bad), str(bad), "does not load")
+
+
+def torch_no_grad():
+    import torch
+
+    return torch.no_grad()
+
+
+def test_a_device_this_machine_lacks_is_one_line(tiny_model_dir, sae_folders):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _one_clear_line(_probe(tiny_model_dir, sae_folders["topk"], "--device", "cuda"), "no CUDA device", "--device cpu")
+    _one_clear_line(_probe(tiny_model_dir, sae_folders["topk"], "--device", "tpu9"), "not a torch device")
+
+
+def test_probe_shows_abstopk_negative_activations_signed(tiny_model_dir, tmp_path):
+    from conftest import make_saelens_sae
+    from saexplain.subject.oracle import Oracle, SubjectConfig
+
+    make_saelens_sae("abstopk", k=8).save_model(tmp_path / "abs")
+    oracle = Oracle.from_config(SubjectConfig(model=str(tiny_model_dir), sae=str(tmp_path / "abs")))
+    (res,) = oracle.activations(["The wife came home."])
+    assert (res.acts < 0).any()  # negative activations are among each token's strongest, signed
+    feats = sorted({int(j) for row, v in zip(res.indices, res.acts) for j, x in zip(row, v) if x < 0})[:2]
+    out = _probe(tiny_model_dir, tmp_path / "abs", *sum((["--feature", str(f)] for f in feats), []))
+    assert out.exit_code == 0, out.output
+    assert any(cell.strip().startswith("-") for line in out.output.splitlines() for cell in line.split("│"))

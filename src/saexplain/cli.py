@@ -69,13 +69,13 @@ def probe(text: str = typer.Argument(..., help="text to run through the model + 
         for f in res.features:
             table.add_column(f"f{f}", justify="right")
         table.add_column("")
-        for i, tok in enumerate(res.tokens):
-            row = [f"{v:.2f}" if v > 0 else "·" for v in res.acts[i]]
+        for i, tok in enumerate(res.tokens):  # signed: an AbsTopK SAE's negative activations are active too
+            row = [f"{v:.2f}" if v != 0 else "·" for v in res.acts[i]]
             table.add_row(str(i), repr(tok)[1:-1], *row, _bar(float(res.acts[i].max()), top))
     else:
         table.add_column("top features (id:activation)")
         for i, tok in enumerate(res.tokens):
-            pairs = [f"{int(j)}:{v:.2f}" for v, j in zip(res.acts[i][:6], res.indices[i][:6]) if v > 0]
+            pairs = [f"{int(j)}:{v:.2f}" for v, j in zip(res.acts[i][:6], res.indices[i][:6]) if v != 0]
             table.add_row(str(i), repr(tok)[1:-1], "  ".join(pairs))
     console.print(table)
 

@@ -114,6 +114,7 @@ class LatentCache:
         n_ctx = min(contexts.n_contexts, max(1, cfg.tokens // contexts.length))
         meta = {"config": config_json, "d_sae": oracle.d_sae, "n_contexts": n_ctx, "context": contexts.length,
                 "contexts_path": str(contexts.path), "index_dtype": "uint16" if oracle.d_sae <= 65535 else "uint32",
+                "bos": contexts.bos,
                 "complete": False}
         meta_path = path / "meta.json"
         if meta_path.is_file():
@@ -202,8 +203,9 @@ class LatentCache:
         n = np.zeros(d, np.int64)
         total = np.zeros(d, np.float64)
         tokens = 0
+        bos = int(self.meta.get("bos", True))
         for s in self.shards():
-            tokens += len(s.counts) - (s.end - s.start)  # text tokens: one BOS per context
+            tokens += len(s.counts) - (s.end - s.start) * bos  # text tokens: one BOS per context, if any
             np.maximum.at(mx, s.indices, s.values)
             n += np.bincount(s.indices, minlength=d)
             total += np.bincount(s.indices, weights=s.values, minlength=d)

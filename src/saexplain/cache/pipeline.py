@@ -61,7 +61,8 @@ def build_cache(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig
         contexts = Contexts.open(Path(latents.meta["contexts_path"]))
     else:
         oracle = oracle or Oracle.from_config(subject)
-        contexts = build_contexts(corpus, oracle.subject.tokenizer, max_tokens=cache.tokens)
+        contexts = build_contexts(corpus, oracle.subject.tokenizer, max_tokens=cache.tokens,
+                                  bos=oracle.subject.prepend_bos)
         latents = LatentCache.build(oracle, contexts, cache, path, config, progress=progress)
     if not store.feature_stats(run_id, limit=1):
         oracle = oracle or Oracle.from_config(subject)

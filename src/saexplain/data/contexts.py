@@ -1,7 +1,8 @@
-"""Fixed-length token contexts (BOS first), stored once per (corpus, tokenizer, context length).
+"""Fixed-length token contexts, stored once per (corpus, tokenizer, context length, BOS or not).
 
 Documents are tokenised one by one (each followed by a blank line), concatenated, and cut into contexts of
-`context - 1` text tokens after BOS. For every token we keep the document it came from and its character
+`context - 1` text tokens after BOS — or `context` text tokens without BOS, for SAEs trained without one
+(`prepend_bos: false`), so that the cache sees what the oracle sees. For every token we keep the document it came from and its character
 span, so any window of any context can show its text and its source.
 
 Folder layout (arrays are .npy, memory-mapped on read):
@@ -73,6 +74,11 @@ class Contexts:
                    np.load(path / "span.npy", mmap_mode="r"), json.loads((path / "meta.json").read_text()))
 
     @property
+    def bos(self) -> bool:
+        """Whether every context starts with BOS (position 0 is then no text token)."""
+        return bool(self.meta.get("bos", True))
+
+    @property
     def n_contexts(self) -> int:
         return int(self.tokens.shape[0])
 
@@ -101,9 +107,11 @@ class Contexts:
         return strings, sources
 
 
-def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None) -> Contexts:
-    """Tokenise the corpus into contexts (or reuse the stored ones for the same corpus + tokenizer + length)."""
-    key = hashlib.sha256(f"{cfg.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_tokens}".encode()).hexdigest()[:16]
+def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None, bos: bool = True) -> Contexts:
+    """Tokenise the corpus into contexts (or reuse the stored ones for the same corpus + tokenizer + length);
+    `bos`: every context starts with BOS (as the SAE's `prepend_bos` says the model saw in training)."""
+    key = hashlib.sha256(f"{cfg.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_tokens}"
+                         f"{'' if bos else ':no-bos'}".encode()).hexdigest()[:16]
     path = home() / "corpora" / key
     if (path / "meta.json").is_file():
         return Contexts.open(path)
@@ -112,13 +120,13 @@ def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None) 
             return Contexts.open(path)
         for stale in path.parent.glob(key + ".tmp*"):  # left by a killed writer (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        return _build_contexts(cfg, tokenizer, max_tokens, path)
+        return _build_contexts(cfg, tokenizer, max_tokens, path, bos)
 
 
-def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: Path) -> Contexts:
-    if tokenizer.bos_token_id is None:
+def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: Path, bos: bool) -> Contexts:
+    if bos and tokenizer.bos_token_id is None:
         raise SaexplainError("the tokenizer has no BOS token; contexts start with BOS")
-    body = cfg.context - 1
+    body = cfg.context - 1 if bos else cfg.context
     stats = ReadStats()
     ids: list[int] = []
     docs_idx: list[int] = []
@@ -149,16 +157,20 @@ def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: 
     t = np.asarray(ids[: n_ctx * body], dtype=np.int32).reshape(n_ctx, body)
     dd = np.asarray(docs_idx[: n_ctx * body], dtype=np.int32).reshape(n_ctx, body)
     sp = np.asarray(spans[: n_ctx * body], dtype=np.int32).reshape(n_ctx, body, 2)
-    np.save(tmp / "tokens.npy", np.concatenate([np.full((n_ctx, 1), tokenizer.bos_token_id, np.int32), t], 1))
-    np.save(tmp / "doc.npy", np.concatenate([np.full((n_ctx, 1), -1, np.int32), dd], 1))
-    np.save(tmp / "span.npy", np.concatenate([np.zeros((n_ctx, 1, 2), np.int32), sp], 1))
     used_docs = int(dd.max()) + 1
+    if bos:
+        t = np.concatenate([np.full((n_ctx, 1), tokenizer.bos_token_id, np.int32), t], 1)
+        dd = np.concatenate([np.full((n_ctx, 1), -1, np.int32), dd], 1)
+        sp = np.concatenate([np.zeros((n_ctx, 1, 2), np.int32), sp], 1)
+    np.save(tmp / "tokens.npy", t)
+    np.save(tmp / "doc.npy", dd)
+    np.save(tmp / "span.npy", sp)
     with open(tmp / "docs.jsonl", "w") as f:
         for doc_id, text in docs[:used_docs]:
             f.write(json.dumps([doc_id, text]) + "\n")
     meta = {"config": json.loads(cfg.to_json()), "tokenizer": tokenizer_fingerprint(tokenizer),
             "n_contexts": n_ctx, "context": cfg.context, "tokens": n_ctx * cfg.context,
-            "documents": used_docs, "replaced_bytes": stats.replaced_bytes, "max_tokens": max_tokens}
+            "documents": used_docs, "replaced_bytes": stats.replaced_bytes, "max_tokens": max_tokens, "bos": bos}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)

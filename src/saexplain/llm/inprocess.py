@@ -242,4 +242,6 @@ class Transformers(Backend):
 
 @BACKENDS.register("transformers")
 def _transformers(target: str, cfg) -> Backend:
-    return Transformers(target, cfg.llm_device)
+    from saexplain.subject.model import check_device
+
+    return Transformers(target, check_device(cfg.llm_device, "--llm-device"))

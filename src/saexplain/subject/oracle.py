@@ -13,7 +13,7 @@ import torch
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.subject.config import SubjectConfig  # noqa: F401  (its home is a light module)
 from saexplain.subject.hookpoints import Hookpoint
-from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
+from saexplain.subject.model import SubjectModel, check_device, load_model_and_tokenizer
 from saexplain.subject.sae import encoder_for, load_sae, sae_hook_name, sae_prepend_bos
 
 
@@ -66,6 +66,7 @@ class Oracle:
 
     @classmethod
     def from_config(cls, cfg: SubjectConfig) -> Oracle:
+        check_device(cfg.device)
         sae = load_sae(cfg.sae, device=cfg.device)
         hook = cfg.hookpoint or sae_hook_name(sae)
         if hook is None:

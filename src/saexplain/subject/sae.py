@@ -43,8 +43,65 @@ def _has(spec: str, files: tuple[str, ...]) -> bool:
     return p.is_dir() and all((p / f).is_file() for f in files)
 
 
+# sae-lens architectures saexplain cannot run, with why (one line instead of a traceback)
+UNSUPPORTED = {
+    "temporal": "a temporal SAE encodes each token from the tokens before it (sae-lens 'temporal'); saexplain's "
+                "oracle and cache encode token by token, so its activations would be wrong",
+}
+# training-only architectures whose checkpoints sae-lens writes as they are; at inference they run as another
+# architecture, and sae-lens's own conversion (save_inference_model) makes that one
+TRAINING_ONLY = ("batchtopk", "matryoshka_batchtopk")
+
+
 def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
-    return SAE.load_from_disk(Path(spec).expanduser(), device=device, dtype=dtype)
+    import json
+
+    folder = Path(spec).expanduser()
+    try:
+        cfg = json.loads((folder / "cfg.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{folder / 'cfg.json'}: not a readable JSON SAE config ({e})") from None
+    arch = cfg.get("architecture", "standard") if isinstance(cfg, dict) else None
+    if arch is None:
+        raise ConfigError(f"{folder / 'cfg.json'}: not a JSON object")
+    if arch in UNSUPPORTED:
+        raise ConfigError(f"{folder}: {UNSUPPORTED[arch]}")
+    try:
+        if arch in TRAINING_ONLY:
+            return _load_training_checkpoint(folder, cfg, device, dtype)
+        return SAE.load_from_disk(folder, device=device, dtype=dtype)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001  an unknown architecture, a damaged or truncated weights file: one line
+        msg = str(e).splitlines()[0] if str(e) else ""
+        if isinstance(e, KeyError):
+            msg = f"architecture {arch!r} is not one sae-lens {_sae_lens_version()} can load"
+        raise ConfigError(f"{folder}: the SAE does not load ({type(e).__name__}: {msg})") from None
+
+
+def _load_training_checkpoint(folder: Path, cfg: dict, device: str, dtype: str) -> SAE:
+    """A BatchTopK / Matryoshka-BatchTopK checkpoint → the JumpReLU SAE it runs as at inference, converted by
+    sae-lens itself (its threshold becomes the JumpReLU threshold)."""
+    import tempfile
+
+    from safetensors.torch import load_file
+    from sae_lens.registry import get_sae_training_class
+
+    cls, cfg_cls = get_sae_training_class(cfg["architecture"])
+    training = cls(cfg_cls.from_dict({**cfg, "device": "cpu", "dtype": "float32"}))
+    training.load_state_dict(load_file(folder / "sae_weights.safetensors"))
+    with tempfile.TemporaryDirectory() as tmp:
+        training.save_inference_model(tmp)
+        sae = SAE.load_from_disk(tmp, device=device, dtype=dtype)
+    log.info("%s: %s checkpoint loaded as the %s SAE it runs as at inference", folder, cfg["architecture"],
+             sae.cfg.architecture())
+    return sae
+
+
+def _sae_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("sae-lens")
 
 
 def _load_sparsify(spec: str, device: str, dtype: str) -> SAE:
@@ -146,9 +203,10 @@ class SparseEncoder:
         return acts[:, ids]
 
     def topk(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k largest activations by magnitude (an AbsTopK SAE's negative ones included, signed)."""
         acts = self.sae.encode(x)
-        values, indices = acts.topk(min(k, acts.shape[-1]), dim=-1)
-        return values, indices
+        _, indices = acts.abs().topk(min(k, acts.shape[-1]), dim=-1)
+        return acts.gather(-1, indices), indices
 
     def nonzeros(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All non-zero activations as CSR over tokens: (counts [N], indices [nnz], values [nnz])."""
