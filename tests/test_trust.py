@@ -21,13 +21,13 @@ from saexplain.cli import app
 from saexplain.errors import SaexplainError
 from saexplain.explain.sage import SAGE, SAGEConfig
 from saexplain.llm import LLM, LLMConfig
-from saexplain.llm.base import Backend, Completion, LLMError, Usage
+from saexplain.llm.base import Backend, LLMError, Usage
 from saexplain.llm.client import _cost
 from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
 from saexplain.report import summarize
 from saexplain.score.classifier import DetectionConfig
 from saexplain.store import RunBusy, StaleScore, Store
-from scripted_llm import ScriptedBackend, keyword_judge, scripted_llm, universal, yes_no
+from scripted_llm import ScriptedBackend, scripted_llm, universal, yes_no
 from test_pipeline import cfgs  # noqa: F401  (the fixture)
 from test_sage import Script, make_record, wife  # noqa: F401  (wife: the fixture)
 from test_scorers import GOOD, score
