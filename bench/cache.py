@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import record
 
 
 def child(tokens: int) -> None:
@@ -111,15 +112,20 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child)
+    raw: dict = {"rss": []}
     for n in args.rss_tokens:
         out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True,
                              env=os.environ, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
+        raw["rss"].append(r)
         print(f"{r['tokens']} tokens: {r['tokens'] / r['seconds']:.0f} tok/s, peak RSS {r['max_rss_mb']:.0f} MB, "
               f"{r['nonzeros']:,} non-zeros, {r['bytes_per_nonzero']:.3f} bytes per stored non-zero")
+    figures = {}
     if args.delphi_tokens:
-        delphi_side_by_side(args.delphi_tokens)
-    print(f"ratio: {ratio(args.ratio_tokens):.3f}")
+        figures["delphi_speedup"] = delphi_side_by_side(args.delphi_tokens)
+    figures["ratio"] = ratio(args.ratio_tokens)
+    record("cache", figures, raw)
+    print(f"ratio: {figures['ratio']:.3f}")
 
 
 if __name__ == "__main__":

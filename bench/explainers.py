@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from results import record
+
+from saexplain.cache.pipeline import cache_key
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
@@ -35,9 +38,12 @@ def main() -> None:
     cfgs = cpu_preset(f"random:{args.features}", "oneshot,oneshot+logitlens,sage",
                       "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm,
                       store=store)
-    if args.report_only:
+    if args.report_only:  # the run of exactly these settings (not the store's latest run)
+        key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
         with Store(store, readonly=True) as db:
-            run_id = db.runs("run")[-1]["id"]
+            run_id = db.find_run("run", cfgs.identity(key))
+            if run_id is None:
+                raise SystemExit(f"no run with these settings in {store} yet: run without --report-only first")
             s = summarize(db, run_id, baseline="oneshot")
         print(markdown(s))
     else:
@@ -53,6 +59,8 @@ def main() -> None:
     print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
           f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
     d = s["paired"].get("sage|generation")
+    record("explainers", {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens,
+                          "features": len(features)}, s)
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
               f"(n={d['n']} features)")

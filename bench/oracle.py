@@ -15,6 +15,7 @@ import statistics
 import time
 
 import torch
+from results import record
 
 from saexplain.data.corpus import default_corpus, iter_documents
 from saexplain.subject.oracle import Oracle, SubjectConfig
@@ -55,7 +56,7 @@ def main() -> None:
     oracle = Oracle.from_config(SubjectConfig())
     print(f"model: {oracle.subject.name}  hookpoint: {oracle.subject.hookpoint.saelens_name}  "
           f"SAE: {oracle.sae.cfg.architecture()} d_sae={oracle.d_sae}  threads={torch.get_num_threads()}")
-    ratios = {}
+    ratios, rows = {}, {}
     for name, n, length in (("64x32", 64, 32), ("8x128", 8, 128)):
         texts = texts_of_length(oracle, n, length)
         batches, n_tokens = padded_batches(oracle, texts)
@@ -73,8 +74,12 @@ def main() -> None:
             full.append(time.perf_counter() - t)
         r, f = statistics.median(raw), statistics.median(full)
         ratios[name] = r / f
+        rows[name] = {"text_tokens": n_tokens, "batches": len(batches), "raw_tok_s": n_tokens / r,
+                      "oracle_tok_s": n_tokens / f, "ratio": r / f, "raw_seconds": raw, "oracle_seconds": full}
         print(f"{name}: {n_tokens} text tokens in {len(batches)} batches | raw forward {n_tokens / r:.0f} tok/s | "
               f"oracle {n_tokens / f:.0f} tok/s | ratio {r / f:.3f}")
+    record("oracle", {"ratio": min(ratios.values())}, {"shapes": rows, "repeats": args.repeats,
+                                                       "threads": torch.get_num_threads()})
     print(f"ratio: {min(ratios.values()):.3f}")
 
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import torch
+from results import record
 
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import default_sae_dir, load_sae
@@ -39,6 +40,7 @@ def main() -> None:
                    fires_under_10_times_fraction=float((fired < 10).float().mean()), corpus_tokens=len(acts),
                    d_sae=int(sae.cfg.d_sae), k=int(sae.cfg.k))
     print(json.dumps(metrics, indent=1))
+    record("sae_quality", {"fve": metrics["fraction_variance_explained"]}, metrics)
     print(f"fve: {metrics['fraction_variance_explained']:.3f}")
 
 
