@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -679,3 +680,51 @@ def test_probe_shows_abstopk_negative_activations_signed(tiny_model_dir, tmp_pat
     out = _probe(tiny_model_dir, tmp_path / "abs", *sum((["--feature", str(f)] for f in feats), []))
     assert out.exit_code == 0, out.output
     assert any(cell.strip().startswith("-") for line in out.output.splitlines() for cell in line.split("│"))
+
+
+# ------------------------------------------------------------------------------------------ killed mid-run
+def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(cfgs, tmp_path):
+    """`saexplain run` in its own process against the fake server process, SIGKILLed at 3 moments; the rerun
+    stores exactly one row per item, equal to an uninterrupted run's (the fake server's replies are a function
+    of the request)."""
+    import signal
+
+    port = _free_port()
+
+    def args(store):
+        return [sys.executable, "-m", "saexplain.cli", "run", "--features", "0,1", "--explainers", "oneshot,sage",
+                "--scorers", "generation,detection", "--store", str(store), "--model", cfgs.subject.model,
+                "--sae", cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48",
+                "--tokens", "30000", "--window", "16", "--sage-selection", "none",
+                "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake"]
+
+    def rows(store):
+        with Store(store) as db:
+            (run,) = db.runs("run")
+            exps = db.explanations(run["id"])
+            scores = db.scores(run["id"])
+            n = db.conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0]
+            m = db.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        assert n == len(exps) and m == len(scores)  # nothing orphaned or duplicated
+        return (sorted((e["feature"], e["method"], e["status"], e["description"], json.dumps(e["labels"]))
+                       for e in exps),
+                sorted((s["feature"], s["method"], s["scorer"], s["status"], s["value"]) for s in scores))
+
+    with FaultServerProcess("scripted_llm:universal", port=port) as server:
+        whole = subprocess.run(args(tmp_path / "whole.db"), capture_output=True, text=True, timeout=300)
+        assert whole.returncode == 0, whole.stderr
+        total = server.requests
+        killed = tmp_path / "killed.db"
+        kills = 0
+        for fraction in (0.2, 0.5, 0.8):
+            start = server.requests
+            proc = subprocess.Popen(args(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while proc.poll() is None and server.requests - start < fraction * total:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGKILL)
+            kills += proc.wait() == -signal.SIGKILL
+        assert kills >= 2  # killed mid-run (a later start may finish first: its earlier replies are cached)
+        resumed = subprocess.run(args(killed), capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+    assert rows(killed) == rows(tmp_path / "whole.db")
+    assert len(rows(killed)[0]) == 4 and len(rows(killed)[1]) == 8
