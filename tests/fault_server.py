@@ -126,6 +126,8 @@ def _handled(handler, body: dict) -> tuple:
     out = handler(request)
     if out is None:
         return ("500",)
+    if isinstance(out, dict):  # {"action": ("429", retry_after)} and the like
+        return tuple(out["action"])
     return ("ok", out) if isinstance(out, str) else ("ok", out[0], out[1])
 
 

@@ -261,7 +261,7 @@ def test_transformers_backend_batches_concurrent_requests_like_solo_ones(tiny_mo
 
     backend.batches.clear()
     six, three, s1, s2 = run(mixed())
-    assert sorted(backend.batches) == [1, 1, 1, 1]
+    assert sorted(backend.batches) == [1, 1, 1]  # the two identical seeded requests share one generation
     assert three.tokens_out == 3 and six.texts == solo[1].texts
     assert s1.texts == s2.texts == run(llm.generate(prompt="The king", max_tokens=6, temperature=1.0, seed=5)).texts
 
@@ -298,3 +298,54 @@ def test_an_unusable_reply_is_not_served_from_the_cache_again(tmp_path):
     with FaultServer(default_text='{"label": "cats", "score": 3}') as server:
         obj, comp = run(client(server, store=store).generate_json(MSG, SCHEMA))
         assert obj["label"] == "cats" and not comp.cached and len(server.requests) == 1
+
+
+def test_backoff_frees_the_slot_so_a_429_storm_does_not_stall_other_requests():
+    """One slot; the first request meets 429s (Retry-After 1 s) three times: while it sleeps, the other
+    requests go through the slot, so they finish long before it."""
+    storms = {"n": 0}
+
+    def handler(req):
+        if req.prompt == "request 0" and storms["n"] < 3:
+            storms["n"] += 1
+            return {"action": ("429", 1.0)}
+        return "late" if req.prompt == "request 0" else "quick"
+
+    with FaultServer(handler=handler) as server:
+        llm = client(server, max_concurrency=1, retries=5)
+        done: dict[str, float] = {}
+
+        async def one(i):
+            t0 = time.perf_counter()
+            comp = await llm.generate(prompt=f"request {i}")
+            done[i] = time.perf_counter() - t0
+            return comp.text
+
+        async def storm():
+            first = asyncio.create_task(one(0))
+            await asyncio.sleep(0.2)  # the first one is sleeping in backoff now
+            return await asyncio.gather(first, *(one(i) for i in range(1, 6)))
+
+        texts = run(storm())
+    assert texts == ["late"] + ["quick"] * 5
+    assert max(done[i] for i in range(1, 6)) < 1.0 < done[0]
+
+
+def test_identical_requests_in_flight_share_one_call(tmp_path):
+    with FaultServer(default_text="shared", delay=0.3) as server:
+        llm = client(server, store=Store(tmp_path / "s.db"), max_concurrency=8)
+
+        async def same():
+            return await asyncio.gather(*(llm.generate(prompt="the same question") for _ in range(5)),
+                                        llm.generate(prompt="another question"))
+
+        comps = run(same())
+        assert [c.text for c in comps] == ["shared"] * 6 and len(server.requests) == 2
+        assert llm.usage.calls == 2 and llm.usage.cached == 4
+        sampled = LLM(LLMConfig(llm=f"openai-compatible:{server.url}#m", cache=False), backend=llm.backend)
+
+        async def unseeded():  # sampled without a seed and without the cache: asked apart
+            return await asyncio.gather(*(sampled.generate(prompt="x", temperature=1.0) for _ in range(3)))
+
+        run(unseeded())
+        assert len(server.requests) == 5

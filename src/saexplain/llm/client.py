@@ -84,6 +84,7 @@ class LLM:
         self.usage_by_feature: dict[int | None, Usage] = defaultdict(Usage)
         self._semaphore: asyncio.Semaphore | None = None
         self._loop = None
+        self._inflight: dict[str, asyncio.Future] = {}  # request key → the reply of the identical request in flight
 
     def _sem(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -102,6 +103,9 @@ class LLM:
         return await self.complete(request, feature=feature)
 
     async def complete(self, request: Request, feature: int | None = None) -> Completion:
+        """One request: from the request cache, joined to an identical request already in flight, or sent (with
+        retries). The concurrency slot is held per attempt, never while sleeping in backoff, so a 429 storm on
+        some requests does not stall the others."""
         key = request.key(self.backend.name, self.backend.model)
         if self.cfg.cache and self.store is not None:
             hit = self.store.llm_cache_get(key)
@@ -110,28 +114,56 @@ class LLM:
                 comp.extra["request_key"] = key
                 self._account(Usage(cached=1, tokens_cached=comp.tokens_in + comp.tokens_out), feature)
                 return comp
+        # identical requests in flight share one call, where asking twice would give the same answer anyway (the
+        # request cache's rule: greedy, seeded, or cached)
+        coalesce = self.cfg.cache or request.temperature == 0 or request.seed is not None
+        pending = self._inflight.get(key) if coalesce else None
+        if pending is not None and pending.get_loop() is asyncio.get_running_loop():
+            comp = Completion.from_dict((await asyncio.shield(pending)).to_dict(), cached=True)
+            comp.extra["request_key"] = key
+            self._account(Usage(cached=1, tokens_cached=comp.tokens_in + comp.tokens_out), feature)
+            return comp
+        fut: asyncio.Future | None = None
+        if coalesce:
+            fut = asyncio.get_running_loop().create_future()
+            self._inflight[key] = fut
+        try:
+            comp = await self._send(request, key, feature)
+        except BaseException as e:
+            if fut is not None:
+                fut.set_exception(e if isinstance(e, Exception) else LLMError("request cancelled"))
+                fut.exception()  # retrieved: a failure nobody joined is not reported as unhandled
+            raise
+        finally:
+            if fut is not None and self._inflight.get(key) is fut:
+                del self._inflight[key]
+        if fut is not None:
+            fut.set_result(comp)
+        return comp
+
+    async def _send(self, request: Request, key: str, feature: int | None) -> Completion:
         last: Exception | None = None
         attempts = 0
-        async with self._sem():
-            for attempt in range(self.cfg.retries + 1):
-                attempts += 1
-                try:
+        for attempt in range(self.cfg.retries + 1):
+            attempts += 1
+            try:
+                async with self._sem():  # the slot is held for the attempt only
                     comp = await asyncio.wait_for(self.backend.complete(request, self.cfg.timeout),
                                                   self.cfg.timeout + 1.0)
-                    break
-                except TimeoutError:
-                    last = RetryableError(f"no reply within {self.cfg.timeout:.0f}s")
-                except RetryableError as e:
-                    last = e
-                except LLMError as e:
-                    self._fail(request, key, e, feature, attempts)
-                    raise
-                if attempt < self.cfg.retries:
-                    await asyncio.sleep(self._delay(attempt, getattr(last, "retry_after", None)))
-            else:
-                err = LLMError(f"{self.backend.name}:{self.backend.model} failed after {attempts} attempts: {last}")
-                self._fail(request, key, err, feature, attempts)
-                raise err
+                break
+            except TimeoutError:
+                last = RetryableError(f"no reply within {self.cfg.timeout:.0f}s")
+            except RetryableError as e:
+                last = e
+            except LLMError as e:
+                self._fail(request, key, e, feature, attempts)
+                raise
+            if attempt < self.cfg.retries:
+                await asyncio.sleep(self._delay(attempt, getattr(last, "retry_after", None)))
+        else:
+            err = LLMError(f"{self.backend.name}:{self.backend.model} failed after {attempts} attempts: {last}")
+            self._fail(request, key, err, feature, attempts)
+            raise err
         cost = 0.0 if getattr(self.backend, "local", False) else _cost(self.backend.model, comp.tokens_in,
                                                                         comp.tokens_out)
         self._account(Usage(calls=1, tokens_in=comp.tokens_in, tokens_out=comp.tokens_out, seconds=comp.seconds,
