@@ -61,6 +61,8 @@ def test_run_end_to_end_then_resume_without_redoing(cfgs):
 
 
 def test_a_crash_mid_run_loses_no_finished_feature(cfgs):
+    # one feature at a time, so that the crash falls in feature 1 (test_trust kills concurrent runs)
+    cfgs = StageConfigs(**{**cfgs.__dict__, "run": RunConfig(**{**cfgs.run.model_dump(), "run_concurrency": 1})})
     state = {"n": 0}
 
     def crashing(req):

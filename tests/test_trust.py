@@ -728,3 +728,60 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
         assert resumed.returncode == 0, resumed.stderr
     assert rows(killed) == rows(tmp_path / "whole.db")
     assert len(rows(killed)[0]) == 4 and len(rows(killed)[1]) == 8
+
+
+# ------------------------------------------------------------------------------------ concurrent pipeline
+def _stored(store: str):
+    with Store(store) as db:
+        (run,) = db.runs("run")
+        exps = sorted((e["feature"], e["method"], e["status"], e["description"], tuple(e["labels"]))
+                      for e in db.explanations(run["id"]))
+        scores = sorted((s["feature"], s["method"], s["scorer"], s["status"],
+                         None if s["value"] is None else round(s["value"], 6)) for s in db.scores(run["id"]))
+    return exps, scores
+
+
+def test_a_run_at_concurrency_16_stores_what_a_run_at_concurrency_1_stores(cfgs, tmp_path):
+    from saexplain.score.simulation import SimulationConfig
+
+    stored = {}
+    for n in (1, 16):
+        c = with_run(cfgs, LLMConfig(max_concurrency=n), features="0,1,2,3,4,5", run_concurrency=n,
+                     scorers="detection,generation,simulation,embedding", store=str(tmp_path / f"c{n}.db"))
+        c = StageConfigs(**{**c.__dict__, "simulation": SimulationConfig(logprobs=False)})
+        backend = ScriptedBackend(universal)
+        run_all(c, backend=backend, **QUIET)  # the scripted LLM fails some items: failures must match too
+        stored[n] = _stored(c.run.store)
+    assert stored[1] == stored[16]
+    exps, scores = stored[1]
+    assert len(exps) == 12 and len(scores) == 4 * sum(e[2] == "ok" for e in exps) >= 40
+
+
+def test_the_oracle_batches_concurrent_callers_and_each_gets_its_solo_result(ground_truth):
+    from saexplain.subject.oracle import Oracle, SubjectConfig
+
+    oracle = Oracle.from_config(SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])))
+    asks = [(["His wife came home.", "The river ran."], [0]), (["The wife and the husband."], [1, 0]),
+            (["A wife sang at dawn.", "His wife came home."], [0, 1, 5]), (["Nothing here."], None),
+            (["The old king spoke."], [7])]
+    solo = [oracle.activations(t, f) for t, f in asks]
+
+    async def together():
+        return await asyncio.gather(*(oracle.aactivations(t, f) for t, f in asks))
+
+    oracle.forwards.clear()
+    batched = asyncio.run(together())
+    assert len(oracle.forwards) == 2  # one forward for the feature requests, one for the top-k request
+    for a, b in zip(solo, batched):
+        for ra, rb in zip(a, b):
+            assert ra.tokens == rb.tokens and ra.features == rb.features
+            np.testing.assert_allclose(rb.acts, ra.acts, rtol=1e-5, atol=1e-6)
+            if ra.indices is not None:
+                assert (ra.indices == rb.indices).all()
+
+    async def one_bad():
+        return await asyncio.gather(oracle.aactivations(["fine"], [0]), oracle.aactivations(["x"], [10 ** 6]),
+                                    return_exceptions=True)
+
+    good, bad = asyncio.run(one_bad())
+    assert isinstance(bad, SaexplainError) and good[0].features == [0]

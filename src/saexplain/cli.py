@@ -269,7 +269,8 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
             llm = LLM(h.configs.llm, store=db, run_id=run_id)
 
             async def go():
-                c = await score_stage(h, db, llm, oracle, names, echo)
+                concurrency = h.configs.run.run_concurrency or (1 if getattr(llm.backend, "local", False) else 32)
+                c = await score_stage(h, db, llm, oracle, names, echo, concurrency=concurrency)
                 await llm.aclose()
                 return c
 

@@ -242,7 +242,7 @@ class SAGE(Explainer):
                 break
             # RUN_TEST: all probes of the round in one oracle batch
             budget.probes += len(tests)
-            results = oracle.activations([t.probe for _, t in tests], [f])
+            results = await oracle.aactivations([t.probe for _, t in tests], [f])
             for (h, t), res in zip(tests, results):
                 col = res.feature(f)
                 t.measured = float(col.max()) if col.size else 0.0
@@ -298,7 +298,7 @@ class SAGE(Explainer):
                                                        and h.status != REFUTED])
         chosen, proxy = description, {}
         if cfg.selection == "embedding" and len(candidates) > 1:
-            chosen, proxy = _select(record, candidates)
+            chosen, proxy = await _select(record, candidates)
             trace("selection", {"proxy": "embedding AUROC on the explain pool", "scores": proxy, "chosen": chosen})
         evidence = {
             "hypotheses": [{"id": h.id, "text": h.text, "negative": h.negative, "status": h.status,
@@ -447,18 +447,17 @@ def _dedupe(texts: list[str]) -> list[str]:
     return out
 
 
-def _select(record: FeatureRecord, candidates: list[str]) -> tuple[str, dict[str, float | None]]:
+async def _select(record: FeatureRecord, candidates: list[str]) -> tuple[str, dict[str, float | None]]:
     """The candidate whose MiniLM similarity best separates the *explain* pool's activating windows from its
     non-activating ones (AUROC); the score pool is never read here."""
-    from saexplain.embeddings import embedder
+    from saexplain.embeddings import aencode
     from saexplain.metrics import auroc
 
     pos = [w.text for w in record.activating("explain")[:20]]
     neg = [w.text for w in record.negatives("explain")[:20]]
     if not pos or not neg:
         return candidates[0], {}
-    m = embedder("default")
-    vecs = m.encode(candidates + pos + neg, normalize_embeddings=True, show_progress_bar=False)
+    vecs = await aencode(candidates + pos + neg)
     c, texts = vecs[: len(candidates)], vecs[len(candidates):]
     truth = [True] * len(pos) + [False] * len(neg)
     scores = {cand: auroc(texts @ c[i], truth) for i, cand in enumerate(candidates)}

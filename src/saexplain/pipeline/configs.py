@@ -50,6 +50,9 @@ class RunConfig(Config):
     store: str | None = Field(None, description="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")
     name: str = Field("", description="a run name: runs with different names never share explanations (the "
                       "same settings otherwise resume and extend one run)")
+    run_concurrency: int | None = Field(None, ge=1, description="features in flight at once (default: 1 for an "
+                                        "in-process LLM, 32 for a server; LLM requests are capped by "
+                                        "--max-concurrency)")
 
     @property
     def explainer_names(self) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,6 +145,145 @@ def _counts() -> dict[str, int]:
     return {"done": 0, "skipped": 0, "degraded": 0, "failed": 0}
 
 
+# ------------------------------------------------------------------------------ plan → execute → persist
+@dataclass
+class ExplainItem:
+    feature: int
+    method: str
+    explainer: Any
+    fingerprint: str
+
+
+@dataclass
+class ScoreItem:
+    explanation: dict  # the stored row (id, feature, method, description, text_hash)
+    scorer_name: str
+    scorer: Any
+    config_hash: str
+
+
+def plan_explanations(h: RunHandle, store: Store, feature: int) -> list[ExplainItem]:
+    """The (feature, method) items due: no ok row made with the explainer's current fingerprint ('' = made
+    before explanations kept their fingerprint: kept)."""
+    due = []
+    for name in h.configs.run.explainer_names:
+        explainer = h.configs.explainer(name)
+        fp = explainer.fingerprint()
+        have = store.explanations(h.run_id, feature=feature, method=name)
+        if not (have and have[0]["status"] == "ok" and have[0]["config_hash"] in ("", fp)):
+            due.append(ExplainItem(feature, name, explainer, fp))
+    return due
+
+
+def plan_scores(h: RunHandle, store: Store, feature: int, scorers: list[str]) -> tuple[list[ScoreItem], int]:
+    """The (explanation, scorer) items due for the feature's ok explanations: no ok score made with the
+    scorer's current config on the explanation's current text. Also returns how many are already done."""
+    due, done = [], 0
+    for e in store.explanations(h.run_id, feature=feature, ok_only=True):
+        for name in scorers:
+            scorer = h.configs.scorer(name)
+            cfg_hash = scorer.cfg.hash()
+            old = store.score(e["id"], name)
+            if old is not None and old["status"] == "ok" and old["config_hash"] == cfg_hash \
+                    and old["text_hash"] == e["text_hash"]:
+                done += 1
+            else:
+                due.append(ScoreItem(e, name, scorer, cfg_hash))
+    return due, done
+
+
+async def execute_explanation(item: ExplainItem, record: FeatureRecord, llm: LLM, oracle: Oracle):
+    """An item in, an Explanation or the exception out: no store, no shared state."""
+    try:
+        return await item.explainer.explain(record, llm, oracle)
+    except Exception as e:  # noqa: BLE001  a failure is a result too (persisted as a failed row)
+        return e
+
+
+async def execute_score(item: ScoreItem, record: FeatureRecord, llm: LLM, oracle: Oracle):
+    t0 = time.perf_counter()
+    try:
+        res = await item.scorer.score(record, item.explanation["description"], llm, oracle)
+    except Exception as e:  # noqa: BLE001
+        res = e
+    return res, time.perf_counter() - t0
+
+
+def persist_explanation(store: Store, h: RunHandle, item: ExplainItem, result, counts: dict[str, int],
+                        echo: Callable[[str], None]) -> None:
+    f, name, fp = item.feature, item.method, item.fingerprint
+    if isinstance(result, Exception):
+        kept = store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(result),
+                                     config_hash=fp, status="failed") is None
+        counts["failed"] += 1
+        if not isinstance(result, LLMError):
+            log.error("explainer %s failed on feature %s", name, f, exc_info=result)
+        echo(f"  feature {f} {name}: FAILED ({_error_text(result)})"
+             + ("; the earlier explanation is kept" if kept else ""))
+        return
+    exp = result
+    kept = store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
+                                 exp.trace, seconds=exp.seconds, config_hash=fp, status=exp.status,
+                                 error=exp.reason) is None
+    if exp.status == "ok":
+        counts["done"] += 1
+        echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): {exp.description}")
+    else:
+        counts["degraded"] += 1
+        echo(f"  feature {f} {name}: DEGRADED ({exp.reason})"
+             + ("; the earlier explanation is kept" if kept else f": {exp.description}"))
+
+
+def persist_score(store: Store, item: ScoreItem, result, seconds: float, counts: dict[str, int],
+                  echo: Callable[[str], None]) -> None:
+    e, name = item.explanation, item.scorer_name
+    where = f"  feature {e['feature']} {e['method']} {name}"
+    if isinstance(result, Exception):
+        if not isinstance(result, LLMError):
+            log.error("scorer %s failed on feature %s", name, e["feature"], exc_info=result)
+        if _put_score(store, e, name, None, {}, {}, item.config_hash, seconds, "failed", _error_text(result), echo):
+            echo(f"{where}: FAILED ({_error_text(result)})")
+        counts["failed"] += 1
+        return
+    if not _put_score(store, e, name, result.value, result.details, result.usage, item.config_hash, seconds,
+                      result.status, result.reason, echo):
+        counts["failed"] += 1
+        return
+    value = "n/a" if result.value is None else f"{result.value:.3f}"
+    if result.status == "ok":
+        counts["done"] += 1
+        echo(f"{where}: {value} ({seconds:.0f}s)")
+    else:
+        counts["degraded"] += 1
+        echo(f"{where}: DEGRADED {value} ({result.reason})")
+
+
+async def explain_feature(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, feature: int,
+                          counts: dict[str, int], echo: Callable[[str], None]) -> None:
+    """Every due explainer of a feature at once; each result is persisted as it finishes."""
+    due = plan_explanations(h, store, feature)
+    counts["skipped"] += len(h.configs.run.explainer_names) - len(due)
+
+    async def one(item: ExplainItem):
+        persist_explanation(store, h, item, await execute_explanation(item, h.records[feature], llm, oracle),
+                            counts, echo)
+
+    await asyncio.gather(*(one(item) for item in due))
+
+
+async def score_feature(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, feature: int, scorers: list[str],
+                        counts: dict[str, int], echo: Callable[[str], None]) -> None:
+    """Every due (explanation, scorer) of a feature at once; each score is persisted as it finishes."""
+    due, done = plan_scores(h, store, feature, scorers)
+    counts["skipped"] += done
+
+    async def one(item: ScoreItem):
+        result, seconds = await execute_score(item, h.records[feature], llm, oracle)
+        persist_score(store, item, result, seconds, counts, echo)
+
+    await asyncio.gather(*(one(item) for item in due))
+
+
 async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
                         echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
     """Explain every due (feature, method): due when there is no ok row made with the explainer's current
@@ -151,81 +291,26 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
     result never replaces a better stored one."""
     counts = _counts()
     for f in features if features is not None else list(h.records):
-        record = h.records[f]
-        for name in h.configs.run.explainer_names:
-            explainer = h.configs.explainer(name)
-            fp = explainer.fingerprint()
-            have = store.explanations(h.run_id, feature=f, method=name)
-            # '' = made before explanations kept their fingerprint: kept
-            if have and have[0]["status"] == "ok" and have[0]["config_hash"] in ("", fp):
-                counts["skipped"] += 1
-                continue
-            try:
-                exp = await explainer.explain(record, llm, oracle)
-            except Exception as e:  # noqa: BLE001  recorded (with its type), retried by the next run; others go on
-                kept = store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(e),
-                                             config_hash=fp, status="failed") is None
-                counts["failed"] += 1
-                if not isinstance(e, LLMError):
-                    log.exception("explainer %s failed on feature %s", name, f)
-                echo(f"  feature {f} {name}: FAILED ({_error_text(e)})"
-                     + ("; the earlier explanation is kept" if kept else ""))
-                continue
-            kept = store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
-                                         exp.trace, seconds=exp.seconds, config_hash=fp, status=exp.status,
-                                         error=exp.reason) is None
-            if exp.status == "ok":
-                counts["done"] += 1
-                echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): "
-                     f"{exp.description}")
-            else:
-                counts["degraded"] += 1
-                echo(f"  feature {f} {name}: DEGRADED ({exp.reason})"
-                     + ("; the earlier explanation is kept" if kept else f": {exp.description}"))
+        await explain_feature(h, store, llm, oracle, f, counts, echo)
     return counts
 
 
 async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scorers: list[str] | None = None,
-                      echo: Callable[[str], None] = print, features: list[int] | None = None) -> dict[str, int]:
+                      echo: Callable[[str], None] = print, features: list[int] | None = None,
+                      concurrency: int = 1) -> dict[str, int]:
     """Score every ok explanation of `features` (default: the run's records) with every scorer, where no ok
-    score made with the scorer's current config exists for the explanation's current text."""
+    score made with the scorer's current config exists for the explanation's current text; `concurrency`
+    features at a time."""
     counts = _counts()
     scorers = scorers or h.configs.run.scorer_names
-    for f in features if features is not None else list(h.records):
-        record = h.records.get(f)
-        if record is None:
-            continue
-        for e in store.explanations(h.run_id, feature=f, ok_only=True):
-            for name in scorers:
-                scorer = h.configs.scorer(name)
-                cfg_hash = scorer.cfg.hash()
-                old = store.score(e["id"], name)
-                if old is not None and old["status"] == "ok" and old["config_hash"] == cfg_hash \
-                        and old["text_hash"] == e["text_hash"]:
-                    counts["skipped"] += 1
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    res = await scorer.score(record, e["description"], llm, oracle)
-                except Exception as err:  # noqa: BLE001  recorded, retried by the next run; the others go on
-                    if not isinstance(err, LLMError):
-                        log.exception("scorer %s failed on feature %s", name, e["feature"])
-                    _put_score(store, e, name, None, {}, {}, cfg_hash, time.perf_counter() - t0, "failed",
-                               _error_text(err), echo)
-                    counts["failed"] += 1
-                    echo(f"  feature {e['feature']} {e['method']} {name}: FAILED ({_error_text(err)})")
-                    continue
-                if not _put_score(store, e, name, res.value, res.details, res.usage, cfg_hash,
-                                  time.perf_counter() - t0, res.status, res.reason, echo):
-                    counts["failed"] += 1
-                    continue
-                value = "n/a" if res.value is None else f"{res.value:.3f}"
-                if res.status == "ok":
-                    counts["done"] += 1
-                    echo(f"  feature {e['feature']} {e['method']} {name}: {value} ({time.perf_counter() - t0:.0f}s)")
-                else:
-                    counts["degraded"] += 1
-                    echo(f"  feature {e['feature']} {e['method']} {name}: DEGRADED {value} ({res.reason})")
+    sem = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(f: int):
+        async with sem:
+            await score_feature(h, store, llm, oracle, f, scorers, counts, echo)
+
+    await asyncio.gather(*(one(f) for f in (features if features is not None else list(h.records))
+                           if f in h.records))
     return counts
 
 
@@ -317,17 +402,29 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
         totals = {"explain": [0.0, _counts()], "score": [0.0, _counts()]}
         with RunLease(store, h.run_id):
             llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
+            concurrency = cfgs.run.run_concurrency or (1 if getattr(llm.backend, "local", False) else 32)
+            echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency}")
 
             async def go():
-                # feature by feature: a killed run keeps every finished feature explained *and* scored
-                for i, f in enumerate(h.records):
-                    echo(f"feature {f} ({i + 1}/{len(h.records)})")
-                    for stage, fn in (("explain", explain_stage), ("score", score_stage)):
-                        t = time.perf_counter()
-                        c = await fn(h, store, llm, oracle, echo=echo, features=[f])
-                        totals[stage][0] += time.perf_counter() - t
-                        for k, v in c.items():
-                            totals[stage][1][k] += v
+                # a bounded pool of feature tasks; a feature's explainers run together, then its scorers; every
+                # item persists as it finishes, so a killed run keeps every finished item
+                sem = asyncio.Semaphore(concurrency)
+                started = {"n": 0}
+
+                async def feature_task(f: int):
+                    async with sem:
+                        started["n"] += 1
+                        echo(f"feature {f} ({started['n']}/{len(h.records)})")
+                        for stage in ("explain", "score"):
+                            t = time.perf_counter()
+                            if stage == "explain":
+                                await explain_feature(h, store, llm, oracle, f, totals[stage][1], echo)
+                            else:
+                                await score_feature(h, store, llm, oracle, f, cfgs.run.scorer_names,
+                                                    totals[stage][1], echo)
+                            totals[stage][0] += time.perf_counter() - t
+
+                await asyncio.gather(*(feature_task(f) for f in h.records))
                 await llm.aclose()
 
             asyncio.run(go())

@@ -9,7 +9,7 @@ from typing import ClassVar
 from pydantic import Field
 
 from saexplain.config import Config
-from saexplain.embeddings import similarities
+from saexplain.embeddings import asimilarities
 from saexplain.sampling.record import FeatureRecord
 from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc
 from saexplain.score.classifier import spread
@@ -33,7 +33,7 @@ class Embedding(Scorer):
         neg = record.negatives("score")[: self.cfg.negatives]
         if not pos or not neg:
             return ScoreResult(None, {"error": "the score pool lacks activating or non-activating windows"})
-        sims = similarities(explanation, [w.text for w in pos + neg], self.cfg.model)
+        sims = await asimilarities(explanation, [w.text for w in pos + neg], self.cfg.model)
         truth = [True] * len(pos) + [False] * len(neg)
         value = auroc(sims, truth)
         return ScoreResult(value, {"auroc": value, "activating_mean": float(sims[:len(pos)].mean()),

@@ -52,7 +52,7 @@ class Generation(Scorer):
                                          temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)
         sentences = obj["sentences"]
-        acts = [r.max(record.feature) for r in oracle.activations(sentences, [record.feature])]
+        acts = [r.max(record.feature) for r in await oracle.aactivations(sentences, [record.feature])]
         ref = record.reference(self.cfg.reference)
         hits = [a >= self.cfg.fraction * ref for a in acts]
         return ScoreResult(float(np.mean(hits)), {
@@ -80,7 +80,7 @@ class Contrast(Scorer):
                                          max_tokens=2 * TOKENS_PER_SENTENCE * n + 30,
                                          temperature=self.cfg.temperature, seed=self.cfg.seed,
                                          feature=record.feature)
-        res = oracle.activations(obj["matching"] + obj["unrelated"], [record.feature])
+        res = await oracle.aactivations(obj["matching"] + obj["unrelated"], [record.feature])
         acts = [r.max(record.feature) for r in res]
         pos, neg = float(np.mean(acts[:n])), float(np.mean(acts[n:]))
         return ScoreResult(float(pos > neg), {

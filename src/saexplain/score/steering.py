@@ -8,6 +8,7 @@ Value 1 when it picks this feature's set (chance: 1/3)."""
 from __future__ import annotations
 
 import string
+import weakref
 from typing import ClassVar
 
 import numpy as np
@@ -29,7 +30,23 @@ class SteeringConfig(Config):
     seed: int = Field(0, description="distractor choice and set order")
 
 
+_STEERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # oracle → {(feature, cfg hash): set}
+
+
 def steered_set(oracle, feature: int, cfg: SteeringConfig) -> tuple[list[str], list[dict]]:
+    """The steered continuations, with the model held alone (the hook changes every forward while it is on).
+    They depend on the feature and the config only (greedy), so they are computed once per oracle: every
+    explanation of a feature, and every feature drawn as a distractor, reuse them."""
+    memo = _STEERED.setdefault(oracle, {})
+    key = (feature, cfg.hash())
+    if key not in memo:
+        with oracle.exclusive():
+            memo[key] = _steered_set(oracle, feature, cfg)
+    texts, levels = memo[key]
+    return list(texts), [dict(x) for x in levels]
+
+
+def _steered_set(oracle, feature: int, cfg: SteeringConfig) -> tuple[list[str], list[dict]]:
     from saexplain.subject.steering import calibrate, continuations
 
     direction = oracle.decoder_direction(feature).float()

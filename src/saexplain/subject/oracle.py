@@ -4,7 +4,10 @@ Every stage that needs activations (SAGE probes, scorers, SAEExplainer rewards, 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +66,11 @@ class Oracle:
         self.max_batch_tokens = max_batch_tokens
         self.d_sae = int(sae.cfg.d_sae)
         validate_pair(subject, sae)
+        # the oracle owns the model: every forward (batched activations, the cache, steering) holds this lock
+        self._lock = threading.RLock()
+        self._pending: list[tuple[list[str], list[int] | None, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+        self.forwards: list[int] = []  # texts per batched call of aactivations (for tests and benchmarks)
 
     @classmethod
     def from_config(cls, cfg: SubjectConfig) -> Oracle:
@@ -90,11 +98,78 @@ class Oracle:
             out.append(int(f))
         return out
 
+    @contextmanager
+    def exclusive(self):
+        """Hold the model alone (steering changes every forward while its hook is on)."""
+        with self._lock:
+            yield self
+
+    async def aactivations(self, texts: Sequence[str], features: Sequence[int] | None = None
+                           ) -> list[TextActivations]:
+        """`activations()` for concurrent callers: requests issued while a forward runs (or in the same tick)
+        are served by one batched forward over the union of their texts and features, off the event loop; each
+        caller gets its own texts and features, as it would alone."""
+        if isinstance(texts, str):
+            raise SaexplainError("activations() takes a list of texts, got one string")
+        feats = None if features is None else self.check_features(features)  # a bad id fails its caller only
+        loop = asyncio.get_running_loop()
+        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
+            self._pending, self._drainer = [], None
+        fut = loop.create_future()
+        self._pending.append((list(texts), feats, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # requests issued in the same tick join the first batch
+        while self._pending:
+            group, self._pending = self._pending, []
+            for want_features in (True, False):  # top-k requests and chosen-feature requests batch apart
+                part = [r for r in group if (r[1] is not None) == want_features and not r[2].done()]
+                if part:
+                    await self._serve(part)
+
+    async def _serve(self, part) -> None:
+        texts = list(dict.fromkeys(t for r in part for t in r[0]))
+        feats = sorted({f for r in part for f in r[1]}) if part[0][1] is not None else None
+        try:
+            results = await asyncio.to_thread(self.activations, texts, feats)
+        except Exception:  # noqa: BLE001  one caller's bad input must not fail the others: each alone
+            for r in part:
+                try:
+                    res = await asyncio.to_thread(self.activations, r[0], r[1])
+                except Exception as e:  # noqa: BLE001  handed to its caller
+                    if not r[2].done():
+                        r[2].set_exception(e)
+                else:
+                    if not r[2].done():
+                        r[2].set_result(res)
+            return
+        self.forwards.append(len(texts))
+        by_text = dict(zip(texts, results))
+        for r_texts, r_feats, fut in part:
+            if fut.done():
+                continue
+            out = []
+            for t in r_texts:
+                res = by_text[t]
+                if r_feats is not None and r_feats != feats:
+                    cols = [feats.index(f) for f in r_feats]
+                    res = TextActivations(text=res.text, tokens=res.tokens, token_ids=res.token_ids,
+                                          features=list(r_feats), acts=res.acts[:, cols], indices=None)
+                out.append(res)
+            fut.set_result(out)
+
     @torch.inference_mode()
     def activations(self, texts: Sequence[str], features: Sequence[int] | None = None) -> list[TextActivations]:
         """Per text: token strings and per-token activations of `features` (or the sparse top-k of all)."""
         if isinstance(texts, str):
             raise SaexplainError("activations() takes a list of texts, got one string")
+        with self._lock:
+            return self._activations(texts, features)
+
+    def _activations(self, texts: Sequence[str], features: Sequence[int] | None) -> list[TextActivations]:
         feats = None if features is None else self.check_features(features)
         ids_t = None if feats is None else torch.tensor(feats, dtype=torch.long, device=self.sae.W_enc.device)
         tokenized = self.subject.tokenize(texts)
@@ -133,7 +208,8 @@ class Oracle:
     def codes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Sparse codes of pre-tokenised input [B, T] (BOS included by the caller): CSR over the B×T tokens,
         (counts [B*T], indices [nnz], values [nnz]); BOS and padding positions have no entries."""
-        hidden = self.subject.hidden(input_ids, attention_mask)
+        with self._lock:
+            hidden = self.subject.hidden(input_ids, attention_mask)
         keep = torch.ones(input_ids.shape, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         keep = keep & (input_ids != self.subject.tokenizer.bos_token_id) if self.subject.prepend_bos else keep
         counts = torch.zeros(input_ids.numel(), dtype=torch.long)

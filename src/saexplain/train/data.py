@@ -144,7 +144,7 @@ async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_te
                                      max_tokens=(TEXT_CHARS // 3) * n_texts + 20, temperature=0.0,
                                      feature=feature)
     texts = obj["texts"]
-    raw = max(r.max(feature) for r in oracle.activations(texts, [feature]))
+    raw = max(r.max(feature) for r in await oracle.aactivations(texts, [feature]))
     return Candidate(candidate, raw / max_act if max_act > 0 else 0.0, raw, texts)
 
 
