@@ -153,9 +153,9 @@ class FaultServerProcess:
     """The fake server as a separate process (`python tests/fault_server.py --handler module:function`), so that
     tests see a real server over real sockets, as a user's run would."""
 
-    def __init__(self, handler: str, default_text: str = "ok", port: int = 0):
+    def __init__(self, handler: str, default_text: str = "ok", port: int = 0, delay: float = 0.0):
         self.args = [sys.executable, str(Path(__file__)), "--handler", handler, "--default-text", default_text,
-                     "--port", str(port)]
+                     "--port", str(port), "--delay", str(delay)]
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
@@ -191,12 +191,13 @@ def main() -> None:
     ap.add_argument("--handler", default=None, help="module:function of a saexplain Request → text (None: 500)")
     ap.add_argument("--default-text", default="ok")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds every reply takes (slots are unlimited)")
     args = ap.parse_args()
     handler = None
     if args.handler:
         mod, _, fn = args.handler.partition(":")
         handler = getattr(importlib.import_module(mod), fn)
-    server = FaultServer(default_text=args.default_text, handler=handler, port=args.port)
+    server = FaultServer(default_text=args.default_text, handler=handler, port=args.port, delay=args.delay)
     print(server.url, flush=True)
     server.httpd.serve_forever()
 

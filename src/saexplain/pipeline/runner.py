@@ -66,6 +66,7 @@ class RunHandle:
     records: dict[int, FeatureRecord]
     folder: Path
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → done/skipped/degraded/failed
+    timing: dict[str, float] = field(default_factory=dict)  # the explain/score loop: wall and CPU seconds
 
     @property
     def ok(self) -> bool:
@@ -427,7 +428,10 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
                 await asyncio.gather(*(feature_task(f) for f in h.records))
                 await llm.aclose()
 
+            wall, cpu = time.perf_counter(), time.process_time()
             asyncio.run(go())
+            h.timing = {"loop_wall": time.perf_counter() - wall, "loop_cpu": time.process_time() - cpu,
+                        "run_concurrency": concurrency}
         for stage, (secs, c) in totals.items():
             echo(f"{stage}: {c['done']} new, {c['skipped']} already done, {c['degraded']} degraded, "
                  f"{c['failed']} failed ({secs:.1f}s)")

@@ -108,5 +108,9 @@ class Simulation(Scorer):
             rows.append({"level": level, "tokens": toks, "true": truth.round(3).tolist(),
                          "predicted": [round(p, 3) for p in pred], "r": r, "from": source})
         pooled = pearson(all_true, all_pred)
-        return ScoreResult(pooled, {"pooled_r": pooled, "mean_snippet_r": float(np.mean(per_snippet))
-                                    if per_snippet else None, "snippets": rows})
+        details = {"pooled_r": pooled, "mean_snippet_r": float(np.mean(per_snippet)) if per_snippet else None,
+                   "snippets": rows}
+        if pooled is None:  # Pearson r is undefined when either side does not vary
+            side = "the predicted activations" if np.ptp(all_pred) == 0 else "the true activations"
+            details["error"] = f"r undefined: {side} are constant over the {len(all_pred)} tokens"
+        return ScoreResult(pooled, details)
