@@ -785,3 +785,24 @@ def test_the_oracle_batches_concurrent_callers_and_each_gets_its_solo_result(gro
 
     good, bad = asyncio.run(one_bad())
     assert isinstance(bad, SaexplainError) and good[0].features == [0]
+
+
+def test_sages_time_budget_counts_its_own_time_not_waits_for_slots_held_by_other_features(wife):  # noqa: F811
+    class Slow(ScriptedBackend):
+        async def complete(self, request, timeout):
+            await asyncio.sleep(0.1)
+            return await super().complete(request, timeout)
+
+    script = Script()
+    backend = Slow(lambda r: script(r) if r.messages else "busy")
+    llm = LLM(LLMConfig(max_concurrency=1, retries=0, cache=False), backend=backend)
+    record = make_record(wife, ["His wife came home.", "The wife and the husband.", "A wife sang."])
+
+    async def both():
+        hog = [llm.generate(prompt=f"another feature's request {i}", feature=99) for i in range(30)]
+        sage = SAGE(SAGEConfig(selection="none", max_seconds=1.5, max_llm_calls=20)).explain(record, llm, wife)
+        return await asyncio.gather(sage, *hog)
+
+    exp, *_ = asyncio.run(both())
+    assert exp.usage["queued"] > 1.5  # it waited longer than its whole budget behind the other requests
+    assert exp.evidence["stop_reason"] == "all hypotheses decided"

@@ -54,7 +54,8 @@ class SAGEConfig(Config):
     max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
     max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
-    max_seconds: float = Field(900.0, gt=0, description="budget: wall time per feature")
+    max_seconds: float = Field(900.0, gt=0, description="budget: wall time per feature, less its waits for an "
+                                                         "LLM slot held by other features")
     reply_tokens: int = Field(300, ge=64, description="reply length cap per call")
     design_temperature: float = Field(0.7, ge=0, description="sampling temperature of probe design (seeded)")
     seed: int = Field(0, description="seed of the sampled steps")
@@ -131,7 +132,8 @@ class Budget:
             return f"max_llm_calls ({c.max_llm_calls})"
         if u.tokens_in + u.tokens_out + u.tokens_cached + reserve_calls * 1500 >= c.max_tokens:
             return f"max_tokens ({c.max_tokens})"
-        if time.perf_counter() - self.t0 >= c.max_seconds:
+        # the feature's own time: waits for an LLM slot held by other features' requests are not counted
+        if time.perf_counter() - self.t0 - u.queued >= c.max_seconds:
             return f"max_seconds ({c.max_seconds:g})"
         return None
 

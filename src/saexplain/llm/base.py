@@ -67,6 +67,7 @@ class Usage:
     tokens_out: int = 0
     tokens_cached: int = 0  # prompt + reply tokens of the cached replies (budgets count them as if asked again)
     seconds: float = 0.0
+    queued: float = 0.0  # seconds spent waiting for a concurrency slot (other tasks' requests were in flight)
     cost: float | None = 0.0  # USD; None = unknown (a model without a known price took part)
 
     def add(self, other: Usage) -> None:

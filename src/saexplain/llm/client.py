@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -147,7 +148,9 @@ class LLM:
         for attempt in range(self.cfg.retries + 1):
             attempts += 1
             try:
+                waiting = time.perf_counter()
                 async with self._sem():  # the slot is held for the attempt only
+                    self._account(Usage(queued=time.perf_counter() - waiting), feature)
                     comp = await asyncio.wait_for(self.backend.complete(request, self.cfg.timeout),
                                                   self.cfg.timeout + 1.0)
                 break
