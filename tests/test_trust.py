@@ -684,15 +684,16 @@ def test_probe_shows_abstopk_negative_activations_signed(tiny_model_dir, tmp_pat
 
 # ------------------------------------------------------------------------------------------ killed mid-run
 def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(cfgs, tmp_path):
-    """`saexplain run` in its own process against the fake server process, SIGKILLed at 3 moments; the rerun
-    stores exactly one row per item, equal to an uninterrupted run's (the fake server's replies are a function
-    of the request)."""
+    """`saexplain run` in its own process against the fake server process, 16 features in flight, SIGKILLed at
+    3 moments; the rerun stores exactly one row per item, equal to an uninterrupted run's (the fake server's
+    replies are a function of the request)."""
     import signal
 
     port = _free_port()
 
     def args(store):
-        return [sys.executable, "-m", "saexplain.cli", "run", "--features", "0,1", "--explainers", "oneshot,sage",
+        return [sys.executable, "-m", "saexplain.cli", "run", "--features", ",".join(map(str, range(16))),
+                "--run-concurrency", "16", "--explainers", "oneshot,sage",
                 "--scorers", "generation,detection", "--store", str(store), "--model", cfgs.subject.model,
                 "--sae", cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48",
                 "--tokens", "30000", "--window", "16", "--sage-selection", "none",
@@ -712,7 +713,7 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
 
     with FaultServerProcess("scripted_llm:universal", port=port) as server:
         whole = subprocess.run(args(tmp_path / "whole.db"), capture_output=True, text=True, timeout=300)
-        assert whole.returncode == 0, whole.stderr
+        assert whole.returncode in (0, 1), whole.stderr  # 1: some items of random features fail (as they must)
         total = server.requests
         killed = tmp_path / "killed.db"
         kills = 0
@@ -725,9 +726,10 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
             kills += proc.wait() == -signal.SIGKILL
         assert kills >= 2  # killed mid-run (a later start may finish first: its earlier replies are cached)
         resumed = subprocess.run(args(killed), capture_output=True, text=True, timeout=300)
-        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.returncode == whole.returncode, resumed.stderr
     assert rows(killed) == rows(tmp_path / "whole.db")
-    assert len(rows(killed)[0]) == 4 and len(rows(killed)[1]) == 8
+    exps, scores = rows(killed)
+    assert len(exps) == 32 and len(scores) == 2 * sum(e[2] == "ok" for e in exps) >= 8
 
 
 # ------------------------------------------------------------------------------------ concurrent pipeline
