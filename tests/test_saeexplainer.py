@@ -370,3 +370,22 @@ def test_text_evidence_variant_needs_no_placeholder_and_trains(ground_truth, tmp
     with Store(ev.run.store, readonly=True) as db:
         (e,) = db.explanations(h.run_id)
     assert e["error"] is None and e["description"] and e["evidence"]["evidence"] == "text"
+
+
+def test_concurrent_explanations_are_generated_as_one_batch_with_each_its_solo_text(tiny_model_dir):
+    import asyncio
+
+    lm = _lm(tiny_model_dir)
+    g = torch.Generator().manual_seed(2)
+    vectors = [torch.randn(lm.d_model, generator=g) for _ in range(4)]
+    solo = [lm.generate([lm.prompt()], v, max_new_tokens=5)[0][0] for v in vectors]
+
+    async def together():
+        return await asyncio.gather(*(lm.agenerate(lm.prompt(), v, max_new_tokens=5) for v in vectors),
+                                    lm.agenerate(lm.prompt(), vectors[0], temperature=0.9, seed=3,
+                                                 max_new_tokens=5))
+
+    *batched, sampled = asyncio.run(together())
+    assert lm.batches == [4, 1]  # the greedy four in one batch; the sampled one alone
+    assert batched == solo
+    assert sampled == lm.generate([lm.prompt()], vectors[0], temperature=0.9, seed=3, max_new_tokens=5)[0][0]

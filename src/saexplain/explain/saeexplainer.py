@@ -10,8 +10,10 @@ Explanations need no LLM calls; the explainer model runs in-process (transformer
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +148,10 @@ class ExplainerLM:
                                   f"pick a single token (e.g. an unused special token)")
             self.placeholder_id = ids[0]
             self.injector = Injector(model, self.placeholder_id, cfg.block, cfg.scale)
+        self._lock = threading.RLock()  # one generate() at a time: the injector's vectors are per call
+        self._pending: list[tuple] = []
+        self._drainer: asyncio.Task | None = None
+        self.batches: list[int] = []  # prompts per batched agenerate call (tests)
 
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
@@ -187,8 +193,50 @@ class ExplainerLM:
         """n explanations per prompt (row i of `vectors` goes with prompt i)."""
         import torch
 
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             return self._generate(prompts, vectors, n, temperature, max_new_tokens, seed)
+
+    async def agenerate(self, prompt: str, vector: torch.Tensor | None, *, temperature: float = 0.0,
+                        max_new_tokens: int = 32, seed: int = 0) -> str:
+        """One explanation, for concurrent callers (a run's feature tasks): greedy requests issued together
+        with the same length cap are generated as one batch, off the event loop; a sampled one runs alone
+        (its seed reproduces it)."""
+        loop = asyncio.get_running_loop()
+        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
+            self._pending, self._drainer = [], None
+        fut = loop.create_future()
+        self._pending.append((prompt, vector, temperature, max_new_tokens, seed, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        import torch
+
+        await asyncio.sleep(0)
+        while self._pending:
+            group, self._pending = self._pending, []
+            batches: dict[object, list[tuple]] = {}
+            for item in group:
+                _, vector, temperature, max_new_tokens, _, _ = item
+                key = (max_new_tokens, vector is None) if temperature == 0 else id(item)
+                batches.setdefault(key, []).append(item)
+            for items in batches.values():
+                prompts = [i[0] for i in items]
+                vectors = None if items[0][1] is None else torch.stack([i[1].reshape(-1) for i in items])
+                _, _, temperature, max_new_tokens, seed, _ = items[0]
+                try:
+                    texts = await asyncio.to_thread(self.generate, prompts, vectors, 1, temperature, max_new_tokens,
+                                                    seed)
+                except Exception as e:  # noqa: BLE001  every caller of the batch gets the error
+                    for *_, fut in items:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                self.batches.append(len(items))
+                for (*_, fut), (text,) in zip(items, texts):
+                    if not fut.done():
+                        fut.set_result(text)
 
     def _generate(self, prompts, vectors, n, temperature, max_new_tokens, seed) -> list[list[str]]:
         import torch
@@ -263,8 +311,8 @@ class SAEExplainer(Explainer):
             vectors, evidence = None, examples_evidence(record, cfg.examples, cfg.window)
         prompt = lm.prompt(evidence)
         trace("prompt", prompt)
-        (text,), = lm.generate([prompt], vectors, n=1, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, seed=record.feature)
+        text = await lm.agenerate(prompt, vectors, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                                  seed=record.feature)
         trace("reply", text)
         if not text:
             raise ValueError(f"the explainer model wrote an empty explanation for feature {record.feature}")
