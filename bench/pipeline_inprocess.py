@@ -40,14 +40,14 @@ def main() -> None:
         return
     import saexplain
     from saexplain.data.contexts import CorpusConfig
-    from saexplain.data.corpus import SHARED_DATA
     from saexplain.pipeline.presets import cpu_preset
     from saexplain.pipeline.runner import run_all
 
     store = Path(tempfile.mkdtemp(prefix="saexplain-inprocess-")) / "store.db"
     cfgs = cpu_preset(f"random:{FEATURES}", "oneshot,sage", "generation,detection,embedding", args.tokens, 0,
                       store=str(store))
-    cfgs = dataclasses.replace(cfgs, corpus=CorpusConfig(corpus=[str(SHARED_DATA / "ag_news_test.csv")]))
+    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_test.csv"  # whichever code runs
+    cfgs = dataclasses.replace(cfgs, corpus=CorpusConfig(corpus=[str(corpus)]))
     lines: list[str] = []
     t0 = time.perf_counter()
     h = run_all(cfgs, echo=lambda m: (lines.append(m), print(m, flush=True)))
