@@ -808,3 +808,35 @@ def test_sages_time_budget_counts_its_own_time_not_waits_for_slots_held_by_other
     exp, *_ = asyncio.run(both())
     assert exp.usage["queued"] > 1.5  # it waited longer than its whole budget behind the other requests
     assert exp.evidence["stop_reason"] == "all hypotheses decided"
+
+
+def test_sages_design_calls_of_a_round_run_together_against_a_server(wife):  # noqa: F811
+    class Tracking(ScriptedBackend):
+        local = False
+
+        def __init__(self, handler):
+            super().__init__(handler)
+            self.in_flight = self.most = 0
+
+        async def complete(self, request, timeout):
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            await asyncio.sleep(0.05)
+            try:
+                return await super().complete(request, timeout)
+            finally:
+                self.in_flight -= 1
+
+    class OneSlot(Tracking):
+        local = True  # an in-process LLM: one call after the other
+
+    record = make_record(wife, ["His wife came home.", "The wife and the husband.", "A wife sang."])
+    out = {}
+    for cls in (Tracking, OneSlot):
+        backend = cls(Script())
+        llm = LLM(LLMConfig(max_concurrency=8, retries=0, cache=False), backend=backend)
+        exp = asyncio.run(SAGE(SAGEConfig(selection="none")).explain(record, llm, wife))
+        out[cls.local] = (exp, backend.most)
+    (server, most), (alone, one) = out[False], out[True]
+    assert most >= 3 and one == 1  # the round's hypotheses were designed at once
+    assert server.description == alone.description and server.evidence["hypotheses"] == alone.evidence["hypotheses"]

@@ -17,6 +17,7 @@ is running probe sentences, and every reply must fit a JSON schema."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import tomllib
@@ -325,13 +326,31 @@ class SAGE(Explainer):
                 "type": "object", "required": ["probe", "expected"], "properties": {
                     "probe": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS},
                     "expected": {"type": "string", "enum": ["high", "none"]}}}}}}
+        def ask(h: Hypothesis):
+            return self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k, hid=h.id,
+                             state=self._state([h], "to test now", [h]),
+                             temperature=self.cfg.design_temperature, seed=self.cfg.seed + len(h.tests))
+
+        replies: list[tuple[Hypothesis, dict]] = []
+        if getattr(getattr(llm, "backend", None), "local", True):
+            # one slot (an in-process LLM): one call after the other, each while the budget allows it
+            for h in active:
+                if budget.exhausted():
+                    break
+                replies.append((h, await ask(h)))
+        else:
+            # a server: the calls of the round together, as many as the budget allows even if every one of
+            # them needs its corrective retry (so the budget holds whatever the replies)
+            n = 0
+            while n < len(active) and budget.exhausted(reserve_calls=1 + 2 * n) is None:
+                n += 1
+            results = await asyncio.gather(*(ask(h) for h in active[:n]), return_exceptions=True)
+            for r in results:
+                if isinstance(r, BaseException):
+                    raise r
+            replies = list(zip(active[:n], results))
         out = []
-        for h in active:
-            if budget.exhausted():
-                break
-            obj = await self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k, hid=h.id,
-                                  state=self._state([h], "to test now", [h]),
-                                  temperature=self.cfg.design_temperature, seed=self.cfg.seed + len(h.tests))
+        for h, obj in replies:
             earlier = {t.probe for t in h.tests} | {old.get("probe") for old in h.history}
             for item in obj["probes"][:k]:
                 probe = item["probe"].strip()
