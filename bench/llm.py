@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import record
+
 from saexplain.llm import LLM, LLMConfig
 from saexplain.llm.default import qwen_gguf
 from saexplain.llm.server import start_llama_server
@@ -49,6 +51,7 @@ def main() -> None:
     asyncio.run(timed(local, [("user", "Hi")], 1))  # warm-up
     p_local, g_local = asyncio.run(speeds(local, "local"))
     print(f"in process: prompt {p_local:.1f} tok/s, generation {g_local:.1f} tok/s")
+    raw: dict = {"in_process": {"prompt_tok_s": p_local, "generation_tok_s": g_local}}
 
     # ---- prefix reuse on a growing conversation (in process)
     convo = [("system", "You test hypotheses about a feature of a language model."), ("user", TEXT)]
@@ -58,6 +61,7 @@ def main() -> None:
     t_reuse, n_in, _ = asyncio.run(timed(local, convo2, 1))
     local.backend.llm.reset()  # forget the KV cache: the same prompt from scratch
     t_fresh, _, _ = asyncio.run(timed(local, convo2, 1))
+    raw["prefix_reuse"] = {"conversation_tokens": n_in, "with_kv_cache_s": t_reuse, "from_scratch_s": t_fresh}
     print(f"prefix reuse: next turn of a {n_in}-token conversation {t_reuse:.2f}s with the KV cache vs "
           f"{t_fresh:.2f}s from scratch ({t_fresh / t_reuse:.1f}x)")
     del local
@@ -70,6 +74,7 @@ def main() -> None:
         async def against_server():
             await timed(remote, [("user", "Hi")], 1)
             p_srv, g_srv = await speeds(remote, "server")
+            raw["server"] = {"prompt_tok_s": p_srv, "generation_tok_s": g_srv, "concurrent": []}
             print(f"server: prompt {p_srv:.1f} tok/s, generation {g_srv:.1f} tok/s "
                   f"(in process ÷ server: prompt {p_local / p_srv:.2f}, generation {g_local / g_srv:.2f})")
             for conc in (1, 2, 4, 8):
@@ -77,6 +82,9 @@ def main() -> None:
                 outs = await asyncio.gather(*(timed(remote, [("user", f"Request {i} at {time.time()}: write three "
                                                                "sentences about the sea.")], 48) for i in range(conc)))
                 wall = time.perf_counter() - t
+                raw["server"]["concurrent"].append({"requests": conc, "wall_s": wall,
+                                                    "generated_tokens": sum(o[2] for o in outs),
+                                                    "mean_latency_s": sum(o[0] for o in outs) / conc})
                 print(f"server, {conc} concurrent requests: {sum(o[2] for o in outs) / wall:.1f} generated tok/s, "
                       f"{conc / wall:.2f} requests/s, {sum(o[0] for o in outs) / conc:.1f}s mean latency")
             await remote.aclose()
@@ -85,6 +93,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+    record("llm", {"generation": g_local}, raw)
     print(f"generation: {g_local:.1f}")
 
 

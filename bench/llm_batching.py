@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import time
 
+from results import record
+
 from saexplain.llm import LLM, LLMConfig
 from saexplain.subject.default import default_model_dir
 
@@ -48,6 +50,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(rows["sequential"][3], rows["batched"][3]))
     print(f"texts identical both ways: {same}/{len(prompts)}")
     ratio = (rows["batched"][1] / rows["batched"][0]) / (rows["sequential"][1] / rows["sequential"][0])
+    record("llm_batching", {"batched_over_sequential": ratio, "identical_texts": same},
+           {name: {"wall_s": r[0], "tokens_out": r[1], "batches": r[2]} for name, r in rows.items()})
     print(f"batched / sequential throughput: {ratio:.2f}x")
 
 
