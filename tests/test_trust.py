@@ -840,3 +840,22 @@ def test_sages_design_calls_of_a_round_run_together_against_a_server(wife):  # n
     (server, most), (alone, one) = out[False], out[True]
     assert most >= 3 and one == 1  # the round's hypotheses were designed at once
     assert server.description == alone.description and server.evidence["hypotheses"] == alone.evidence["hypotheses"]
+
+
+def test_a_metered_block_closed_in_another_context_leaves_that_contexts_meters_alone():
+    """A killed run's coroutine closed by the garbage collector exits its metered() block in whatever context
+    is current: it must not switch off the meters of the task that happens to run then."""
+    import contextvars
+
+    from saexplain.llm import metered
+    from saexplain.llm.client import _METERS
+
+    async def hold():
+        with metered():
+            await asyncio.sleep(0)
+
+    coro = hold()
+    contextvars.copy_context().run(coro.send, None)  # inside metered(), suspended, in another context
+    with metered() as mine:
+        coro.close()  # what the garbage collector does
+        assert _METERS.get() and _METERS.get()[-1] is mine

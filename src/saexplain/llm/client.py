@@ -65,14 +65,17 @@ def metered() -> Iterator[Usage]:
     """Usage of every LLM call made inside this block by this task (asyncio tasks each carry their own
     context, so concurrent explainers and scorers are metered apart). Meters nest."""
     usage = Usage()
-    before = _METERS.get()
-    _METERS.set(before + (usage,))
+    token = _METERS.set(_METERS.get() + (usage,))
     try:
         yield usage
     finally:
-        # set, not reset(token): a coroutine closed by the garbage collector (a killed run) exits this block
-        # in another context, where reset() raises and would mask the shutdown
-        _METERS.set(before)
+        # a coroutine closed by the garbage collector (a killed or cancelled run) exits this block in whatever
+        # context is current then — another task's: its meters are not ours to change (setting them back would
+        # silently stop that task's metering, and with it SAGE's budgets)
+        try:
+            _METERS.reset(token)
+        except (ValueError, RuntimeError):
+            pass
 
 
 class LLM:
