@@ -21,6 +21,8 @@ import argparse
 import json
 import time
 
+from results import record
+
 from saexplain.explain.saeexplainer import SAEExplainerConfig
 from saexplain.llm import LLM
 from saexplain.paths import home
@@ -109,6 +111,8 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
     with Store(store, readonly=True) as db:
         s = summarize(db, h.run_id, baseline="saeexplainer@sft")
     print(markdown(s))
+    record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
+           {f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]}, s)
     for stage in stages[1:]:
         d = s["paired"].get(f"saeexplainer@{stage}|generation")
         if d and d["n"]:

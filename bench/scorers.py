@@ -20,6 +20,7 @@ import json
 import time
 
 import numpy as np
+from results import record
 
 from saexplain.llm import LLM
 from saexplain.paths import home
@@ -120,6 +121,7 @@ def main() -> None:
         print(f"| {name} | {feats} | {mean('calls'):.1f} | {mean('tokens'):.0f} | {mean('seconds'):.1f} | "
               f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) |")
     print("(costs: mean over the scores that made no cached call; r: Pearson over features, seed 0 vs seed 1)")
+    record("scorers", {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None}, list(done.values()))
     print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
 
 
