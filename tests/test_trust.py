@@ -233,7 +233,7 @@ def test_scores_without_a_value_are_counted_not_dropped(cfgs):
     with Store(c.run.store) as db:
         eid = db.explanations(h.run_id)[0]["id"]
         text = db.explanations(h.run_id)[0]["description"]
-        db.put_score(eid, "simulation", None, {"error": "no score-pool snippets"}, {}, text=text, status="degraded")
+        db.put_score(eid, "simulation", None, {}, {}, error="no score-pool snippets", text=text, status="degraded")
         s = summarize(db, h.run_id)
     cell = s["table"]["oneshot|simulation"]
     assert cell["degraded"] == 1 and cell["n"] == 1  # one scored, one without a value: counted apart
@@ -482,7 +482,7 @@ def test_a_damaged_cache_is_one_line_naming_the_file(cfgs, damage):
     assert err.startswith(f"error: {victim}") and "rebuild" in err and "Traceback" not in res.output
 
 
-def test_stale_temporaries_are_removed_and_a_second_cache_process_waits(cfgs):
+def test_stale_temporaries_are_removed_and_a_second_cache_writer_waits(cfgs):
     import shutil
 
     from saexplain.cache.latents import LatentCache
@@ -503,10 +503,18 @@ def test_stale_temporaries_are_removed_and_a_second_cache_process_waits(cfgs):
     shutil.rmtree(cache)
     cache.mkdir()
     (cache / "shard_000000000_000000020.npz.tmp999999").write_bytes(b"partial")
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    from saexplain.locks import exclusive
+
+    with exclusive(cache / ".lock", "the test"):  # another writer holds the cache: the command waits for it
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
+        for line in proc.stderr:
+            if "waiting for another saexplain process" in line:
+                break
+        else:
+            pytest.fail(f"the second writer did not wait: {proc.wait()}")
+        assert proc.poll() is None
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
     assert not stale.exists() and not list(cache.glob("*.tmp*"))
     done = LatentCache(cache)
     assert done.meta["complete"] and sum(1 for _ in done.shards()) == len(done.meta["shards"])

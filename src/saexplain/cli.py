@@ -254,7 +254,7 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
 
     from saexplain.cache.pipeline import default_store_path
     from saexplain.llm import LLM
-    from saexplain.pipeline.runner import RunLease, open_run, score_stage
+    from saexplain.pipeline.runner import RunLease, open_run, run_concurrency, score_stage
     from saexplain.report import write_report
     from saexplain.score import SCORERS
 
@@ -269,8 +269,8 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
             llm = LLM(h.configs.llm, store=db, run_id=run_id)
 
             async def go():
-                concurrency = h.configs.run.run_concurrency or (1 if getattr(llm.backend, "local", False) else 32)
-                c = await score_stage(h, db, llm, oracle, names, echo, concurrency=concurrency)
+                c = await score_stage(h, db, llm, oracle, names, echo,
+                                      concurrency=run_concurrency(h.configs.run, llm))
                 await llm.aclose()
                 return c
 

@@ -10,17 +10,17 @@ Explanations need no LLM calls; the explainer model runs in-process (transformer
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
 
+from saexplain.batching import Batcher, alone
 from saexplain.config import Config
 from saexplain.errors import ConfigError
 from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer
@@ -28,6 +28,9 @@ from saexplain.explain.oneshot import examples_evidence
 from saexplain.fingerprint import path_fingerprint
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord
+
+if TYPE_CHECKING:
+    import torch
 
 STAGES = ("base", "sft", "round1", "round2")
 
@@ -149,9 +152,8 @@ class ExplainerLM:
             self.placeholder_id = ids[0]
             self.injector = Injector(model, self.placeholder_id, cfg.block, cfg.scale)
         self._lock = threading.RLock()  # one generate() at a time: the injector's vectors are per call
-        self._pending: list[tuple] = []
-        self._drainer: asyncio.Task | None = None
-        self.batches: list[int] = []  # prompts per batched agenerate call (tests)
+        self._batcher = Batcher(self._generate_batch, key=_batch_key)
+        self.batches = self._batcher.sizes  # prompts per batched agenerate call (tests)
 
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
@@ -201,42 +203,15 @@ class ExplainerLM:
         """One explanation, for concurrent callers (a run's feature tasks): greedy requests issued together
         with the same length cap are generated as one batch, off the event loop; a sampled one runs alone
         (its seed reproduces it)."""
-        loop = asyncio.get_running_loop()
-        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
-            self._pending, self._drainer = [], None
-        fut = loop.create_future()
-        self._pending.append((prompt, vector, temperature, max_new_tokens, seed, fut))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
-        return await fut
+        return await self._batcher.submit((prompt, vector, temperature, max_new_tokens, seed))
 
-    async def _drain(self) -> None:
+    def _generate_batch(self, items: list[tuple]) -> list[str]:
         import torch
 
-        await asyncio.sleep(0)
-        while self._pending:
-            group, self._pending = self._pending, []
-            batches: dict[object, list[tuple]] = {}
-            for item in group:
-                _, vector, temperature, max_new_tokens, _, _ = item
-                key = (max_new_tokens, vector is None) if temperature == 0 else id(item)
-                batches.setdefault(key, []).append(item)
-            for items in batches.values():
-                prompts = [i[0] for i in items]
-                vectors = None if items[0][1] is None else torch.stack([i[1].reshape(-1) for i in items])
-                _, _, temperature, max_new_tokens, seed, _ = items[0]
-                try:
-                    texts = await asyncio.to_thread(self.generate, prompts, vectors, 1, temperature, max_new_tokens,
-                                                    seed)
-                except Exception as e:  # noqa: BLE001  every caller of the batch gets the error
-                    for *_, fut in items:
-                        if not fut.done():
-                            fut.set_exception(e)
-                    continue
-                self.batches.append(len(items))
-                for (*_, fut), (text,) in zip(items, texts):
-                    if not fut.done():
-                        fut.set_result(text)
+        _, vector, temperature, max_new_tokens, seed = items[0]
+        vectors = None if vector is None else torch.stack([i[1].reshape(-1) for i in items])
+        texts = self.generate([i[0] for i in items], vectors, 1, temperature, max_new_tokens, seed)
+        return [t for (t,) in texts]
 
     def _generate(self, prompts, vectors, n, temperature, max_new_tokens, seed) -> list[list[str]]:
         import torch
@@ -261,6 +236,12 @@ class ExplainerLM:
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         texts = [clean(t) for t in texts]
         return [texts[i * copies:(i + 1) * copies] * (n // copies) for i in range(len(prompts))]
+
+
+def _batch_key(item: tuple):
+    """Greedy requests with the same length cap, all with or all without a vector, share a batch."""
+    _, vector, temperature, max_new_tokens, _ = item
+    return (max_new_tokens, vector is None) if temperature == 0 else alone()
 
 
 def clean(text: str) -> str:

@@ -134,9 +134,13 @@ class LLM:
         try:
             comp = await self._send(request, key, feature)
         except BaseException as e:
-            if fut is not None:
-                fut.set_exception(e if isinstance(e, Exception) else LLMError("request cancelled"))
-                fut.exception()  # retrieved: a failure nobody joined is not reported as unhandled
+            # joined callers get the failure; a run torn down (cancelled, or closed after its loop) cancels them
+            if fut is not None and not fut.get_loop().is_closed():
+                if isinstance(e, Exception):
+                    fut.set_exception(e)
+                    fut.exception()  # retrieved: a failure nobody joined is not reported as unhandled
+                else:
+                    fut.cancel()
             raise
         finally:
             if fut is not None and self._inflight.get(key) is fut:

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+from saexplain.batching import Batcher, alone
 from saexplain.llm.base import BACKENDS, Backend, Completion, LLMError, Request
 
 
@@ -146,10 +147,10 @@ class Transformers(Backend):
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()
-        self.batch_wait = batch_wait
-        self.batches: list[int] = []  # size of each generate() call, for tests and benchmarks
-        self._pending: list[tuple[Request, str, asyncio.Future]] = []
-        self._drainer: asyncio.Task | None = None
+        # a bug or an out-of-memory error reaches each waiting request as it is (not LLMError: never retried)
+        self._batcher = Batcher(lambda items: self._generate([r for r, _ in items], [t for _, t in items]),
+                                key=lambda item: self._batch_key(item[0]), wait=batch_wait)
+        self.batches = self._batcher.sizes  # size of each generate() call, for tests and benchmarks
 
     def _text(self, request: Request) -> str:
         if request.messages is None:
@@ -160,41 +161,13 @@ class Transformers(Backend):
                                                   tokenize=False, add_generation_prompt=True)
 
     @staticmethod
-    def _batch_key(request: Request) -> tuple:
-        alone = request.temperature > 0 and request.seed is not None
-        return (request.max_tokens, request.temperature, request.n, request.logprobs, id(request) if alone else 0)
+    def _batch_key(request: Request):
+        if request.temperature > 0 and request.seed is not None:
+            return alone()
+        return (request.max_tokens, request.temperature, request.n, request.logprobs)
 
     async def complete(self, request: Request, timeout: float) -> Completion:
-        text = self._text(request)
-        loop = asyncio.get_running_loop()
-        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
-            self._pending, self._drainer = [], None
-        fut = loop.create_future()
-        self._pending.append((request, text, fut))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        await asyncio.sleep(self.batch_wait)  # companions issued at the same moment join the first batch
-        while self._pending:
-            self._pending = [p for p in self._pending if not p[2].done()]  # timed out / cancelled while queued
-            if not self._pending:
-                break
-            key = self._batch_key(self._pending[0][0])
-            group = [p for p in self._pending if self._batch_key(p[0]) == key]
-            self._pending = [p for p in self._pending if self._batch_key(p[0]) != key]
-            try:
-                comps = await asyncio.to_thread(self._generate, [r for r, _, _ in group], [t for _, t, _ in group])
-            except Exception as e:  # noqa: BLE001  each waiting request gets the batch's error, as it is: a
-                # bug or an out-of-memory error is not an endpoint fault (not LLMError, so never retried)
-                for _, _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for (_, _, fut), comp in zip(group, comps):
-                if not fut.done():
-                    fut.set_result(comp)
+        return await self._batcher.submit((request, self._text(request)))
 
     def _generate(self, requests: list[Request], texts: list[str]) -> list[Completion]:
         import torch
@@ -210,7 +183,6 @@ class Transformers(Backend):
                                    temperature=first.temperature if sample else None, top_p=None, top_k=None,
                                    num_return_sequences=first.n, output_scores=bool(first.logprobs),
                                    return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id)
-        self.batches.append(len(requests))
         seconds = time.perf_counter() - t0
         width = enc["input_ids"].shape[1]
         comps = []

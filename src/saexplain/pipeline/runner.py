@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from saexplain.cache.pipeline import CacheRun, build_cache, cache_key, default_store_path
-from saexplain.pipeline.configs import EXPLAINER_CONFIG, SCORER_CONFIG, RunConfig, StageConfigs  # noqa: F401
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.llm import LLM, LLMError
+from saexplain.pipeline.configs import EXPLAINER_CONFIG, SCORER_CONFIG, RunConfig, StageConfigs  # noqa: F401
 from saexplain.sampling.pipeline import sample_features
 from saexplain.sampling.record import FeatureRecord, make_record
 from saexplain.store import StaleScore, Store
@@ -67,6 +67,23 @@ class RunHandle:
     folder: Path
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → done/skipped/degraded/failed
     timing: dict[str, float] = field(default_factory=dict)  # the explain/score loop: wall and CPU seconds
+    config_json: str = ""  # this invocation's configs, features and cache key (saved by `run`)
+    _made: dict[tuple[str, str], tuple[Any, str]] = field(default_factory=dict, repr=False)
+
+    def explainer(self, name: str) -> tuple[Any, str]:
+        """The run's explainer `name` and its fingerprint, made once per run (a fingerprint reads prompt files
+        and, for SAEExplainer stages, hashes the adapter weights: not once per feature)."""
+        if ("explainer", name) not in self._made:
+            explainer = self.configs.explainer(name)
+            self._made[("explainer", name)] = (explainer, explainer.fingerprint())
+        return self._made[("explainer", name)]
+
+    def scorer(self, name: str) -> tuple[Any, str]:
+        """The run's scorer `name` and the hash of its config, made once per run."""
+        if ("scorer", name) not in self._made:
+            scorer = self.configs.scorer(name)
+            self._made[("scorer", name)] = (scorer, scorer.cfg.hash())
+        return self._made[("scorer", name)]
 
     @property
     def ok(self) -> bool:
@@ -113,11 +130,14 @@ def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int
     config_json = json.dumps({**cfgs.to_dict(), "features": features, "cache_key": cache.key},
                              sort_keys=True)  # features: held out; cache_key: the data it was made on
     run_id = find_or_create_run(store, cfgs, cache.key, config_json)
-    store.set_run_config(run_id, config_json)  # the latest invocation's lists and scorer settings
-    folder = run_folder(run_id, store.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(cfgs.to_dict(), indent=2, sort_keys=True) + "\n")
-    return RunHandle(run_id, cfgs, cache, records, folder)
+    return RunHandle(run_id, cfgs, cache, records, run_folder(run_id, store.path), config_json=config_json)
+
+
+def save_run_config(h: RunHandle, store: Store) -> None:
+    """This invocation's lists and settings, in the store and beside the report (by the lease's holder)."""
+    store.set_run_config(h.run_id, h.config_json)
+    h.folder.mkdir(parents=True, exist_ok=True)
+    (h.folder / "config.json").write_text(json.dumps(h.configs.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 def find_or_create_run(store: Store, cfgs: StageConfigs, cache_key: str, config_json: str) -> int:
@@ -168,8 +188,7 @@ def plan_explanations(h: RunHandle, store: Store, feature: int) -> list[ExplainI
     before explanations kept their fingerprint: kept)."""
     due = []
     for name in h.configs.run.explainer_names:
-        explainer = h.configs.explainer(name)
-        fp = explainer.fingerprint()
+        explainer, fp = h.explainer(name)
         have = store.explanations(h.run_id, feature=feature, method=name)
         if not (have and have[0]["status"] == "ok" and have[0]["config_hash"] in ("", fp)):
             due.append(ExplainItem(feature, name, explainer, fp))
@@ -182,8 +201,7 @@ def plan_scores(h: RunHandle, store: Store, feature: int, scorers: list[str]) ->
     due, done = [], 0
     for e in store.explanations(h.run_id, feature=feature, ok_only=True):
         for name in scorers:
-            scorer = h.configs.scorer(name)
-            cfg_hash = scorer.cfg.hash()
+            scorer, cfg_hash = h.scorer(name)
             old = store.score(e["id"], name)
             if old is not None and old["status"] == "ok" and old["config_hash"] == cfg_hash \
                     and old["text_hash"] == e["text_hash"]:
@@ -304,15 +322,28 @@ async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scor
     features at a time."""
     counts = _counts()
     scorers = scorers or h.configs.run.scorer_names
+    todo = [f for f in (features if features is not None else list(h.records)) if f in h.records]
+    await for_each_feature(todo, concurrency,
+                           lambda f: score_feature(h, store, llm, oracle, f, scorers, counts, echo))
+    return counts
+
+
+def run_concurrency(run: RunConfig, llm: LLM) -> int:
+    """Features in flight: the run's setting, else 1 for an in-process LLM (one model, one request at a time)
+    and 32 for a server (the LLM client's max_concurrency caps the requests)."""
+    return run.run_concurrency or (1 if getattr(llm.backend, "local", False) else 32)
+
+
+async def for_each_feature(features: list[int], concurrency: int,
+                           task: Callable[[int], Awaitable[None]]) -> None:
+    """`task(feature)` for every feature, at most `concurrency` at a time."""
     sem = asyncio.Semaphore(max(1, concurrency))
 
-    async def one(f: int):
+    async def one(f: int) -> None:
         async with sem:
-            await score_feature(h, store, llm, oracle, f, scorers, counts, echo)
+            await task(f)
 
-    await asyncio.gather(*(one(f) for f in (features if features is not None else list(h.records))
-                           if f in h.records))
-    return counts
+    await asyncio.gather(*(one(f) for f in features))
 
 
 def _put_score(store: Store, e: dict, name: str, value, details, usage, cfg_hash: str, seconds: float,
@@ -402,30 +433,28 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
         echo(f"run {h.run_id}: {len(h.records)} features × {', '.join(cfgs.run.explainer_names)}")
         totals = {"explain": [0.0, _counts()], "score": [0.0, _counts()]}
         with RunLease(store, h.run_id):
+            save_run_config(h, store)  # after the lease: a refused second process changes nothing
             llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
-            concurrency = cfgs.run.run_concurrency or (1 if getattr(llm.backend, "local", False) else 32)
+            concurrency = run_concurrency(cfgs.run, llm)
             echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency}")
 
             async def go():
-                # a bounded pool of feature tasks; a feature's explainers run together, then its scorers; every
-                # item persists as it finishes, so a killed run keeps every finished item
-                sem = asyncio.Semaphore(concurrency)
-                started = {"n": 0}
+                # a feature's explainers run together, then its scorers; every item persists as it finishes, so
+                # a killed run keeps every finished item (stage seconds are summed over the features in flight)
+                started = 0
 
                 async def feature_task(f: int):
-                    async with sem:
-                        started["n"] += 1
-                        echo(f"feature {f} ({started['n']}/{len(h.records)})")
-                        for stage in ("explain", "score"):
-                            t = time.perf_counter()
-                            if stage == "explain":
-                                await explain_feature(h, store, llm, oracle, f, totals[stage][1], echo)
-                            else:
-                                await score_feature(h, store, llm, oracle, f, cfgs.run.scorer_names,
-                                                    totals[stage][1], echo)
-                            totals[stage][0] += time.perf_counter() - t
+                    nonlocal started
+                    started += 1
+                    echo(f"feature {f} ({started}/{len(h.records)})")
+                    t = time.perf_counter()
+                    await explain_feature(h, store, llm, oracle, f, totals["explain"][1], echo)
+                    totals["explain"][0] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    await score_feature(h, store, llm, oracle, f, cfgs.run.scorer_names, totals["score"][1], echo)
+                    totals["score"][0] += time.perf_counter() - t
 
-                await asyncio.gather(*(feature_task(f) for f in h.records))
+                await for_each_feature(list(h.records), concurrency, feature_task)
                 await llm.aclose()
 
             wall, cpu = time.perf_counter(), time.process_time()

@@ -420,11 +420,7 @@ class Store:
         least as good (a failed redo never removes an ok explanation: the old row stays and `redo_error` says
         why it was not replaced). A replaced explanation's scores and trace are deleted (they judged another
         text); ids are never reused."""
-        status = status or ("failed" if error else "ok")
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        if status != "ok" and not error:
-            raise ValueError(f"a {status} explanation needs its reason")
+        status = _status(status, error, "explanation")
         now = time.time()
         with self.transaction() as c:
             old = c.execute("SELECT id, status FROM explanations WHERE run_id=? AND feature=? AND method=?",
@@ -479,24 +475,17 @@ class Store:
     # ------------------------------------------------------------------------------------------- scores
     def put_score(self, explanation_id: int, scorer: str, value: float | None, details: dict[str, Any],
                   usage: dict[str, Any], config_hash: str = "", error: str | None = None,
-                  seconds: float = 0.0, text: str | None = None, status: str | None = None) -> bool:
-        """Store a score of explanation `explanation_id`, computed on `text` (its description). Raises StaleScore
-        when that explanation is gone or now holds another text. Status as for explanations (default: failed
-        with an error, degraded without a value, else ok); a score is replaced only by one at least as good.
-        Returns whether it was written."""
-        if status is None:
-            status = "failed" if error else ("degraded" if value is None else "ok")
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
-        if status == "degraded" and not error:
-            error = str(details.get("error") or "no value")
-        if status != "ok" and not error:
-            raise ValueError(f"a {status} score needs its reason")
+                  seconds: float = 0.0, *, text: str, status: str | None = None) -> bool:
+        """Store a score of explanation `explanation_id`, computed on `text` (the description it judged). Raises
+        StaleScore when that explanation is gone or now holds another text. Status as for explanations (an ok
+        score has a value); a score is replaced only by one at least as good. Returns whether it was written."""
+        status = _status(status, error, "score")
+        if status == "ok" and value is None:
+            raise ValueError("an ok score has a value (a score without one is degraded, with why)")
         with self.transaction() as c:
-            row = c.execute("SELECT text_hash, description FROM explanations WHERE id=?",
+            row = c.execute("SELECT text_hash FROM explanations WHERE id=?",
                             (explanation_id,)).fetchone()
-            want = text_hash(text) if text is not None else None
-            if row is None or (want is not None and row["text_hash"] != want):
+            if row is None or row["text_hash"] != text_hash(text):
                 raise StaleScore(f"explanation {explanation_id} was replaced while it was being scored by {scorer}; "
                                  "the score was not stored")
             old = c.execute("SELECT status FROM scores WHERE explanation_id=? AND scorer=?",
@@ -531,6 +520,16 @@ class Store:
             d["details"], d["usage"] = json.loads(d["details"]), json.loads(d["usage"])
             out.append(d)
         return out
+
+
+def _status(status: str | None, error: str | None, what: str) -> str:
+    """The row's status (default: failed with an error, else ok), checked: unless ok, it has its reason."""
+    status = status or ("failed" if error else "ok")
+    if status not in STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    if status != "ok" and not error:
+        raise ValueError(f"a {status} {what} needs its reason")
+    return status
 
 
 def _owner() -> str:

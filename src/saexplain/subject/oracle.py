@@ -4,7 +4,6 @@ Every stage that needs activations (SAGE probes, scorers, SAEExplainer rewards, 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from saexplain.batching import Batcher
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.subject.config import SubjectConfig  # noqa: F401  (its home is a light module)
 from saexplain.subject.hookpoints import Hookpoint
@@ -68,9 +68,9 @@ class Oracle:
         validate_pair(subject, sae)
         # the oracle owns the model: every forward (batched activations, the cache, steering) holds this lock
         self._lock = threading.RLock()
-        self._pending: list[tuple[list[str], list[int] | None, asyncio.Future]] = []
-        self._drainer: asyncio.Task | None = None
-        self.forwards: list[int] = []  # texts per batched call of aactivations (for tests and benchmarks)
+        # top-k requests and chosen-feature requests batch apart (their outputs differ in kind)
+        self._batcher = Batcher(self._serve, key=lambda item: item[1] is None)
+        self.forwards = self._batcher.sizes  # requests per batched forward of aactivations (tests, benchmarks)
 
     @classmethod
     def from_config(cls, cfg: SubjectConfig) -> Oracle:
@@ -112,54 +112,33 @@ class Oracle:
         if isinstance(texts, str):
             raise SaexplainError("activations() takes a list of texts, got one string")
         feats = None if features is None else self.check_features(features)  # a bad id fails its caller only
-        loop = asyncio.get_running_loop()
-        if self._drainer is not None and self._drainer.get_loop() is not loop:  # an earlier asyncio.run's
-            self._pending, self._drainer = [], None
-        fut = loop.create_future()
-        self._pending.append((list(texts), feats, fut))
-        if self._drainer is None or self._drainer.done():
-            self._drainer = loop.create_task(self._drain())
-        return await fut
+        return await self._batcher.submit((list(texts), feats))
 
-    async def _drain(self) -> None:
-        await asyncio.sleep(0)  # requests issued in the same tick join the first batch
-        while self._pending:
-            group, self._pending = self._pending, []
-            for want_features in (True, False):  # top-k requests and chosen-feature requests batch apart
-                part = [r for r in group if (r[1] is not None) == want_features and not r[2].done()]
-                if part:
-                    await self._serve(part)
-
-    async def _serve(self, part) -> None:
-        texts = list(dict.fromkeys(t for r in part for t in r[0]))
-        feats = sorted({f for r in part for f in r[1]}) if part[0][1] is not None else None
+    def _serve(self, items: list[tuple[list[str], list[int] | None]]) -> list:
+        """One forward over the union of the items' texts and features, split back per item; when it fails
+        (one item's bad text), each item alone, so that the others still get theirs."""
+        texts = list(dict.fromkeys(t for r_texts, _ in items for t in r_texts))
+        feats = None if items[0][1] is None else sorted({f for _, r_feats in items for f in r_feats})
         try:
-            results = await asyncio.to_thread(self.activations, texts, feats)
-        except Exception:  # noqa: BLE001  one caller's bad input must not fail the others: each alone
-            for r in part:
-                try:
-                    res = await asyncio.to_thread(self.activations, r[0], r[1])
-                except Exception as e:  # noqa: BLE001  handed to its caller
-                    if not r[2].done():
-                        r[2].set_exception(e)
-                else:
-                    if not r[2].done():
-                        r[2].set_result(res)
-            return
-        self.forwards.append(len(texts))
-        by_text = dict(zip(texts, results))
-        for r_texts, r_feats, fut in part:
-            if fut.done():
-                continue
-            out = []
-            for t in r_texts:
-                res = by_text[t]
-                if r_feats is not None and r_feats != feats:
-                    cols = [feats.index(f) for f in r_feats]
-                    res = TextActivations(text=res.text, tokens=res.tokens, token_ids=res.token_ids,
-                                          features=list(r_feats), acts=res.acts[:, cols], indices=None)
-                out.append(res)
-            fut.set_result(out)
+            by_text = dict(zip(texts, self.activations(texts, feats)))
+        except Exception:  # noqa: BLE001
+            return [self._alone(r_texts, r_feats) for r_texts, r_feats in items]
+        out = []
+        for r_texts, r_feats in items:
+            results = [by_text[t] for t in r_texts]
+            if r_feats is not None and r_feats != feats:
+                cols = [feats.index(f) for f in r_feats]
+                results = [TextActivations(text=r.text, tokens=r.tokens, token_ids=r.token_ids,
+                                           features=list(r_feats), acts=r.acts[:, cols], indices=None)
+                           for r in results]
+            out.append(results)
+        return out
+
+    def _alone(self, texts: list[str], features: list[int] | None):
+        try:
+            return self.activations(texts, features)
+        except Exception as e:  # noqa: BLE001  handed to its caller
+            return e
 
     @torch.inference_mode()
     def activations(self, texts: Sequence[str], features: Sequence[int] | None = None) -> list[TextActivations]:

@@ -48,9 +48,6 @@ UNSUPPORTED = {
     "temporal": "a temporal SAE encodes each token from the tokens before it (sae-lens 'temporal'); saexplain's "
                 "oracle and cache encode token by token, so its activations would be wrong",
 }
-# training-only architectures whose checkpoints sae-lens writes as they are; at inference they run as another
-# architecture, and sae-lens's own conversion (save_inference_model) makes that one
-TRAINING_ONLY = ("batchtopk", "matryoshka_batchtopk")
 
 
 def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
@@ -67,7 +64,7 @@ def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
     if arch in UNSUPPORTED:
         raise ConfigError(f"{folder}: {UNSUPPORTED[arch]}")
     try:
-        if arch in TRAINING_ONLY:
+        if _training_only(arch):
             return _load_training_checkpoint(folder, cfg, device, dtype)
         return SAE.load_from_disk(folder, device=device, dtype=dtype)
     except ConfigError:
@@ -77,6 +74,14 @@ def _load_saelens(spec: str, device: str, dtype: str) -> SAE:
         if isinstance(e, KeyError):
             msg = f"architecture {arch!r} is not one sae-lens {_sae_lens_version()} can load"
         raise ConfigError(f"{folder}: the SAE does not load ({type(e).__name__}: {msg})") from None
+
+
+def _training_only(arch: str) -> bool:
+    """An architecture sae-lens trains but runs as another one at inference (BatchTopK, Matryoshka-BatchTopK):
+    its trainer's checkpoints say the training architecture."""
+    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    return arch in SAE_TRAINING_CLASS_REGISTRY and arch not in SAE_CLASS_REGISTRY
 
 
 def _load_training_checkpoint(folder: Path, cfg: dict, device: str, dtype: str) -> SAE:
