@@ -24,7 +24,7 @@ from saexplain.subject.config import SubjectConfig, TrainSAEConfig
 app = typer.Typer(
     add_completion=False, no_args_is_help=True,
     help="Explain SAE features and test every explanation on the real model.\n\n"
-         "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · "
+         "Stages: train-sae (the offline default SAE) · probe / lens (the activation oracle) · serve (the web UI) · "
          "cache → features → sample (the data plane) · ask (the LLM layer) · demo.",
 )
 console = Console()
@@ -409,6 +409,46 @@ def train_dpo_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="D
         t.dpo(round_)
     finally:
         t.close()
+
+
+@app.command()
+@friendly_errors
+def serve(store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
+          host: str = typer.Option("127.0.0.1", help="address to bind (the default is this machine only)"),
+          port: int = typer.Option(8000, help="port"),
+          probe: bool = typer.Option(True, help="load the subject model for the live probe and the logit lens"),
+          device: str = typer.Option("cpu", help="torch device of the live probe")):
+    """The web UI: runs, feature pages, SAGE traces, live probe, search and export (read-only on the store)."""
+    import uvicorn
+
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.web.app import create_app
+
+    app_ = create_app(store or default_store_path(), probe=probe, device=device)
+    console.print(f"saexplain UI on http://{host}:{port}/  (store {store or default_store_path()}; Ctrl-C stops it)")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+@app.command()
+@friendly_errors
+def export(run_id: int = typer.Option(None, "--run", help="run id (default: the latest run)"),
+           fmt: str = typer.Option(..., "--format", help="neuronpedia | delphi"),
+           out: Path = typer.Option(None, help="folder to write into (default: the run's folder /export-<format>)"),
+           model_id: str = typer.Option(None, help="Neuronpedia modelId (default: from the subject model)"),
+           sae_id: str = typer.Option(None, help="Neuronpedia SAE id (`layer`) / delphi module name (default: "
+                                                  "from the hookpoint)"),
+           store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
+    """A run's ok explanations and scores in Neuronpedia's or delphi's file formats."""
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.export import ExportOptions, export_files, write_export
+    from saexplain.pipeline.runner import run_folder
+
+    with Store(store or default_store_path(), readonly=True) as db:
+        run_id = run_id or _latest_run(db, "run")
+        files = export_files(db, run_id, fmt, ExportOptions(model_id, sae_id))
+        folder = out or run_folder(run_id, db.path) / f"export-{fmt}"
+    written = write_export(files, folder)
+    console.print(f"{len(written)} file(s) written under {folder}")
 
 
 def _latest_run(db: Store, kind: str) -> int:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from saexplain.cache.config import CacheConfig  # noqa: F401  (its home is a light module)
@@ -126,6 +125,8 @@ class LatentCache:
         idx_dtype = np.dtype(meta["index_dtype"])
         pbar = tqdm(total=n_ctx * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
                     desc="caching", disable=not progress)
+        import torch
+
         start = done
         while start < n_ctx:
             end = min(n_ctx, start + cfg.shard_contexts)
@@ -187,6 +188,53 @@ class LatentCache:
                 raise SaexplainError(f"{p}: shard arrays do not fit contexts {a}–{b}; {self._rebuild}")
             self._verified.add(p.name)  # checked once per opening: statistics read every shard twice
             yield shard
+
+    def feature_values(self, feature: int, contexts: list[int]) -> dict[int, np.ndarray]:
+        """One feature's value at every position of the given contexts ({context: [context_len]}), reading only
+        the shards that hold them, and from each only the bytes of those contexts (the members of a shard file
+        are stored uncompressed, so they are memory-mapped). Each shard touched is checked against the
+        manifest's sha256 once per opening, as `shards()` does. This is what a feature page reads."""
+        if not self.meta.get("complete"):
+            raise SaexplainError(f"{self.path}: the cache is not finished; {self._rebuild}")
+        L = self.context
+        ranges = [(e["start"], e["end"], e["name"]) for e in self.meta["shards"]]
+        starts = np.asarray([a for a, _, _ in ranges])
+        out: dict[int, np.ndarray] = {}
+        for c in sorted(set(int(c) for c in contexts)):
+            if not 0 <= c < self.n_contexts:
+                raise SaexplainError(f"context {c} is not in the cache ({self.n_contexts} contexts)")
+            a, _, name = ranges[int(np.searchsorted(starts, c, side="right")) - 1]
+            counts, offsets, indices, values = self._mapped(name)
+            lo, hi = (c - a) * L, (c - a + 1) * L
+            row = np.zeros(L, np.float32)
+            nz_lo, nz_hi = int(offsets[lo]), int(offsets[hi])
+            idx = np.asarray(indices[nz_lo:nz_hi])
+            hit = np.flatnonzero(idx == feature)
+            if hit.size:
+                tok = np.repeat(np.arange(L), np.asarray(counts[lo:hi], np.int64))[hit]
+                row[tok] = np.asarray(values[nz_lo:nz_hi])[hit]
+            out[c] = row
+        return out
+
+    def _mapped(self, name: str):
+        """(counts, offsets, indices, values) of one shard, memory-mapped and checked once."""
+        cache = self.__dict__.setdefault("_maps", {})
+        if name not in cache:
+            p = self.path / name
+            entry = next(e for e in self.meta["shards"] if e["name"] == name)
+            if name not in self._verified:
+                if hashlib.sha256(p.read_bytes()).hexdigest() != entry["sha256"]:
+                    raise SaexplainError(f"{p}: shard is damaged (its sha256 differs from the cache's manifest); "
+                                         f"{self._rebuild}")
+                self._verified.add(name)
+            try:
+                arrays = _npz_members(p)
+                counts = arrays["counts"]
+            except Exception as e:  # noqa: BLE001  any decoding fault of a file is that file's damage
+                raise SaexplainError(f"{p}: shard does not load ({type(e).__name__}: {e}); {self._rebuild}") from None
+            offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+            cache[name] = (counts, offsets, arrays["indices"], arrays["values"])
+        return cache[name]
 
     def storage(self) -> dict:
         nnz = sum(int(np.load(p, mmap_mode="r")["values"].shape[0]) for p in self.shard_paths())
@@ -318,6 +366,28 @@ def _save_shard(path: Path, **arrays) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _npz_members(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an uncompressed .npz (what `np.savez` writes), memory-mapped in place."""
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"member {info.filename} is compressed")
+            f.seek(info.header_offset)
+            local = f.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                int.from_bytes(local[28:30], "little")
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            out[info.filename.removesuffix(".npy")] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(),
+                                                                shape=shape, order="F" if fortran else "C")
+    return out
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -1,0 +1,1 @@
+"""The web UI (`saexplain serve`): pages, JSON API, live probe, search."""
