@@ -20,7 +20,7 @@ LLAMA_FLAVOR := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | 
 WHEELS := $(SAEXPLAIN_HOME)/wheels/llama-$(LLAMA_FLAVOR)
 LLM_STAMP := $(VENV)/.llm-installed-$(LLAMA_FLAVOR)
 
-.PHONY: setup setup-llm test test-slow bench demo clean-venv
+.PHONY: setup setup-llm browser test test-slow bench demo clean-venv
 
 setup: $(STAMP)
 
@@ -44,8 +44,15 @@ $(LLM_STAMP): requirements-llm-model.txt
 	rm -f $(VENV)/.llm-installed-*
 	touch $@
 
+# The web UI's browser tests drive Debian's chromium through Playwright (no browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium for the browser tests"; \
+		$(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; }; }
+
 # Fast suite: tiny real models only. Exit code 5 (no tests collected) fails.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: setup-llm

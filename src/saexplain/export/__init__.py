@@ -40,8 +40,9 @@ def _sae_hook(sae: str) -> str:
     if sae == "default":
         return "layers.6"
     try:
-        return json.loads((Path(sae) / "cfg.json").read_text()).get("hook_name") or "sae"
-    except (OSError, ValueError):
+        cfg = json.loads((Path(sae) / "cfg.json").read_text())
+        return cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name") or "sae"
+    except (OSError, ValueError, AttributeError):
         return "sae"
 
 

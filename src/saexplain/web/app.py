@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -31,16 +32,25 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
     reader = Reader(store_path)
     service = ProbeService(enabled=probe)
     index = SearchIndex(reader.db)
-    app = FastAPI(title="saexplain", summary="SAE feature explanations, their scores and traces (read-only)")
-    templates = Jinja2Templates(directory=str(_TEMPLATES))
-    templates.env.filters["shade"] = lambda a, top: f"{min(1.0, abs(a) / top) if top > 0 else 0.0:.3f}"
-    templates.env.filters["num"] = _num
-    templates.env.globals["histogram_bars"] = histogram_bars
 
     def subject_of(run_id: int) -> dict:
         with reader.db() as db:
             cfg = json.loads(db.run(run_id)["config_json"])
         return {**cfg.get("subject", {}), "device": device}
+
+    @asynccontextmanager
+    async def lifespan(_app):  # load the latest run's subject in the background: the first probe is then quick
+        runs = reader.runs()
+        if runs:
+            service.warm(subject_of(runs[0].id))
+        yield
+
+    app = FastAPI(title="saexplain", summary="SAE feature explanations, their scores and traces (read-only)",
+                  lifespan=lifespan)
+    templates = Jinja2Templates(directory=str(_TEMPLATES))
+    templates.env.filters["shade"] = lambda a, top: f"{min(1.0, abs(a) / top) if top > 0 else 0.0:.3f}"
+    templates.env.filters["num"] = _num
+    templates.env.globals["histogram_bars"] = histogram_bars
 
     def subject_of_cache(cache_run: int) -> dict:
         with reader.db() as db:
@@ -63,12 +73,6 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
             "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response
-
-    @app.on_event("startup")
-    def _warm() -> None:  # load the latest run's subject in the background: the first probe is then quick
-        runs = reader.runs()
-        if runs:
-            service.warm(subject_of(runs[0].id))
 
     # ------------------------------------------------------------------------------------------ static
     @app.get("/static/app.js", include_in_schema=False)
