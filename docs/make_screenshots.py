@@ -1,0 +1,85 @@
+"""The screenshots in README.md and docs/web.md: a run of the fast suite's tiny model (tests/tiny.py) with the
+ScriptedLLM (canned replies, named as such — the pages, not the explanations, are what is shown), served by a
+real `saexplain serve` and photographed by Playwright in Debian's chromium.
+
+    .venv/bin/python docs/make_screenshots.py      # writes docs/img/run-page.png and docs/img/feature-page.png"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="saexplain-shots-"))
+    os.environ["SAEXPLAIN_HOME"] = str(tmp / "home")
+    from scripted_llm import ScriptedBackend, universal
+    from tiny import write_ground_truth_sae, write_tiny_model
+
+    from saexplain.cache.latents import CacheConfig
+    from saexplain.data.contexts import CorpusConfig
+    from saexplain.explain.sage import SAGEConfig
+    from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
+    from saexplain.sampling.sampler import SamplingConfig
+    from saexplain.subject.oracle import SubjectConfig
+
+    gt = write_ground_truth_sae(write_tiny_model(tmp / "model"), tmp / "sae")
+    corpus = tmp / "tales.txt"
+    corpus.write_text((ROOT.parent / "shared/data/grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    cfgs = StageConfigs(run=RunConfig(features="0,1,2", explainers="oneshot,sage",
+                                      scorers="detection,generation,embedding", store=str(tmp / "store.db")),
+                        subject=SubjectConfig(model=str(gt["model"]), sae=str(gt["sae"])),
+                        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
+                        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"))
+    h = run_all(cfgs, echo=lambda m: None, backend=ScriptedBackend(universal))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", cfgs.run.store, "--port",
+                            str(port)], env=os.environ)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/api/runs", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync"])
+            page = b.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{url}/runs/{h.run_id}")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(ROOT / "docs/img/run-page.png"), full_page=True)
+            page.goto(f"{url}/runs/{h.run_id}/features/0")
+            page.locator("#lens .lens-row").first.wait_for()
+            page.fill("#probe-form textarea", "The fisherman's wife sat by the sea.")
+            page.click("#probe-form button")
+            page.locator("#probe-out .tok.on").first.wait_for()
+            page.locator(".example .tok.on").first.hover()
+            page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=False, clip={
+                "x": 0, "y": 0, "width": 1280, "height": 1000})
+            b.close()
+    finally:
+        srv.terminate()
+        srv.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("written: docs/img/run-page.png docs/img/feature-page.png")
+
+
+if __name__ == "__main__":
+    main()
