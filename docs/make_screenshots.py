@@ -23,15 +23,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="saexplain-shots-"))
     os.environ["SAEXPLAIN_HOME"] = str(tmp / "home")
-    from scripted_llm import ScriptedBackend, universal
-    from tiny import write_ground_truth_sae, write_tiny_model
-
     from saexplain.cache.latents import CacheConfig
     from saexplain.data.contexts import CorpusConfig
     from saexplain.explain.sage import SAGEConfig
     from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
     from saexplain.sampling.sampler import SamplingConfig
     from saexplain.subject.oracle import SubjectConfig
+    from scripted_llm import ScriptedBackend, universal
+    from tiny import write_ground_truth_sae, write_tiny_model
 
     gt = write_ground_truth_sae(write_tiny_model(tmp / "model"), tmp / "sae")
     corpus = tmp / "tales.txt"

@@ -212,11 +212,11 @@ def test_export_cli(site, tmp_path):
     out = tmp_path / "np"
     r = subprocess.run([sys.executable, "-m", "saexplain.cli", "export", "--store", str(site["store"]),
                         "--run", str(site["run"]), "--format", "neuronpedia", "--out", str(out)],
-                       capture_output=True, text=True, env=os.environ)
+                       capture_output=True, text=True, env=os.environ, check=False)
     assert r.returncode == 0, r.stderr
     assert json.loads(next(out.iterdir()).read_text())[0]["index"] in ("0", "1")
     r = subprocess.run([sys.executable, "-m", "saexplain.cli", "export", "--store", str(site["store"]),
-                        "--format", "csv"], capture_output=True, text=True, env=os.environ)
+                        "--format", "csv"], capture_output=True, text=True, env=os.environ, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "known: delphi, neuronpedia" in r.stderr
 
 
@@ -279,7 +279,7 @@ def test_browser_runs_feature_hover_probe_search_trace(page, server, site):
     page.click(f"text=run {site['run']}")
     page.wait_for_url(f"**/runs/{site['run']}")
     assert page.locator("tr.feature-row").count() == 2  # features 0 and 1
-    page.click(f"tr.feature-row[data-feature='0'] a")
+    page.click("tr.feature-row[data-feature='0'] a")
     page.wait_for_url("**/features/0")
     tok = page.locator(".example .tok.on").first
     tok.hover()
@@ -298,7 +298,7 @@ def test_browser_runs_feature_hover_probe_search_trace(page, server, site):
     page.locator("#lens .lens-row").first.wait_for()
     assert page.locator("#lens .lens-bar.pos").count() == 10
     # the SAGE trace: probes shaded, verdicts, conclusion
-    page.click("a[href='#trace-%d-sage']" % site["run"])
+    page.click(f"a[href='#trace-{site['run']}-sage']")
     trace = page.locator(f"#trace-{site['run']}-sage")
     assert trace.locator(".ev.probe").count() >= 2 and trace.locator(".ev.conclusion").count() == 1
     # search, then follow a hit

@@ -16,8 +16,16 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from saexplain.errors import SaexplainError
-from saexplain.web.probe import MAX_CHARS, FeaturesResult, LensResult, ProbeOff, ProbeResult, ProbeService, TooMany
-from saexplain.web.read import (FeaturePage, FeatureRow, Reader, RunPage, RunRow, SearchHit, TraceView, shade)
+from saexplain.web.probe import (
+    MAX_CHARS,
+    FeaturesResult,
+    LensResult,
+    ProbeOff,
+    ProbeResult,
+    ProbeService,
+    TooMany,
+)
+from saexplain.web.read import FeaturePage, FeatureRow, Reader, RunPage, RunRow, SearchHit, TraceView
 from saexplain.web.search import SearchIndex
 
 _TEMPLATES = resources.files("saexplain.web") / "templates"
@@ -233,4 +241,4 @@ def histogram_bars(edges: list[float], counts: list[int], width: int = 420, heig
     return bars
 
 
-__all__ = ["create_app", "histogram_bars", "shade"]
+__all__ = ["create_app", "histogram_bars"]

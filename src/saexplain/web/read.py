@@ -10,7 +10,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 
 from saexplain.errors import SaexplainError
@@ -469,10 +468,3 @@ def _sample_run(db: Store, cfg: dict, cache_run: int) -> int | None:
     except SaexplainError:
         return None
     return db.find_run("sample", sampling.hash() + f"-cache{cache_run}")
-
-
-def shade(acts: list[float], top: float) -> list[float]:
-    """Per-token shading strength in [0, 1] (activation ÷ the feature's max; negatives shaded by magnitude)."""
-    if top <= 0:
-        return [0.0] * len(acts)
-    return [float(min(1.0, abs(a) / top)) for a in np.asarray(acts, float)]
