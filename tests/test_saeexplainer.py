@@ -282,6 +282,30 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
         exps = {e["method"]: e for e in db.explanations(h.run_id)}
     assert set(exps) == {"oneshot", "saeexplainer@sft", "saeexplainer@round2"}
     assert all(exps[m]["error"] is None and exps[m]["description"] for m in exps)
+    # the web UI's feature page of a training feature shows each round's candidates, rewards and pair
+    from saexplain.web.read import Reader
+
+    ev1 = _stages(ground_truth, tmp_path, SAEExplainerConfig(train_dir=str(tmp_path / "train"), max_new_tokens=8),
+                  features="1", explainers="oneshot", scorers="")
+    assert run_all(ev1, echo=lambda m: None, backend=backend).run_id == h.run_id
+    page = Reader(held.run.store).feature(h.run_id, 1)
+    assert [r.round for r in page.saeexplainer] == [1, 2]
+    r1 = page.saeexplainer[0]
+    assert sorted(c.text for c in r1.candidates) == sorted(c["text"] for r in rows if r["feature"] == 1
+                                                           for c in r["candidates"])
+    by_feature = {f: (c, r) for f, c, r in zip(pairs["feature"], pairs["chosen"], pairs["rejected"])}
+    if 1 in by_feature:  # the dataset's texts carry a leading space (the completion after the prompt)
+        assert (" " + r1.chosen, " " + r1.rejected) == by_feature[1]
+    else:
+        assert r1.chosen is None and r1.pair_reason
+    assert Reader(held.run.store).feature(h.run_id, 0).saeexplainer == []  # held out: never trained on
+    from fastapi.testclient import TestClient
+
+    from saexplain.web.app import create_app
+
+    with TestClient(create_app(held.run.store, probe=False)) as client:
+        html = client.get(f"/runs/{h.run_id}/features/1").text
+    assert "SAEExplainer training" in html and "round 2" in html
 
 
 def test_eval_of_an_untrained_stage_is_a_clear_error(tmp_path):

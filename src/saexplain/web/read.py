@@ -135,6 +135,22 @@ class Histogram(BaseModel):
     counts: list[int]
 
 
+class CandidateView(BaseModel):
+    text: str
+    reward: float | None  # max activation on texts written from it ÷ the feature's max
+    error: str | None
+    texts: list[str]
+
+
+class TrainingRound(BaseModel):
+    folder: str
+    round: int
+    candidates: list[CandidateView]
+    chosen: str | None  # the DPO pair built from them (None: dropped, `pair_reason` says why)
+    rejected: str | None
+    pair_reason: str
+
+
 class FeaturePage(BaseModel):
     feature: int
     run_id: int | None  # None: the per-SAE page (explanations of every run on this cache)
@@ -148,6 +164,7 @@ class FeaturePage(BaseModel):
     explanations: list[ExplanationView]
     examples: list[ExampleGroup]
     examples_off: str | None  # why the examples cannot be shown (e.g. the cache is not on this machine)
+    saeexplainer: list[TrainingRound]  # SAEExplainer training rounds that had this feature (candidates, pairs)
 
 
 class TraceEvent(BaseModel):
@@ -284,24 +301,25 @@ class Reader:
             if not exps:
                 raise SaexplainError(f"run {run_id} has no explanation of feature {feature}")
             sample_run = _sample_run(db, cfg, cache_run)
-            return self._feature_page(db, cache_run, feature, run_id, exps, sample_run)
+            return self._feature_page(db, cache_run, feature, run_id, exps, sample_run, [cfg])
 
     def sae_feature(self, cache_run: int, feature: int) -> FeaturePage:
         """The page of one feature of an SAE (one cache: model + SAE + corpus): every run's explanations."""
         with self.db() as db:
             c = _run_of_kind(db, cache_run, "cache")
-            exps, sample_run = [], None
+            exps, sample_run, cfgs = [], None, []
             for r in db.runs("run"):
                 cfg = json.loads(r["config_json"])
                 if cfg.get("cache_key") == c["config_hash"]:
                     got = db.explanations(r["id"], feature)
                     exps += got
+                    cfgs.append(cfg)
                     if got and sample_run is None:
                         sample_run = _sample_run(db, cfg, cache_run)
-            return self._feature_page(db, cache_run, feature, None, exps, sample_run)
+            return self._feature_page(db, cache_run, feature, None, exps, sample_run, cfgs)
 
     def _feature_page(self, db: Store, cache_run: int, feature: int, run_id: int | None, exps: list[dict],
-                      sample_run: int | None) -> FeaturePage:
+                      sample_run: int | None, run_cfgs: list[dict]) -> FeaturePage:
         stats = db.feature_stats(cache_run, feature)
         if not stats:
             raise SaexplainError(f"feature {feature} is not in cache run {cache_run}")
@@ -337,7 +355,8 @@ class Reader:
         return FeaturePage(feature=feature, run_id=run_id, cache_run=cache_run, density=st["frequency"],
                            max_act=st["max_act"], n_nonzero=st["n_nonzero"], dead=st["dead"],
                            top_tokens=st["top_tokens"], histogram=Histogram(**st["histogram"]),
-                           explanations=views, examples=groups, examples_off=off)
+                           explanations=views, examples=groups, examples_off=off,
+                           saeexplainer=training_rounds(run_cfgs, feature))
 
     def _open_cache(self, db: Store, cache_run: int):
         """(LatentCache, Contexts) of a cache run, kept open for later pages (at most 4)."""
@@ -397,6 +416,43 @@ class Reader:
             return TraceView(run_id=run_id, feature=feature, method=method, description=e["description"],
                              status=e["status"], error=e["error"],
                              events=trace_events(db.trace(run_id, feature, method)))
+
+
+def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
+    """SAEExplainer's candidates, rewards and DPO pair for `feature`, from the training folders of the runs
+    (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
+    and SAE with this feature among their training features."""
+    from saexplain.train.config import TrainConfig
+    from saexplain.train.data import Candidate, build_pair, load_jsonl
+
+    folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
+    root = home() / "saeexplainer"
+    if root.is_dir():
+        folders += sorted(p for p in root.iterdir() if (p / "split.json").is_file())
+    subjects = {(c.get("subject", {}).get("model"), c.get("subject", {}).get("sae")) for c in run_cfgs}
+    out = []
+    for folder in dict.fromkeys(folders):
+        try:
+            conf = json.loads((folder / "config.json").read_text())
+            split = json.loads((folder / "split.json").read_text())
+            tcfg = TrainConfig(**{k: v for k, v in conf.get("training", {}).items() if k in TrainConfig.model_fields})
+        except (OSError, ValueError, TypeError):
+            continue  # not a finished training folder
+        sub = conf.get("subject", {})
+        if feature not in split.get("train", []) or (sub.get("model"), sub.get("sae")) not in subjects:
+            continue
+        for rnd in (1, 2):
+            rows = load_jsonl(folder / f"round{rnd}" / "candidates.jsonl")
+            if feature not in rows:
+                continue
+            cands = [Candidate(**c) for c in rows[feature]["candidates"]]
+            pair, why = build_pair(feature, cands, tcfg)
+            out.append(TrainingRound(
+                folder=str(folder), round=rnd, pair_reason=why, chosen=pair.chosen if pair else None,
+                rejected=pair.rejected if pair else None,
+                candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
+                            sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
+    return out
 
 
 def trace_events(steps: list[dict]) -> list[TraceEvent]:
