@@ -42,7 +42,7 @@ def child(tokens: int) -> None:
                           **cache.storage()}))
 
 
-def ratio(tokens: int) -> float:
+def ratio(tokens: int, raw_out: dict) -> float:
     from saexplain.cache.latents import CacheConfig, LatentCache
     from saexplain.data.contexts import CorpusConfig, build_contexts
     from saexplain.subject.oracle import Oracle, SubjectConfig
@@ -68,10 +68,12 @@ def ratio(tokens: int) -> float:
     r, f = min(raw), min(full)
     print(f"raw truncated forward: {n / r:.0f} tok/s | cache (forward + SAE + shards): {n / f:.0f} tok/s "
           f"({n} tokens, batches of {cfg.batch_contexts}×{ctx.length}, best of 2)")
+    raw_out["ratio"] = {"tokens": n, "raw_seconds": raw, "cache_seconds": full, "raw_tok_s": n / r,
+                        "cache_tok_s": n / f}
     return r / f
 
 
-def delphi_side_by_side(tokens: int) -> float | None:
+def delphi_side_by_side(tokens: int, raw_out: dict) -> float | None:
     """EleutherAI delphi's LatentCache (installed with --no-deps) on the same model, SAE, contexts and batch
     size; returns saexplain's throughput ÷ delphi's, or None when delphi cannot be imported."""
     try:
@@ -100,6 +102,8 @@ def delphi_side_by_side(tokens: int) -> float | None:
     n = n_ctx * ctx.length
     print(f"delphi LatentCache: {n / theirs:.0f} tok/s | saexplain cache: {n / ours:.0f} tok/s "
           f"({n} tokens) | speed-up {theirs / ours:.2f}x")
+    raw_out["delphi"] = {"tokens": n, "delphi_seconds": theirs, "saexplain_seconds": ours,
+                         "delphi_tok_s": n / theirs, "saexplain_tok_s": n / ours}
     return theirs / ours
 
 
@@ -122,8 +126,8 @@ def main() -> None:
               f"{r['nonzeros']:,} non-zeros, {r['bytes_per_nonzero']:.3f} bytes per stored non-zero")
     figures = {}
     if args.delphi_tokens:
-        figures["delphi_speedup"] = delphi_side_by_side(args.delphi_tokens)
-    figures["ratio"] = ratio(args.ratio_tokens)
+        figures["delphi_speedup"] = delphi_side_by_side(args.delphi_tokens, raw)
+    figures["ratio"] = ratio(args.ratio_tokens, raw)
     record("cache", figures, raw)
     print(f"ratio: {figures['ratio']:.3f}")
 
