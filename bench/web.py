@@ -8,8 +8,9 @@ Set-up (in a fresh store of its own, `$SAEXPLAIN_HOME/bench-web.db`): the cache 
 sampler's defaults), and a run holds for each feature two explanations with three scores each and a SAGE-shaped
 trace of 12 probes — written by this script, named as synthetic (run name "bench-web-synthetic"): the page's
 work is reading and rendering them, which does not depend on who wrote the text. Then a real `saexplain serve`
-process (--no-probe: the probe's latency is the oracle's, see bench/oracle.py) is asked for every feature page
-over HTTP: round 1 is cold (each shard's sha256 is checked on first touch), later rounds warm.
+process is asked for every feature page over HTTP: round 1 is cold (each shard's sha256 is checked on first
+touch), later rounds warm. Then the live probe: 20 sentences, each POSTed for one feature once the subject has
+loaded (the oracle on Gemma 3 270M, CPU), timed over HTTP.
 Last line: `feature page p50 ms: X` (warm rounds)."""
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main() -> None:
     run_id, features, tokens = build_store(store, args.features, args.tokens)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store), "--port",
-                             str(port), "--no-probe"], env=os.environ)
+                             str(port)], env=os.environ)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -116,14 +117,34 @@ def main() -> None:
             rounds.append(ms)
             print(f"round {len(rounds)}: p50 {statistics.median(ms):.1f} ms, p90 {np.percentile(ms, 90):.1f} ms, "
                   f"max {max(ms):.1f} ms")
+        probe_ms = []
+        sentences = [f"The {w} walked into the old forest at night and found a small house." for w in
+                     ("king", "queen", "miller", "tailor", "hunter", "fisherman", "wolf", "fox", "girl", "boy")]
+        sentences += [f"On day {i} the market fell sharply, and the bank raised its rates again." for i in range(10)]
+        for _ in range(600):  # the subject loads in the background: wait until the probe answers
+            if json.loads(urllib.request.urlopen(f"{url}/api/runs/{run_id}/probe-status").read())["status"] != \
+                    "loading":
+                break
+            time.sleep(0.5)
+        for i, text in enumerate(sentences):
+            req = urllib.request.Request(f"{url}/api/runs/{run_id}/probe", method="POST",
+                                         data=json.dumps({"text": text, "feature": features[i % len(features)]}
+                                                         ).encode(), headers={"Content-Type": "application/json"})
+            t = time.perf_counter()
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert r.status == 200 and json.loads(r.read())["tokens"]
+            probe_ms.append(1000 * (time.perf_counter() - t))
+            time.sleep(0.5)  # under the probe's rate limit (20 per 10 s per client)
+        print(f"live probe: p50 {statistics.median(probe_ms):.1f} ms, max {max(probe_ms):.1f} ms "
+              f"({len(probe_ms)} sentences of ~15 tokens)")
     finally:
         proc.terminate()
         proc.wait(10)
     warm = [m for r in rounds[1:] for m in r] or rounds[0]
     figures = {"feature_page_p50_ms": statistics.median(warm), "feature_page_p90_ms": float(np.percentile(warm, 90)),
                "cold_p50_ms": statistics.median(rounds[0]), "features_in_sae": 4096, "cache_tokens": tokens,
-               "pages": len(features)}
-    record("web", figures, {"run": run_id, "features": features, "rounds_ms": rounds})
+               "pages": len(features), "probe_p50_ms": statistics.median(probe_ms), "probe_max_ms": max(probe_ms)}
+    record("web", figures, {"run": run_id, "features": features, "rounds_ms": rounds, "probe_ms": probe_ms})
     print(f"cache {tokens:,} tokens, 4,096 features; cold p50 {figures['cold_p50_ms']:.1f} ms")
     print(f"feature page p50 ms: {figures['feature_page_p50_ms']:.1f}")
 

@@ -168,7 +168,9 @@ def test_rate_limit(site):
 def test_pages_work_without_model_or_cache(site, tmp_path):
     moved = tmp_path / "store.db"  # a store copied to a laptop: no model, no cache
     shutil.copy(site["store"], moved)
-    cache_dir = next((site["home"] / "caches").iterdir())
+    with Store(site["store"], readonly=True) as db:
+        cache_dir = site["home"] / "caches" / json.loads(db.run(site["run"])["config_json"])["cache_key"]
+    assert cache_dir.is_dir()
     hidden = cache_dir.with_name(cache_dir.name + ".away")
     cache_dir.rename(hidden)
     try:

@@ -460,28 +460,69 @@ def _latest_run(db: Store, kind: str) -> int:
 
 @app.command()
 @friendly_errors
-def demo(features: int = typer.Option(6, help="features to explain (random, density 0.01 %–1 %)"),
+def demo(features: int = typer.Option(4, help="features to explain (random, density 0.01 %–1 %)"),
          tokens: int = typer.Option(262_144, help="tokens of the default corpus to cache"),
          explainers: str = typer.Option("oneshot,sage", help="explainers, comma-separated"),
-         scorers: str = typer.Option("generation,detection,embedding,simulation", help="scorers, comma-separated"),
-         seed: int = typer.Option(0, help="which features")):
-    """The offline default end to end: Gemma 3 270M + its TopK SAE (trained once if missing) → latent cache →
-    features → explain (one-shot and SAGE, modest budgets) → score → report, with the default LLM."""
+         scorers: str = typer.Option("generation,detection,embedding",
+                                     help="scorers, comma-separated (simulation is available, and the slowest)"),
+         seed: int = typer.Option(0, help="which features"),
+         serve: bool = typer.Option(True, help="serve the web UI while the demo runs (results appear as they "
+                                               "finish)"),
+         stay: bool = typer.Option(True, help="keep serving the UI after the demo (Ctrl-C stops it)"),
+         port: int = typer.Option(8000, help="the UI's port (another free one when taken)")):
+    """The offline default end to end: Gemma 3 270M + its TopK SAE (shipped with saexplain) → latent cache →
+    features → explain (one-shot and SAGE, modest budgets) → score → report, with the default LLM, shown in the
+    web UI on 127.0.0.1 as results land."""
+    import subprocess
+
+    from saexplain.cache.pipeline import default_store_path
     from saexplain.pipeline.presets import cpu_preset
     from saexplain.subject.sae import default_sae_dir
     from saexplain.subject.train_sae import train_sae
 
     t0 = time.perf_counter()
-    if not (default_sae_dir() / "sae_weights.safetensors").is_file():
-        console.print("[bold]Training the default SAE (one time, about 25 minutes on 2 cores)…[/bold]")
+    if not (default_sae_dir() / "sae_weights.safetensors").is_file():  # installs the shipped SAE when present
+        console.print("[bold]No default SAE shipped with this install: training it (`saexplain train-sae`)…[/bold]")
         train_sae(TrainSAEConfig())
         console.print(f"SAE trained ({time.perf_counter() - t0:.0f}s)")
     cfgs = cpu_preset(f"random:{features}", explainers, scorers, tokens, seed)
-    h = run_all_and_print(cfgs)
-    console.print(f"\n[bold]demo finished in {time.perf_counter() - t0:.0f}s[/bold] · run {h.run_id}\n"
-                  f"report: {h.folder / 'report.md'}\nplot:   {h.folder / 'report.png'}\n"
-                  f"a SAGE trace: saexplain trace --run {h.run_id} --feature {next(iter(h.records))}")
+    server = url = None
+    if serve:
+        store_path = Path(cfgs.run.store or default_store_path())
+        Store(store_path).close()  # the UI reads the store: make sure it exists before the first run
+        port = _free_port(port)
+        server = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store_path),
+                                   "--port", str(port)], stdout=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}/"
+        console.print(f"[bold]web UI: {url}[/bold] (results appear there as they finish)")
+    try:
+        h = run_all_and_print(cfgs)
+        console.print(f"\n[bold]demo finished in {time.perf_counter() - t0:.0f}s[/bold] · run {h.run_id}\n"
+                      f"report: {h.folder / 'report.md'}\nplot:   {h.folder / 'report.png'}\n"
+                      f"a SAGE trace: saexplain trace --run {h.run_id} --feature {next(iter(h.records))}")
+        if server is not None and stay:
+            console.print(f"[bold]the web UI keeps serving: {url}runs/{h.run_id}[/bold] — Ctrl-C stops it")
+            try:
+                server.wait()
+            except KeyboardInterrupt:
+                console.print("stopped")
+    finally:
+        if server is not None and server.poll() is None:
+            server.terminate()
+            server.wait(10)
     _exit_on_failures(h.counts)
+
+
+def _free_port(port: int) -> int:
+    """`port` when it can be bound on 127.0.0.1, else one the system picks."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _print_examples(run, examples: dict, show: int) -> None:

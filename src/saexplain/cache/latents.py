@@ -200,7 +200,7 @@ class LatentCache:
         ranges = [(e["start"], e["end"], e["name"]) for e in self.meta["shards"]]
         starts = np.asarray([a for a, _, _ in ranges])
         out: dict[int, np.ndarray] = {}
-        for c in sorted(set(int(c) for c in contexts)):
+        for c in sorted({int(c) for c in contexts}):
             if not 0 <= c < self.n_contexts:
                 raise SaexplainError(f"context {c} is not in the cache ({self.n_contexts} contexts)")
             a, _, name = ranges[int(np.searchsorted(starts, c, side="right")) - 1]
@@ -241,8 +241,10 @@ class LatentCache:
         size = sum(p.stat().st_size for p in self.shard_paths())
         return {"nonzeros": nnz, "bytes": size, "bytes_per_nonzero": size / max(nnz, 1)}
 
-    def statistics(self) -> list[dict]:
+    def statistics(self, progress: bool = False) -> list[dict]:
         """Per feature: max, frequency, mean non-zero, log-spaced histogram, dead — two streaming passes."""
+        bar = tqdm(total=2 * len(self.meta.get("shards", [])) or None, unit="shard", desc="feature statistics",
+                   disable=not progress)
         d = self.d_sae
         mx = np.zeros(d, np.float32)
         n = np.zeros(d, np.int64)
@@ -254,6 +256,7 @@ class LatentCache:
             np.maximum.at(mx, s.indices, s.values)
             n += np.bincount(s.indices, minlength=d)
             total += np.bincount(s.indices, weights=s.values, minlength=d)
+            bar.update()
         hist = np.zeros((d, HIST_BINS), np.int64)
         safe = np.where(mx > 0, mx, 1.0)
         for s in self.shards():
@@ -262,6 +265,8 @@ class LatentCache:
             b = np.floor((np.log10(v / safe[f]) + HIST_DECADES) * HIST_BINS / HIST_DECADES).astype(np.int64)
             b = np.clip(b, 0, HIST_BINS - 1)
             hist += np.bincount(f * HIST_BINS + b, minlength=d * HIST_BINS).reshape(d, HIST_BINS)
+            bar.update()
+        bar.close()
         edges_rel = (10.0 ** np.linspace(-HIST_DECADES, 0, HIST_BINS + 1)).tolist()
         out = []
         for j in range(d):
@@ -271,8 +276,10 @@ class LatentCache:
                         "dead": bool(n[j] == 0)})
         return out
 
-    def top_activations(self, n: int = 50) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def top_activations(self, n: int = 50, progress: bool = False) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per feature, its `n` strongest activations (context, position, value), streamed over the shards."""
+        bar = tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard", desc="top activations",
+                   disable=not progress)
         L = self.context
         keep_f = np.zeros(0, np.int64)
         keep_t = np.zeros(0, np.int64)  # global token index
@@ -287,6 +294,8 @@ class LatentCache:
             rank = np.arange(len(f)) - np.repeat(group_start, np.diff(np.r_[group_start, len(f)]))
             m = rank < n
             keep_f, keep_t, keep_v = f[m], t[m], v[m]
+            bar.update()
+        bar.close()
         out = {}
         bounds = np.r_[0, np.flatnonzero(keep_f[1:] != keep_f[:-1]) + 1, len(keep_f)]
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -294,12 +303,16 @@ class LatentCache:
                 out[int(keep_f[a])] = (keep_t[a:b] // L, keep_t[a:b] % L, keep_v[a:b])
         return out
 
-    def collect(self, features: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def collect(self, features: list[int], progress: bool = False
+                ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """All non-zeros of the given features: {feature: (context, position, value)} in one pass."""
+        bar = tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard",
+                   desc=f"reading {len(set(features))} features", disable=not progress)
         feats = np.asarray(sorted(set(features)), dtype=np.int64)
         parts: dict[int, list] = {int(f): [] for f in feats}
         L = self.context
         for s in self.shards():
+            bar.update()
             sel = np.isin(s.indices, feats)
             if not sel.any():
                 continue
@@ -308,6 +321,7 @@ class LatentCache:
             for j in np.unique(f):
                 m = f == j
                 parts[int(j)].append((s.start + tok[m] // L, tok[m] % L, v[m]))
+        bar.close()
         out = {}
         for j, chunks in parts.items():
             if chunks:

@@ -62,13 +62,13 @@ def build_cache(subject: SubjectConfig, corpus: CorpusConfig, cache: CacheConfig
     else:
         oracle = oracle or Oracle.from_config(subject)
         contexts = build_contexts(corpus, oracle.subject.tokenizer, max_tokens=cache.tokens,
-                                  bos=oracle.subject.prepend_bos)
+                                  bos=oracle.subject.prepend_bos, progress=progress)
         latents = LatentCache.build(oracle, contexts, cache, path, config, progress=progress)
     if not store.feature_stats(run_id, limit=1):
         oracle = oracle or Oracle.from_config(subject)
         decode = oracle.subject.tokenizer.decode
-        stats = latents.statistics()
-        top = latents.top_activations(50)
+        stats = latents.statistics(progress=progress)
+        top = latents.top_activations(50, progress=progress)
         for row in stats:
             if row["feature"] in top:
                 ids = top_token_ids(contexts.tokens, *top[row["feature"]], n=5)

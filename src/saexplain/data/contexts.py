@@ -107,7 +107,8 @@ class Contexts:
         return strings, sources
 
 
-def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None, bos: bool = True) -> Contexts:
+def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None, bos: bool = True,
+                   progress: bool = False) -> Contexts:
     """Tokenise the corpus into contexts (or reuse the stored ones for the same corpus + tokenizer + length);
     `bos`: every context starts with BOS (as the SAE's `prepend_bos` says the model saw in training)."""
     key = hashlib.sha256(f"{cfg.fingerprint()}:{tokenizer_fingerprint(tokenizer)}:{max_tokens}"
@@ -120,10 +121,13 @@ def build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None = None, 
             return Contexts.open(path)
         for stale in path.parent.glob(key + ".tmp*"):  # left by a killed writer (we hold the lock)
             shutil.rmtree(stale, ignore_errors=True)
-        return _build_contexts(cfg, tokenizer, max_tokens, path, bos)
+        return _build_contexts(cfg, tokenizer, max_tokens, path, bos, progress)
 
 
-def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: Path, bos: bool) -> Contexts:
+def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: Path, bos: bool,
+                    progress: bool = False) -> Contexts:
+    from tqdm.auto import tqdm
+
     if bos and tokenizer.bos_token_id is None:
         raise SaexplainError("the tokenizer has no BOS token; contexts start with BOS")
     body = cfg.context - 1 if bos else cfg.context
@@ -133,12 +137,14 @@ def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: 
     spans: list[tuple[int, int]] = []
     docs: list[tuple[str, str]] = []
     limit = None if max_tokens is None else (max_tokens // cfg.context) * body
+    bar = tqdm(total=limit, unit="tok", unit_scale=True, desc="tokenising the corpus", disable=not progress)
     for doc in iter_documents(cfg.sources(), cfg.text_column, stats):
         text = doc.text + SEPARATOR
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         n = len(enc["input_ids"])
         if n == 0:
             continue
+        bar.update(n if limit is None else min(n, max(0, limit - len(ids))))
         starts = [s for s, _ in enc["offset_mapping"]] + [len(text)]
         d = len(docs)
         docs.append((doc.doc_id, text))
@@ -148,6 +154,7 @@ def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: 
         spans += [(s, max(e, starts[i + 1])) for i, (s, e) in enumerate(enc["offset_mapping"])]
         if limit is not None and len(ids) >= limit:
             break
+    bar.close()
     n_ctx = len(ids) // body if limit is None else min(len(ids), limit) // body
     if n_ctx == 0:
         raise SaexplainError(f"corpus too small: {len(ids)} tokens, fewer than one context of {cfg.context}")

@@ -113,7 +113,7 @@ def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle, features: lis
     if not features:
         return cache, {}
     t1 = time.perf_counter()
-    _, examples = sample_features(cache, features, cfgs.sampling, store)
+    _, examples = sample_features(cache, features, cfgs.sampling, store, progress=True)
     by_id = {r["feature"]: r for r in stats}
     records = {f: make_record(f, by_id[f], examples[f], cache.contexts) for f in features}
     echo(f"sample: {len(features)} features, explain/score pools drawn ({time.perf_counter() - t1:.1f}s)")
@@ -328,6 +328,18 @@ async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scor
     return counts
 
 
+def progress_line(feature: int, done: int, total: int, elapsed: float) -> str:
+    """A finished feature, the time so far and what is left at the rate measured so far."""
+    left = elapsed / done * (total - done)
+    eta = f", about {_clock(left)} left at the pace so far" if done < total else ""
+    return f"feature {feature} finished ({done}/{total} features, {_clock(elapsed)} elapsed{eta})"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 def run_concurrency(run: RunConfig, llm: LLM) -> int:
     """Features in flight: the run's setting, else 1 for an in-process LLM (one model, one request at a time)
     and 32 for a server (the LLM client's max_concurrency caps the requests)."""
@@ -441,10 +453,11 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
             async def go():
                 # a feature's explainers run together, then its scorers; every item persists as it finishes, so
                 # a killed run keeps every finished item (stage seconds are summed over the features in flight)
-                started = 0
+                started = finished = 0
+                t_loop = time.perf_counter()
 
                 async def feature_task(f: int):
-                    nonlocal started
+                    nonlocal started, finished
                     started += 1
                     echo(f"feature {f} ({started}/{len(h.records)})")
                     t = time.perf_counter()
@@ -453,6 +466,8 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
                     t = time.perf_counter()
                     await score_feature(h, store, llm, oracle, f, cfgs.run.scorer_names, totals["score"][1], echo)
                     totals["score"][0] += time.perf_counter() - t
+                    finished += 1
+                    echo(progress_line(f, finished, len(h.records), time.perf_counter() - t_loop))
 
                 await for_each_feature(list(h.records), concurrency, feature_task)
                 await llm.aclose()

@@ -10,8 +10,8 @@ from saexplain.sampling.sampler import Example, Sampler, SamplingConfig
 from saexplain.store import Store
 
 
-def sample_features(run: CacheRun, features: list[int], cfg: SamplingConfig, store: Store
-                    ) -> tuple[int, dict[int, list[Example]]]:
+def sample_features(run: CacheRun, features: list[int], cfg: SamplingConfig, store: Store,
+                    progress: bool = False) -> tuple[int, dict[int, list[Example]]]:
     """Returns the sampling run id and each feature's examples (stored as references into the cache)."""
     bad = [f for f in features if not 0 <= f < run.cache.d_sae]
     if bad:
@@ -21,7 +21,7 @@ def sample_features(run: CacheRun, features: list[int], cfg: SamplingConfig, sto
     run_id = store.get_or_create_run("sample", cfg.hash() + f"-cache{run.run_id}", text)
     sampler = Sampler(run.contexts.tokens, cfg)
     out = {}
-    for f, (ctx, pos, val) in run.cache.collect(features).items():
+    for f, (ctx, pos, val) in run.cache.collect(features, progress=progress).items():
         examples = sampler.sample(f, ctx, pos, val)
         store.put_examples(run_id, f, [e.row() for e in examples])
         out[f] = examples

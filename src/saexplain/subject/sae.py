@@ -22,10 +22,38 @@ SAELENS_FILES = ("cfg.json", "sae_weights.safetensors")
 SPARSIFY_FILES = ("cfg.json", "sae.safetensors")
 
 
+SHIPPED_SAE = Path(__file__).with_name("default_sae")  # the default SAE as `saexplain train-sae` made it
+
+
 def default_sae_dir() -> Path:
+    """The default SAE's folder under $SAEXPLAIN_HOME. On first use the copy shipped with the package is
+    installed there, its sha256 checked against SHA256SUMS; `saexplain train-sae --force` retrains it in place."""
     from saexplain.subject.default import DEFAULT_HOOKPOINT, DEFAULT_MODEL_NAME
 
-    return home() / "saes" / DEFAULT_MODEL_NAME / f"{DEFAULT_HOOKPOINT}-topk"
+    path = home() / "saes" / DEFAULT_MODEL_NAME / f"{DEFAULT_HOOKPOINT}-topk"
+    if not (path / "sae_weights.safetensors").is_file() and (SHIPPED_SAE / "sae_weights.safetensors").is_file():
+        install_shipped_sae(path)
+    return path
+
+
+def install_shipped_sae(path: Path) -> None:
+    import hashlib
+    import os
+    import shutil
+
+    sums = dict(reversed(line.split()) for line in (SHIPPED_SAE / "SHA256SUMS").read_text().splitlines() if line)
+    for name, digest in sums.items():
+        if hashlib.sha256((SHIPPED_SAE / name).read_bytes()).hexdigest() != digest:
+            raise ConfigError(f"{SHIPPED_SAE / name}: the shipped default SAE is damaged (sha256 differs from "
+                              f"SHA256SUMS); reinstall saexplain or run `saexplain train-sae`")
+    path.mkdir(parents=True, exist_ok=True)
+    for src in sorted(SHIPPED_SAE.iterdir()):  # weights last: their presence marks a complete install
+        if src.suffix == ".json":
+            shutil.copyfile(src, path / src.name)
+    tmp = path / f"sae_weights.safetensors.tmp{os.getpid()}"
+    shutil.copyfile(SHIPPED_SAE / "sae_weights.safetensors", tmp)
+    os.replace(tmp, path / "sae_weights.safetensors")
+    log.info("installed the shipped default SAE into %s", path)
 
 
 # ---------------------------------------------------------------------------------------------- formats
