@@ -276,3 +276,36 @@ def test_real_sparsify_checkpoint_matches_sparsify_own_encode(tiny_model_dir, tm
         out = coder.encode(h)
         want = torch.zeros(len(h), D_SAE).scatter(-1, out.top_indices, out.top_acts.float())
         np.testing.assert_allclose(res.acts, want.detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_shipped_default_sae_is_installed_checked_and_loads(tmp_path, monkeypatch):
+    """The default SAE ships with the package (≤ 25 MB) and is installed into an empty $SAEXPLAIN_HOME on first
+    use, byte for byte; a damaged shipped copy is one clear line, never a silently different SAE."""
+    import hashlib
+    import shutil
+
+    from saexplain.subject import sae as sae_mod
+
+    shipped = sae_mod.SHIPPED_SAE
+    assert (shipped / "sae_weights.safetensors").stat().st_size <= 25 * 2**20
+    monkeypatch.setenv("SAEXPLAIN_HOME", str(tmp_path / "home"))
+    folder = sae_mod.default_sae_dir()
+    for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+        assert (folder / name).read_bytes() == (shipped / name).read_bytes()
+    sums = dict(reversed(line.split()) for line in (shipped / "SHA256SUMS").read_text().splitlines())
+    assert hashlib.sha256((folder / "sae_weights.safetensors").read_bytes()).hexdigest() == \
+        sums["sae_weights.safetensors"]
+    sae = load_sae("default")
+    assert sae.cfg.d_sae == 4096 and sae.cfg.d_in == 640 and sae.cfg.k == 32
+    # a flipped byte in the shipped copy: refused with the file named
+    bad = tmp_path / "shipped"
+    shutil.copytree(shipped, bad)
+    data = bytearray((bad / "sae_weights.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "sae_weights.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(sae_mod, "SHIPPED_SAE", bad)
+    monkeypatch.setenv("SAEXPLAIN_HOME", str(tmp_path / "home2"))
+    with pytest.raises(ConfigError, match="sae_weights.safetensors: the shipped default SAE is damaged"):
+        sae_mod.default_sae_dir()
+    assert not (tmp_path / "home2" / "saes" / "gemma-3-270m" / "blocks.6.hook_resid_post-topk" /
+                "sae_weights.safetensors").exists()
