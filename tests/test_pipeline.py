@@ -39,7 +39,13 @@ def cfgs(ground_truth, tmp_path):
 
 def test_run_end_to_end_then_resume_without_redoing(cfgs):
     backend = ScriptedBackend(universal)
-    h = run_all(cfgs, echo=lambda m: None, backend=backend)
+    msgs: list[str] = []
+    h = run_all(cfgs, echo=msgs.append, backend=backend)
+    # progress as it happens: each SAGE LLM step with its budget, each finished feature with the time left
+    assert any(m.startswith("  feature 0 sage: analyze (LLM call 1 of at most") for m in msgs)
+    done = [m for m in msgs if " finished (" in m]
+    assert len(done) == 2 and "about" in done[0] and "left at the pace so far" in done[0] \
+        and "(2/2 features" in done[1] and "left" not in done[1]
     with Store(cfgs.run.store) as db:
         exps = db.explanations(h.run_id)
         assert {(e["feature"], e["method"]) for e in exps} == {(0, "oneshot"), (0, "sage"), (1, "oneshot"), (1, "sage")}

@@ -7,6 +7,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,13 +36,17 @@ class Explanation:
 
 
 class Tracer:
-    """Collects an explainer's steps (prompts, replies, probes, status changes) for the store."""
+    """Collects an explainer's steps (prompts, replies, probes, status changes) for the store; `on_step`, when
+    given, hears of each step as it happens (progress lines)."""
 
-    def __init__(self):
+    def __init__(self, on_step: Callable[[str, Any], None] | None = None):
         self.steps: list[dict[str, Any]] = []
+        self.on_step = on_step
 
     def __call__(self, kind: str, content: Any) -> None:
         self.steps.append({"kind": kind, "content": content, "time": time.time()})
+        if self.on_step is not None:
+            self.on_step(kind, content)
 
 
 class Explainer(ABC):
@@ -63,10 +68,12 @@ class Explainer(ABC):
     @abstractmethod
     async def run(self, record: FeatureRecord, llm, oracle, trace: Tracer) -> Explanation: ...
 
-    async def explain(self, record: FeatureRecord, llm, oracle) -> Explanation:
+    async def explain(self, record: FeatureRecord, llm, oracle,
+                      progress: Callable[[str], None] | None = None) -> Explanation:
+        """`progress`, when given, gets a line per LLM step of the explainer (with its budget) as it starts."""
         from saexplain.llm import metered
 
-        trace = Tracer()
+        trace = Tracer(_progress(self, progress, time.perf_counter()) if progress else None)
         t0 = time.perf_counter()
         with metered() as usage:
             exp = await self.run(record, llm, oracle, trace)
@@ -74,6 +81,23 @@ class Explainer(ABC):
         exp.trace = trace.steps
         exp.seconds = time.perf_counter() - t0
         return exp
+
+
+def _progress(explainer: Explainer, echo: Callable[[str], None], t0: float) -> Callable[[str, Any], None]:
+    calls = 0
+    budget = getattr(explainer.cfg, "max_llm_calls", None)
+
+    def on_step(kind: str, content: Any) -> None:
+        nonlocal calls
+        if kind == "prompt":
+            calls += 1
+            step = content.get("step", "") if isinstance(content, dict) else ""
+            of = f" of at most {budget}" if budget else ""
+            echo(f"{explainer.name}: {step} (LLM call {calls}{of}, {time.perf_counter() - t0:.0f}s in)")
+        elif kind == "stop" and isinstance(content, dict):
+            echo(f"{explainer.name}: stopped testing ({content.get('reason')}), concluding")
+
+    return on_step
 
 
 EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")

@@ -211,10 +211,12 @@ def plan_scores(h: RunHandle, store: Store, feature: int, scorers: list[str]) ->
     return due, done
 
 
-async def execute_explanation(item: ExplainItem, record: FeatureRecord, llm: LLM, oracle: Oracle):
-    """An item in, an Explanation or the exception out: no store, no shared state."""
+async def execute_explanation(item: ExplainItem, record: FeatureRecord, llm: LLM, oracle: Oracle,
+                              progress: Callable[[str], None] | None = None):
+    """An item in, an Explanation or the exception out: no store, no shared state (`progress` hears of its
+    LLM steps)."""
     try:
-        return await item.explainer.explain(record, llm, oracle)
+        return await item.explainer.explain(record, llm, oracle, progress)
     except Exception as e:  # noqa: BLE001  a failure is a result too (persisted as a failed row)
         return e
 
@@ -284,8 +286,9 @@ async def explain_feature(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, 
     counts["skipped"] += len(h.configs.run.explainer_names) - len(due)
 
     async def one(item: ExplainItem):
-        persist_explanation(store, h, item, await execute_explanation(item, h.records[feature], llm, oracle),
-                            counts, echo)
+        result = await execute_explanation(item, h.records[feature], llm, oracle,
+                                           progress=lambda m: echo(f"  feature {feature} {m}"))
+        persist_explanation(store, h, item, result, counts, echo)
 
     await asyncio.gather(*(one(item) for item in due))
 
