@@ -13,8 +13,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum 
 # The wheel folder is named after the build flags, so changing them rebuilds.
 SAEXPLAIN_HOME ?= $(HOME)/.cache/saexplain
 LLAMA_VERSION := 0.3.36
+# With AVX-512 (BW, VL, VNNI, VBMI, BF16) the build adds it, never AMX: prompt processing of the default LLM is
+# 1.56x faster (93 vs 59.5 tok/s measured here; generation 12.8 vs 12.2 tok/s).
 ifeq ($(shell uname -m),x86_64)
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+AVX512 := $(shell grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo \
+	&& grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo && echo yes)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	$(if $(AVX512),-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON)
 endif
 LLAMA_FLAVOR := $(shell echo '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS)' | sha1sum | cut -c1-8)
 WHEELS := $(SAEXPLAIN_HOME)/wheels/llama-$(LLAMA_FLAVOR)
