@@ -91,7 +91,7 @@ def _progress(explainer: Explainer, echo: Callable[[str], None], t0: float) -> C
         nonlocal calls
         if kind == "prompt":
             calls += 1
-            step = content.get("step", "") if isinstance(content, dict) else ""
+            step = (content.get("step") if isinstance(content, dict) else None) or "writing the explanation"
             of = f" of at most {budget}" if budget else ""
             echo(f"{explainer.name}: {step} (LLM call {calls}{of}, {time.perf_counter() - t0:.0f}s in)")
         elif kind == "stop" and isinstance(content, dict):
