@@ -1,8 +1,10 @@
-"""The screenshots in README.md and docs/web.md: a run of the fast suite's tiny model (tests/tiny.py) with the
-ScriptedLLM (canned replies, named as such — the pages, not the explanations, are what is shown), served by a
-real `saexplain serve` and photographed by Playwright in Debian's chromium.
+"""The screenshots in README.md: a run page and a feature page served by a real `saexplain serve` and
+photographed by Playwright in Debian's chromium.
 
-    .venv/bin/python docs/make_screenshots.py      # writes docs/img/run-page.png and docs/img/feature-page.png"""
+    .venv/bin/python docs/make_screenshots.py --store ~/.cache/saexplain/saexplain.db --run 5   # e.g. `make demo`'s run
+    .venv/bin/python docs/make_screenshots.py      # without --store: a run of the fast suite's tiny model
+                                                   # (tests/tiny.py) with the ScriptedLLM (canned replies)
+Writes docs/img/run-page.png and docs/img/feature-page.png."""
 
 from __future__ import annotations
 
@@ -20,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="saexplain-shots-"))
+def tiny_run(tmp: Path) -> tuple[str, int]:
     os.environ["SAEXPLAIN_HOME"] = str(tmp / "home")
     from saexplain.cache.latents import CacheConfig
     from saexplain.data.contexts import CorpusConfig
@@ -41,10 +42,24 @@ def main() -> None:
                         corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
                         sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"))
     h = run_all(cfgs, echo=lambda m: None, backend=ScriptedBackend(universal))
+    return cfgs.run.store, h.run_id
+
+
+def main() -> None:
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--store")
+    ap.add_argument("--run", type=int)
+    ap.add_argument("--feature", type=int, help="default: the run's first feature")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="saexplain-shots-"))
+    store, run_id = (args.store, args.run) if args.store else tiny_run(tmp)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", cfgs.run.store, "--port",
+    srv = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store), "--port",
                             str(port)], env=os.environ)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,14 +76,18 @@ def main() -> None:
                 "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"])
             page = b.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(f"{url}/runs/{h.run_id}")
+            feature = args.feature
+            if feature is None:
+                feature = json.loads(urllib.request.urlopen(f"{url}/api/runs/{run_id}/features").read())[0]["feature"]
+            page.goto(f"{url}/runs/{run_id}")
             page.wait_for_load_state("networkidle")
             page.screenshot(path=str(ROOT / "docs/img/run-page.png"), full_page=True)
-            page.goto(f"{url}/runs/{h.run_id}/features/0")
+            page.goto(f"{url}/runs/{run_id}/features/{feature}")
             page.locator("#lens .lens-row").first.wait_for()
-            page.fill("#probe-form textarea", "The fisherman's wife sat by the sea.")
+            page.fill("#probe-form textarea", "The fisherman's wife sat by the sea." if not args.store else
+                      "".join(t for t in page.locator(".example.pool-explain .window").first.inner_text()))
             page.click("#probe-form button")
-            page.locator("#probe-out .tok.on").first.wait_for()
+            page.locator("#probe-out .tok").first.wait_for()
             page.locator(".example .tok.on").first.hover()
             page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=False, clip={
                 "x": 0, "y": 0, "width": 1280, "height": 1000})

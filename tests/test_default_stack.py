@@ -78,12 +78,15 @@ def test_default_sae_meets_its_targets_on_text_it_never_saw(default_oracle):
 
 
 def test_train_sae_at_small_scale_meets_the_targets(default_oracle, tmp_path):
-    """`saexplain train-sae` still makes an SAE that meets the targets: retrained here at small scale (200k
-    activation tokens, 400 steps of 1,024 tokens), checked on held-out text by this test's own arithmetic."""
+    """`saexplain train-sae` still makes an SAE that meets the targets: retrained here at small scale (1,024
+    features, 200k activation tokens, 600 steps of 1,024 tokens), checked on held-out text by this test's own
+    arithmetic. (At 4,096 features 400 steps leave 47 % of them dead on held-out text: the shipped SAE's 2,442
+    steps are what revive them.)"""
     from saexplain.subject.sae import load_sae
     from saexplain.subject.train_sae import TrainSAEConfig, train_sae
 
-    out = train_sae(TrainSAEConfig(max_corpus_tokens=200_000, tokens=400_000, out=str(tmp_path / "sae")))
+    out = train_sae(TrainSAEConfig(max_corpus_tokens=200_000, tokens=600_000, d_sae=1024,
+                                   out=str(tmp_path / "sae")))
     sae = load_sae(str(out))
     n, fve, l0, dead = held_out_targets(default_oracle.subject, sae)
     print(f"small-scale retrain, held-out tokens {n}: FVE {fve:.3f}, L0 {l0:.1f}, dead {dead:.2%}")
