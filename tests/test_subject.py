@@ -219,7 +219,7 @@ def test_unknown_feature_ids(tiny_model_dir, sae_folders):
         oracle.activations("a single string", [1])
 
 
-def test_missing_files_are_one_line_errors(tiny_model_dir, tmp_path):
+def test_missing_files_are_one_line_errors(tiny_model_dir, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="SAE not found"):
         load_sae(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
@@ -231,7 +231,11 @@ def test_missing_files_are_one_line_errors(tiny_model_dir, tmp_path):
         load_model_and_tokenizer(str(tmp_path / "x.gguf"))
     with pytest.raises(ConfigError, match="dtype"):
         load_sae("default", dtype="float8")
-    with pytest.raises(ConfigError, match="default SAE is not trained yet"):
+    from saexplain.subject import sae as sae_mod
+
+    monkeypatch.setattr(sae_mod, "SHIPPED_SAE", tmp_path / "not-shipped")  # an install without the shipped SAE
+    monkeypatch.setenv("SAEXPLAIN_HOME", str(tmp_path / "home"))
+    with pytest.raises(ConfigError, match="default SAE is not installed"):
         load_sae("default")
 
 

@@ -123,29 +123,28 @@ class LatentCache:
             _atomic_write(meta_path, json.dumps(meta, indent=1))
         done = _covered(path)
         idx_dtype = np.dtype(meta["index_dtype"])
-        pbar = tqdm(total=n_ctx * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
-                    desc="caching", disable=not progress)
-        import torch
+        with tqdm(total=n_ctx * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
+                   desc="caching", disable=not progress) as pbar:
+            import torch
 
-        start = done
-        while start < n_ctx:
-            end = min(n_ctx, start + cfg.shard_contexts)
-            counts, indices, values = [], [], []
-            for b in range(start, end, cfg.batch_contexts):
-                ids = torch.from_numpy(np.asarray(contexts.tokens[b:min(end, b + cfg.batch_contexts)], np.int64))
-                c, i, v = oracle.codes(ids)
-                counts.append(c.numpy())
-                indices.append(i.numpy())
-                values.append(v.numpy())
-                pbar.update(ids.numel())
-            c = np.concatenate(counts)
-            if c.max(initial=0) > np.iinfo(np.uint16).max:
-                raise SaexplainError("more than 65,535 active features on one token")
-            _save_shard(path / f"shard_{start:09d}_{end:09d}.npz", counts=c.astype(np.uint16),
-                        indices=np.concatenate(indices).astype(idx_dtype),
-                        values=np.concatenate(values).astype(np.float32))
-            start = end
-        pbar.close()
+            start = done
+            while start < n_ctx:
+                end = min(n_ctx, start + cfg.shard_contexts)
+                counts, indices, values = [], [], []
+                for b in range(start, end, cfg.batch_contexts):
+                    ids = torch.from_numpy(np.asarray(contexts.tokens[b:min(end, b + cfg.batch_contexts)], np.int64))
+                    c, i, v = oracle.codes(ids)
+                    counts.append(c.numpy())
+                    indices.append(i.numpy())
+                    values.append(v.numpy())
+                    pbar.update(ids.numel())
+                c = np.concatenate(counts)
+                if c.max(initial=0) > np.iinfo(np.uint16).max:
+                    raise SaexplainError("more than 65,535 active features on one token")
+                _save_shard(path / f"shard_{start:09d}_{end:09d}.npz", counts=c.astype(np.uint16),
+                            indices=np.concatenate(indices).astype(idx_dtype),
+                            values=np.concatenate(values).astype(np.float32))
+                start = end
         meta = json.loads(meta_path.read_text())
         meta["shards"] = [_manifest_entry(p) for p in sorted(path.glob("shard_*.npz"))]
         meta["complete"] = True
@@ -243,30 +242,29 @@ class LatentCache:
 
     def statistics(self, progress: bool = False) -> list[dict]:
         """Per feature: max, frequency, mean non-zero, log-spaced histogram, dead — two streaming passes."""
-        bar = tqdm(total=2 * len(self.meta.get("shards", [])) or None, unit="shard", desc="feature statistics",
-                   disable=not progress)
-        d = self.d_sae
-        mx = np.zeros(d, np.float32)
-        n = np.zeros(d, np.int64)
-        total = np.zeros(d, np.float64)
-        tokens = 0
-        bos = int(self.meta.get("bos", True))
-        for s in self.shards():
-            tokens += len(s.counts) - (s.end - s.start) * bos  # text tokens: one BOS per context, if any
-            np.maximum.at(mx, s.indices, s.values)
-            n += np.bincount(s.indices, minlength=d)
-            total += np.bincount(s.indices, weights=s.values, minlength=d)
-            bar.update()
-        hist = np.zeros((d, HIST_BINS), np.int64)
-        safe = np.where(mx > 0, mx, 1.0)
-        for s in self.shards():
-            pos = s.values > 0
-            f, v = s.indices[pos].astype(np.int64), s.values[pos]
-            b = np.floor((np.log10(v / safe[f]) + HIST_DECADES) * HIST_BINS / HIST_DECADES).astype(np.int64)
-            b = np.clip(b, 0, HIST_BINS - 1)
-            hist += np.bincount(f * HIST_BINS + b, minlength=d * HIST_BINS).reshape(d, HIST_BINS)
-            bar.update()
-        bar.close()
+        with tqdm(total=2 * len(self.meta.get("shards", [])) or None, unit="shard", desc="feature statistics",
+                  disable=not progress) as bar:
+            d = self.d_sae
+            mx = np.zeros(d, np.float32)
+            n = np.zeros(d, np.int64)
+            total = np.zeros(d, np.float64)
+            tokens = 0
+            bos = int(self.meta.get("bos", True))
+            for s in self.shards():
+                tokens += len(s.counts) - (s.end - s.start) * bos  # text tokens: one BOS per context, if any
+                np.maximum.at(mx, s.indices, s.values)
+                n += np.bincount(s.indices, minlength=d)
+                total += np.bincount(s.indices, weights=s.values, minlength=d)
+                bar.update()
+            hist = np.zeros((d, HIST_BINS), np.int64)
+            safe = np.where(mx > 0, mx, 1.0)
+            for s in self.shards():
+                pos = s.values > 0
+                f, v = s.indices[pos].astype(np.int64), s.values[pos]
+                b = np.floor((np.log10(v / safe[f]) + HIST_DECADES) * HIST_BINS / HIST_DECADES).astype(np.int64)
+                b = np.clip(b, 0, HIST_BINS - 1)
+                hist += np.bincount(f * HIST_BINS + b, minlength=d * HIST_BINS).reshape(d, HIST_BINS)
+                bar.update()
         edges_rel = (10.0 ** np.linspace(-HIST_DECADES, 0, HIST_BINS + 1)).tolist()
         out = []
         for j in range(d):
@@ -278,24 +276,23 @@ class LatentCache:
 
     def top_activations(self, n: int = 50, progress: bool = False) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Per feature, its `n` strongest activations (context, position, value), streamed over the shards."""
-        bar = tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard", desc="top activations",
-                   disable=not progress)
-        L = self.context
-        keep_f = np.zeros(0, np.int64)
-        keep_t = np.zeros(0, np.int64)  # global token index
-        keep_v = np.zeros(0, np.float32)
-        for s in self.shards():
-            f = np.concatenate([keep_f, s.indices.astype(np.int64)])
-            t = np.concatenate([keep_t, s.start * L + s.token_index])
-            v = np.concatenate([keep_v, s.values])
-            order = np.lexsort((-v, f))
-            f, t, v = f[order], t[order], v[order]
-            group_start = np.r_[0, np.flatnonzero(f[1:] != f[:-1]) + 1]
-            rank = np.arange(len(f)) - np.repeat(group_start, np.diff(np.r_[group_start, len(f)]))
-            m = rank < n
-            keep_f, keep_t, keep_v = f[m], t[m], v[m]
-            bar.update()
-        bar.close()
+        with tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard", desc="top activations",
+                  disable=not progress) as bar:
+            L = self.context
+            keep_f = np.zeros(0, np.int64)
+            keep_t = np.zeros(0, np.int64)  # global token index
+            keep_v = np.zeros(0, np.float32)
+            for s in self.shards():
+                f = np.concatenate([keep_f, s.indices.astype(np.int64)])
+                t = np.concatenate([keep_t, s.start * L + s.token_index])
+                v = np.concatenate([keep_v, s.values])
+                order = np.lexsort((-v, f))
+                f, t, v = f[order], t[order], v[order]
+                group_start = np.r_[0, np.flatnonzero(f[1:] != f[:-1]) + 1]
+                rank = np.arange(len(f)) - np.repeat(group_start, np.diff(np.r_[group_start, len(f)]))
+                m = rank < n
+                keep_f, keep_t, keep_v = f[m], t[m], v[m]
+                bar.update()
         out = {}
         bounds = np.r_[0, np.flatnonzero(keep_f[1:] != keep_f[:-1]) + 1, len(keep_f)]
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -306,22 +303,21 @@ class LatentCache:
     def collect(self, features: list[int], progress: bool = False
                 ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """All non-zeros of the given features: {feature: (context, position, value)} in one pass."""
-        bar = tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard",
-                   desc=f"reading {len(set(features))} features", disable=not progress)
-        feats = np.asarray(sorted(set(features)), dtype=np.int64)
-        parts: dict[int, list] = {int(f): [] for f in feats}
-        L = self.context
-        for s in self.shards():
-            bar.update()
-            sel = np.isin(s.indices, feats)
-            if not sel.any():
-                continue
-            tok = s.token_index[sel]
-            f, v = s.indices[sel].astype(np.int64), s.values[sel]
-            for j in np.unique(f):
-                m = f == j
-                parts[int(j)].append((s.start + tok[m] // L, tok[m] % L, v[m]))
-        bar.close()
+        with tqdm(total=len(self.meta.get("shards", [])) or None, unit="shard",
+                  desc=f"reading {len(set(features))} features", disable=not progress) as bar:
+            feats = np.asarray(sorted(set(features)), dtype=np.int64)
+            parts: dict[int, list] = {int(f): [] for f in feats}
+            L = self.context
+            for s in self.shards():
+                bar.update()
+                sel = np.isin(s.indices, feats)
+                if not sel.any():
+                    continue
+                tok = s.token_index[sel]
+                f, v = s.indices[sel].astype(np.int64), s.values[sel]
+                for j in np.unique(f):
+                    m = f == j
+                    parts[int(j)].append((s.start + tok[m] // L, tok[m] % L, v[m]))
         out = {}
         for j, chunks in parts.items():
             if chunks:

@@ -137,24 +137,23 @@ def _build_contexts(cfg: CorpusConfig, tokenizer, max_tokens: int | None, path: 
     spans: list[tuple[int, int]] = []
     docs: list[tuple[str, str]] = []
     limit = None if max_tokens is None else (max_tokens // cfg.context) * body
-    bar = tqdm(total=limit, unit="tok", unit_scale=True, desc="tokenising the corpus", disable=not progress)
-    for doc in iter_documents(cfg.sources(), cfg.text_column, stats):
-        text = doc.text + SEPARATOR
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        n = len(enc["input_ids"])
-        if n == 0:
-            continue
-        bar.update(n if limit is None else min(n, max(0, limit - len(ids))))
-        starts = [s for s, _ in enc["offset_mapping"]] + [len(text)]
-        d = len(docs)
-        docs.append((doc.doc_id, text))
-        ids += enc["input_ids"]
-        docs_idx += [d] * n
-        # a token's span runs to the next token's start, so spaces are kept in the display strings
-        spans += [(s, max(e, starts[i + 1])) for i, (s, e) in enumerate(enc["offset_mapping"])]
-        if limit is not None and len(ids) >= limit:
-            break
-    bar.close()
+    with tqdm(total=limit, unit="tok", unit_scale=True, desc="tokenising the corpus", disable=not progress) as bar:
+        for doc in iter_documents(cfg.sources(), cfg.text_column, stats):
+            text = doc.text + SEPARATOR
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            n = len(enc["input_ids"])
+            if n == 0:
+                continue
+            bar.update(n if limit is None else min(n, max(0, limit - len(ids))))
+            starts = [s for s, _ in enc["offset_mapping"]] + [len(text)]
+            d = len(docs)
+            docs.append((doc.doc_id, text))
+            ids += enc["input_ids"]
+            docs_idx += [d] * n
+            # a token's span runs to the next token's start, so spaces are kept in the display strings
+            spans += [(s, max(e, starts[i + 1])) for i, (s, e) in enumerate(enc["offset_mapping"])]
+            if limit is not None and len(ids) >= limit:
+                break
     n_ctx = len(ids) // body if limit is None else min(len(ids), limit) // body
     if n_ctx == 0:
         raise SaexplainError(f"corpus too small: {len(ids)} tokens, fewer than one context of {cfg.context}")

@@ -185,8 +185,8 @@ def _load_pretrained(spec: str, device: str, dtype: str) -> SAE:
 def _load_default(spec: str, device: str, dtype: str) -> SAE:
     path = default_sae_dir()
     if not _has(str(path), SAELENS_FILES):
-        raise ConfigError(f"the default SAE is not trained yet ({path} is missing): run `saexplain train-sae` "
-                          "(`make demo` does it)")
+        raise ConfigError(f"the default SAE is not installed ({path} is missing and this install ships none in "
+                          f"{SHIPPED_SAE}): run `saexplain train-sae`")
     return _load_saelens(str(path), device, dtype)
 
 
