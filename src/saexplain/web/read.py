@@ -216,7 +216,7 @@ class Reader:
         run, subject, llm = cfg.get("run", {}), cfg.get("subject", {}), cfg.get("llm", {})
         exps = db.explanations(r["id"])
         scores = db.scores(r["id"])
-        calls = db.llm_calls(r["id"])
+        calls = list(db.llm_usage(r["id"]).values())  # summed in SQL: a big run's call log is not loaded
         paid = [x["usage"] for x in exps + scores if x["usage"].get("calls")]
         cost = None if any(u.get("cost") is None for u in paid) else float(sum(u["cost"] for u in paid))
         cache_run = db.find_run("cache", cfg["cache_key"]) if cfg.get("cache_key") else None
@@ -227,8 +227,8 @@ class Reader:
             features=len({e["feature"] for e in exps}),
             explanations=Counts(**{s: sum(e["status"] == s for e in exps) for s in STATUSES}),
             scores=Counts(**{s: sum(x["status"] == s for x in scores) for s in STATUSES}),
-            llm_calls=len(calls), tokens_in=sum(c["tokens_in"] for c in calls),
-            tokens_out=sum(c["tokens_out"] for c in calls), cost_usd=cost, cache_run=cache_run)
+            llm_calls=sum(c["calls"] or 0 for c in calls), tokens_in=sum(c["tokens_in"] or 0 for c in calls),
+            tokens_out=sum(c["tokens_out"] or 0 for c in calls), cost_usd=cost, cache_run=cache_run)
 
     def run(self, run_id: int) -> RunPage:
         with self.db() as db:
