@@ -89,8 +89,8 @@ def main() -> None:
             page.click("#probe-form button")
             page.locator("#probe-out .tok").first.wait_for()
             page.locator(".example .tok.on").first.hover()
-            page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=False, clip={
-                "x": 0, "y": 0, "width": 1280, "height": 1000})
+            page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=True, clip={
+                "x": 0, "y": 0, "width": 1280, "height": 1750})
             b.close()
     finally:
         srv.terminate()
