@@ -252,7 +252,7 @@ def server(site):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(site):  # after the site: Playwright's sync API keeps an event loop running in this thread
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium")
@@ -331,3 +331,22 @@ def test_browser_markup_never_executes(page, server, site):
     page.click("#features-form button")
     page.locator("#features-out a.chip").first.wait_for()
     assert page.dialogs == []
+
+
+def test_browser_run_page_reloads_as_results_arrive(page, server, site):
+    """While a run is being written, its page shows each newly stored result without the user reloading."""
+    with Store(site["store"]) as db:
+        db.set_run_status(site["run"], "running")
+    try:
+        page.goto(server + f"/runs/{site['run']}")
+        live = page.locator("#live")
+        assert live.count() == 1
+        before = live.get_attribute("data-counts")
+        with Store(site["store"]) as db:  # a result stored by the (imagined) running process
+            db.put_explanation(site["run"], 0, "late", "stored while the page was open", [], {}, {}, [])
+        page.locator("text=stored while the page was open").wait_for(timeout=20_000)  # no reload by hand
+        assert page.locator("#live").get_attribute("data-counts") != before
+    finally:
+        with Store(site["store"]) as db:
+            db.conn.execute("DELETE FROM explanations WHERE method='late'")
+            db.set_run_status(site["run"], "complete")

@@ -155,7 +155,25 @@ function setupFeatures() {
   });
 }
 
+function watchRun() {
+  // a run that is still being written: reload when its stored counts change (or it finishes)
+  const live = document.getElementById("live");
+  if (!live) return;
+  setInterval(async () => {
+    try {
+      const r = await fetch(live.dataset.url);
+      if (!r.ok) return;
+      const run = (await r.json()).run;
+      const n = (c) => c.ok + c.degraded + c.failed;
+      if (`${n(run.explanations)}/${n(run.scores)}` !== live.dataset.counts || run.status !== "running") {
+        window.location.reload();
+      }
+    } catch (e) { /* the server may be busy; try again at the next tick */ }
+  }, Number(live.dataset.poll) || 5000);
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  watchRun();
   loadLens();
   setupProbe();
   setupFeatures();
