@@ -109,6 +109,7 @@ def test_feature_statistics_match_brute_force(oracle, corpus_file, tmp_path):
 
 KILL_SCRIPT = """
 import sys
+import time
 from pathlib import Path
 from saexplain.cache.latents import CacheConfig, LatentCache
 from saexplain.data.contexts import CorpusConfig, build_contexts
@@ -116,6 +117,8 @@ from saexplain.subject.oracle import Oracle, SubjectConfig
 model, sae, corpus, out = sys.argv[1:5]
 oracle = Oracle.from_config(SubjectConfig(model=model, sae=sae))
 ctx = build_contexts(CorpusConfig(corpus=[corpus], context=%d), oracle.subject.tokenizer)
+codes = oracle.codes  # 50 ms per batch: the tiny model could write all 15 shards between two polls of the test
+oracle.codes = lambda *a, **k: (time.sleep(0.05), codes(*a, **k))[1]
 LatentCache.build(oracle, ctx, CacheConfig(tokens=60 * %d, shard_contexts=4, batch_contexts=2), Path(out),
                   {"kill": 1}, progress=False)
 """ % (CONTEXT, CONTEXT)
