@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum 
 SAEXPLAIN_HOME ?= $(HOME)/.cache/saexplain
 LLAMA_VERSION := 0.3.36
 # With AVX-512 (BW, VL, VNNI, VBMI, BF16) the build adds it, never AMX: prompt processing of the default LLM is
-# 1.56x faster (93 vs 59.5 tok/s measured here; generation 12.8 vs 12.2 tok/s).
+# 1.37x faster (bench/llm.py here: 95.3 vs 69.6 tok/s with the AVX2 build; generation 12.9 vs 12.0 tok/s).
 ifeq ($(shell uname -m),x86_64)
 AVX512 := $(shell grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo \
 	&& grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo && echo yes)

@@ -17,23 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 from results import record
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_store(path: Path, n_features: int, tokens: int) -> tuple[int, list[int], int]:
@@ -94,17 +84,10 @@ def main() -> None:
 
     store = home() / "bench-web.db"
     run_id, features, tokens = build_store(store, args.features, args.tokens)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store), "--port",
-                             str(port)], env=os.environ)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/api/runs", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
+    from saexplain.web.launch import ServerProcess
+
+    with ServerProcess(store) as srv:
+        url = srv.url
         rounds = []
         for _ in range(args.rounds):
             ms = []
@@ -137,9 +120,6 @@ def main() -> None:
             time.sleep(0.5)  # under the probe's rate limit (20 per 10 s per client)
         print(f"live probe: p50 {statistics.median(probe_ms):.1f} ms, max {max(probe_ms):.1f} ms "
               f"({len(probe_ms)} sentences of ~15 tokens)")
-    finally:
-        proc.terminate()
-        proc.wait(10)
     warm = [m for r in rounds[1:] for m in r] or rounds[0]
     figures = {"feature_page_p50_ms": statistics.median(warm), "feature_page_p90_ms": float(np.percentile(warm, 90)),
                "cold_p50_ms": statistics.median(rounds[0]), "features_in_sae": 4096, "cache_tokens": tokens,

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -56,45 +53,35 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="saexplain-shots-"))
     store, run_id = (args.store, args.run) if args.store else tiny_run(tmp)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store), "--port",
-                            str(port)], env=os.environ)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url + "/api/runs", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
-        from playwright.sync_api import sync_playwright
+    from saexplain.web.launch import ServerProcess
 
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
-                "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            page = b.new_page(viewport={"width": 1280, "height": 1000})
-            feature = args.feature
-            if feature is None:
-                feature = json.loads(urllib.request.urlopen(f"{url}/api/runs/{run_id}/features").read())[0]["feature"]
-            page.goto(f"{url}/runs/{run_id}")
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(ROOT / "docs/img/run-page.png"), full_page=True)
-            page.goto(f"{url}/runs/{run_id}/features/{feature}")
-            page.locator("#lens .lens-row").first.wait_for()
-            page.fill("#probe-form textarea", "The fisherman's wife sat by the sea." if not args.store else
-                      "".join(t for t in page.locator(".example.pool-explain .window").first.inner_text()))
-            page.click("#probe-form button")
-            page.locator("#probe-out .tok").first.wait_for()
-            page.locator(".example .tok.on").first.hover()
-            page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=True, clip={
-                "x": 0, "y": 0, "width": 1280, "height": 1750})
-            b.close()
+    try:
+        with ServerProcess(store) as srv:
+            url = srv.url
+            from playwright.sync_api import sync_playwright
+
+            with sync_playwright() as p:
+                b = p.chromium.launch(executable_path=shutil.which("chromium"), args=[
+                    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync"])
+                page = b.new_page(viewport={"width": 1280, "height": 1000})
+                feature = args.feature
+                if feature is None:
+                    feature = json.loads(urllib.request.urlopen(f"{url}/api/runs/{run_id}/features").read())[0]["feature"]
+                page.goto(f"{url}/runs/{run_id}")
+                page.wait_for_load_state("networkidle")
+                page.screenshot(path=str(ROOT / "docs/img/run-page.png"), full_page=True)
+                page.goto(f"{url}/runs/{run_id}/features/{feature}")
+                page.locator("#lens .lens-row").first.wait_for()
+                page.fill("#probe-form textarea", "The fisherman's wife sat by the sea." if not args.store else
+                          "".join(t for t in page.locator(".example.pool-explain .window").first.inner_text()))
+                page.click("#probe-form button")
+                page.locator("#probe-out .tok").first.wait_for()
+                page.locator(".example .tok.on").first.hover()
+                page.screenshot(path=str(ROOT / "docs/img/feature-page.png"), full_page=True, clip={
+                    "x": 0, "y": 0, "width": 1280, "height": 1750})
+                b.close()
     finally:
-        srv.terminate()
-        srv.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
     print("written: docs/img/run-page.png docs/img/feature-page.png")
 

@@ -282,3 +282,28 @@ def test_a_retrained_sae_in_the_same_folder_gets_a_new_cache(oracle, corpus_file
     assert cache_config_json(subject, corpus, cfg) != before
     assert cache_config_json(subject, corpus, CacheConfig(tokens=1000, batch_contexts=3)) == \
         cache_config_json(subject, corpus, cfg), "batch size changes speed, not the cache"
+
+
+def test_feature_values_read_the_cache_exactly_and_check_the_shards_they_touch(oracle, corpus_file, tmp_path):
+    """What a feature page reads (a few contexts of one feature, memory-mapped) equals the cache's own stream,
+    and a damaged shard is one error naming it, as every other cache read."""
+    ctx = build_contexts(CorpusConfig(corpus=[str(corpus_file)], context=CONTEXT), oracle.subject.tokenizer)
+    cfg = CacheConfig(tokens=30 * CONTEXT, shard_contexts=4, batch_contexts=2)
+    cache = LatentCache.build(oracle, ctx, cfg, tmp_path / "c", {"fv": 1}, progress=False)
+    feature = int(np.argmax([s["n_nonzero"] for s in cache.statistics()]))
+    c, pos, val = cache.collect([feature])[feature]
+    wanted = sorted({int(x) for x in c[:5]}) + [0]  # contexts where it fires, and one in the first shard
+    got = LatentCache(tmp_path / "c").feature_values(feature, wanted)
+    expected = {k: np.zeros(CONTEXT, np.float32) for k in wanted}
+    for cc, pp, vv in zip(c, pos, val):
+        if int(cc) in expected:
+            expected[int(cc)][int(pp)] = vv
+    assert sorted(got) == sorted(expected)
+    for k, row in expected.items():
+        np.testing.assert_array_equal(got[k], row)
+    victim = sorted((tmp_path / "c").glob("shard_*.npz"))[int(max(wanted)) // 4]
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0x01
+    victim.write_bytes(bytes(data))
+    with pytest.raises(SaexplainError, match=f"{victim.name}: shard is damaged"):
+        LatentCache(tmp_path / "c").feature_values(feature, [max(wanted)])

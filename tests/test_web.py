@@ -8,11 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -223,32 +220,12 @@ def test_export_cli(site, tmp_path):
 
 
 # -------------------------------------------------------------------------------------- real browser
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(site):
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(site["store"]),
-                             "--port", str(port)], env=os.environ, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/api/runs", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"saexplain serve did not start: {proc.stdout.read().decode()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    from saexplain.web.launch import ServerProcess
+
+    with ServerProcess(site["store"]) as srv:
+        yield srv.url
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +323,8 @@ def test_browser_run_page_reloads_as_results_arrive(page, server, site):
             db.put_explanation(site["run"], 0, "late", "stored while the page was open", [], {}, {}, [])
         page.locator("text=stored while the page was open").wait_for(timeout=20_000)  # no reload by hand
         assert page.locator("#live").get_attribute("data-counts") != before
+        # the run's summary (cached per run by the server) was recomputed: the new method has its row
+        assert page.locator("table.scores td", has_text="late").count() == 1
     finally:
         with Store(site["store"]) as db:
             db.conn.execute("DELETE FROM explanations WHERE method='late'")

@@ -261,7 +261,7 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
     names = [x.strip() for x in scorers.split(",")] if scorers else None
     for n in names or []:
         SCORERS.get(n)
-    echo = lambda m: console.print(m, markup=False, highlight=False)  # noqa: E731
+    echo = lambda m: console.print(m, markup=False, highlight=False)
     with Store(store or default_store_path()) as db:
         run_id = run_id or _latest_run(db, "run")
         with RunLease(db, run_id):
@@ -473,12 +473,13 @@ def demo(features: int = typer.Option(4, help="features to explain (random, dens
     """The offline default end to end: Gemma 3 270M + its TopK SAE (shipped with saexplain) → latent cache →
     features → explain (one-shot and SAGE, modest budgets) → score → report, with the default LLM, shown in the
     web UI on 127.0.0.1 as results land."""
-    import subprocess
+    from contextlib import nullcontext
 
     from saexplain.cache.pipeline import default_store_path
     from saexplain.pipeline.presets import cpu_preset
     from saexplain.subject.sae import default_sae_dir
     from saexplain.subject.train_sae import train_sae
+    from saexplain.web.launch import ServerProcess
 
     t0 = time.perf_counter()
     if not (default_sae_dir() / "sae_weights.safetensors").is_file():  # installs the shipped SAE when present
@@ -486,43 +487,20 @@ def demo(features: int = typer.Option(4, help="features to explain (random, dens
         train_sae(TrainSAEConfig())
         console.print(f"SAE trained ({time.perf_counter() - t0:.0f}s)")
     cfgs = cpu_preset(f"random:{features}", explainers, scorers, tokens, seed)
-    server = url = None
+    store_path = Path(cfgs.run.store or default_store_path())
     if serve:
-        store_path = Path(cfgs.run.store or default_store_path())
         Store(store_path).close()  # the UI reads the store: make sure it exists before the first run
-        port = _free_port(port)
-        server = subprocess.Popen([sys.executable, "-m", "saexplain.cli", "serve", "--store", str(store_path),
-                                   "--port", str(port)], stdout=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}/"
-        console.print(f"[bold]web UI: {url}[/bold] (results appear there as they finish)")
-    try:
+    with ServerProcess(store_path, port, wait=False) if serve else nullcontext() as server:
+        if server is not None:
+            console.print(f"[bold]web UI: {server.url}/[/bold] (results appear there as they finish)")
         h = run_all_and_print(cfgs)
         console.print(f"\n[bold]demo finished in {time.perf_counter() - t0:.0f}s[/bold] · run {h.run_id}\n"
                       f"report: {h.folder / 'report.md'}\nplot:   {h.folder / 'report.png'}\n"
                       f"a SAGE trace: saexplain trace --run {h.run_id} --feature {next(iter(h.records))}")
         if server is not None and stay:
-            console.print(f"[bold]the web UI keeps serving: {url}runs/{h.run_id}[/bold] — Ctrl-C stops it")
-            try:
-                server.wait()
-            except KeyboardInterrupt:
-                console.print("stopped")
-    finally:
-        if server is not None and server.poll() is None:
-            server.terminate()
-            server.wait(10)
+            console.print(f"[bold]the web UI keeps serving: {server.url}/runs/{h.run_id}[/bold] — Ctrl-C stops it")
+            server.serve_until_interrupted()
     _exit_on_failures(h.counts)
-
-
-def _free_port(port: int) -> int:
-    """`port` when it can be bound on 127.0.0.1, else one the system picks."""
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _print_examples(run, examples: dict, show: int) -> None:

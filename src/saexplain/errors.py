@@ -7,3 +7,7 @@ class SaexplainError(Exception):
 
 class ConfigError(SaexplainError):
     """A config value is invalid or inconsistent (e.g. SAE d_in does not match the model)."""
+
+
+class NotFound(SaexplainError):
+    """What was asked for (a run, a feature of a run, an explanation) is not there."""

@@ -56,6 +56,7 @@ class LatentCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._verified: set[str] = set()
+        self._maps: dict[str, tuple] = {}  # memory-mapped shards read by feature_values
         meta_path = self.path / "meta.json"
         if not meta_path.is_file():
             raise SaexplainError(f"no latent cache in {self.path}")
@@ -170,22 +171,16 @@ class LatentCache:
 
     def shards(self) -> Iterator[Shard]:
         """Every shard in order, each checked against the manifest's sha256 as it is read."""
-        sums = {e["name"]: e["sha256"] for e in self.meta.get("shards", [])}
         for p in self.shard_paths():
             a, b = _shard_range(p)
             data = p.read_bytes()
-            if p.name in sums and p.name not in self._verified and hashlib.sha256(data).hexdigest() != sums[p.name]:
-                raise SaexplainError(f"{p}: shard is damaged (its sha256 differs from the cache's manifest); "
-                                     f"{self._rebuild}")
+            self._check_sum(p, data)
             try:
                 with np.load(io.BytesIO(data)) as z:
                     shard = Shard(a, b, z["counts"], z["indices"], z["values"])
             except Exception as e:  # noqa: BLE001  any decoding fault of a file is that file's damage
                 raise SaexplainError(f"{p}: shard does not load ({type(e).__name__}: {e}); {self._rebuild}") from None
-            if len(shard.counts) != (b - a) * self.context or int(shard.counts.sum()) != len(shard.values) \
-                    or len(shard.indices) != len(shard.values):
-                raise SaexplainError(f"{p}: shard arrays do not fit contexts {a}–{b}; {self._rebuild}")
-            self._verified.add(p.name)  # checked once per opening: statistics read every shard twice
+            self._check_fit(p, a, b, shard.counts, shard.indices, shard.values)
             yield shard
 
     def feature_values(self, feature: int, contexts: list[int]) -> dict[int, np.ndarray]:
@@ -217,23 +212,35 @@ class LatentCache:
 
     def _mapped(self, name: str):
         """(counts, offsets, indices, values) of one shard, memory-mapped and checked once."""
-        cache = self.__dict__.setdefault("_maps", {})
-        if name not in cache:
+        if name not in self._maps:
             p = self.path / name
-            entry = next(e for e in self.meta["shards"] if e["name"] == name)
             if name not in self._verified:
-                if hashlib.sha256(p.read_bytes()).hexdigest() != entry["sha256"]:
-                    raise SaexplainError(f"{p}: shard is damaged (its sha256 differs from the cache's manifest); "
-                                         f"{self._rebuild}")
-                self._verified.add(name)
+                self._check_sum(p, p.read_bytes())
+            a, b = _shard_range(p)
             try:
                 arrays = _npz_members(p)
-                counts = arrays["counts"]
+                counts, indices, values = arrays["counts"], arrays["indices"], arrays["values"]
             except Exception as e:  # noqa: BLE001  any decoding fault of a file is that file's damage
                 raise SaexplainError(f"{p}: shard does not load ({type(e).__name__}: {e}); {self._rebuild}") from None
-            offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-            cache[name] = (counts, offsets, arrays["indices"], arrays["values"])
-        return cache[name]
+            self._check_fit(p, a, b, counts, indices, values)
+            self._maps[name] = (counts, np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]), indices, values)
+        return self._maps[name]
+
+    def _check_sum(self, p: Path, data: bytes) -> None:
+        """A shard's bytes against the manifest's sha256, once per opening (caches finished before manifests
+        had sums are checked by coverage only)."""
+        if p.name in self._verified:
+            return
+        want = next((e["sha256"] for e in self.meta.get("shards", []) if e["name"] == p.name), None)
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise SaexplainError(f"{p}: shard is damaged (its sha256 differs from the cache's manifest); "
+                                 f"{self._rebuild}")
+
+    def _check_fit(self, p: Path, a: int, b: int, counts, indices, values) -> None:
+        if len(counts) != (b - a) * self.context or int(np.asarray(counts).sum(dtype=np.int64)) != len(values) \
+                or len(indices) != len(values):
+            raise SaexplainError(f"{p}: shard arrays do not fit contexts {a}–{b}; {self._rebuild}")
+        self._verified.add(p.name)  # checked once per opening: statistics read every shard twice
 
     def storage(self) -> dict:
         nnz = sum(int(np.load(p, mmap_mode="r")["values"].shape[0]) for p in self.shard_paths())

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from saexplain.errors import SaexplainError
+from saexplain.errors import NotFound, SaexplainError
 
 _MIGRATIONS: list[str] = [
     # 0 → 1
@@ -285,7 +285,7 @@ class Store:
         with self.transaction() as c:
             row = c.execute("SELECT owner, lease_until FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
-                raise SaexplainError(f"no run {run_id} in {self.path}")
+                raise NotFound(f"no run {run_id} in {self.path}")
             held = row["owner"]
             if held and held != owner and row["lease_until"] > now and _alive(held):
                 raise RunBusy(f"run {run_id} is being written by another process ({held}); wait for it to finish "
@@ -306,7 +306,7 @@ class Store:
     def run(self, run_id: int) -> dict[str, Any]:
         row = self.conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
-            raise SaexplainError(f"no run {run_id} in {self.path}")
+            raise NotFound(f"no run {run_id} in {self.path}")
         return dict(row)
 
     def runs(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -466,6 +466,20 @@ class Store:
             out.append(d)
         return out
 
+    def traced_methods(self, run_id: int, feature: int) -> set[str]:
+        """The methods of a run that stored a trace for the feature."""
+        return {r[0] for r in self.conn.execute("SELECT DISTINCT method FROM traces WHERE run_id=? AND feature=?",
+                                                (run_id, feature))}
+
+    def run_version(self, run_id: int) -> tuple:
+        """Changes whenever the run's row, an explanation or a score of it is written (for caches of what is read
+        from it)."""
+        return tuple(self.conn.execute(
+            "SELECT (SELECT updated FROM runs WHERE id=?), (SELECT COUNT(*) FROM explanations WHERE run_id=?), (SELECT MAX(created) FROM explanations "
+            "WHERE run_id=?), (SELECT COUNT(*) FROM scores s JOIN explanations e ON e.id = s.explanation_id "
+            "WHERE e.run_id=?), (SELECT MAX(s.created) FROM scores s JOIN explanations e ON e.id = s.explanation_id "
+            "WHERE e.run_id=?)", (run_id,) * 5).fetchone())
+
     def trace(self, run_id: int, feature: int, method: str) -> list[dict[str, Any]]:
         rows = self.conn.execute("SELECT step, kind, content, created FROM traces WHERE run_id=? AND feature=? "
                                  "AND method=? ORDER BY step", (run_id, feature, method))
@@ -508,12 +522,15 @@ class Store:
         d["details"], d["usage"] = json.loads(d["details"]), json.loads(d["usage"])
         return d
 
-    def scores(self, run_id: int) -> list[dict[str, Any]]:
-        """Every score of a run's explanations, with the explanation's feature and method (only scores of the
-        text the explanation holds now)."""
-        rows = self.conn.execute(
-            "SELECT s.*, e.feature, e.method FROM scores s JOIN explanations e ON e.id = s.explanation_id "
-            "WHERE e.run_id=? AND s.text_hash = e.text_hash ORDER BY e.feature, e.method, s.scorer", (run_id,))
+    def scores(self, run_id: int, feature: int | None = None) -> list[dict[str, Any]]:
+        """Every score of a run's explanations (of one feature's, given `feature`), with the explanation's feature
+        and method (only scores of the text the explanation holds now)."""
+        q, args = ("SELECT s.*, e.feature, e.method FROM scores s JOIN explanations e ON e.id = s.explanation_id "
+                   "WHERE e.run_id=? AND s.text_hash = e.text_hash"), [run_id]
+        if feature is not None:
+            q += " AND e.feature=?"
+            args.append(feature)
+        rows = self.conn.execute(q + " ORDER BY e.feature, e.method, s.scorer", args)
         out = []
         for r in rows:
             d = dict(r)

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from saexplain.errors import SaexplainError
+from saexplain.errors import NotFound, SaexplainError
 from saexplain.web.probe import (
     MAX_CHARS,
     FeaturesResult,
@@ -41,7 +41,7 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
     service = ProbeService(enabled=probe)
     index = SearchIndex(reader.db)
 
-    def subject_of(run_id: int) -> dict:
+    def subject_of(run_id: int) -> dict:  # an explain/score run's subject, or a cache run's
         with reader.db() as db:
             cfg = json.loads(db.run(run_id)["config_json"])
         return {**cfg.get("subject", {}), "device": device}
@@ -60,15 +60,10 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
     templates.env.filters["num"] = _num
     templates.env.globals["histogram_bars"] = histogram_bars
 
-    def subject_of_cache(cache_run: int) -> dict:
-        with reader.db() as db:
-            cfg = json.loads(db.run(cache_run)["config_json"])
-        return {**cfg.get("subject", {}), "device": device}
-
     @app.exception_handler(SaexplainError)
     async def _error(request: Request, e: SaexplainError):
         status = 429 if isinstance(e, TooMany) else 503 if isinstance(e, ProbeOff) else \
-            404 if str(e).startswith(("no run", "run ", "feature ", "no ")) else 400
+            404 if isinstance(e, NotFound) else 400
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(e)}, status_code=status)
         return templates.TemplateResponse(request, "error.html", {"message": str(e)}, status_code=status)
@@ -145,7 +140,7 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
         from saexplain.export import export_files, formats, zip_bytes
 
         if fmt not in formats():
-            raise SaexplainError(f"no export format {fmt!r} (known: {', '.join(formats())})")
+            raise NotFound(f"no export format {fmt!r} (known: {', '.join(formats())})")
         with reader.db() as db:
             files = export_files(db, run_id, fmt)
         if len(files) == 1:
@@ -199,7 +194,7 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
                   for e in page.explanations if e.has_trace}
         return templates.TemplateResponse(request, "feature.html", {
             "page": page, "traces": traces, "max_chars": MAX_CHARS, "probe_run": runs[-1] if runs else None,
-            "probe_status": service.status(subject_of_cache(cache_run))})
+            "probe_status": service.status(subject_of(cache_run))})
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
     def page_search(request: Request, q: str = "", run: int | None = None):
@@ -215,9 +210,9 @@ def create_app(store_path: str | Path, probe: bool = True, device: str = "cpu") 
 
     @app.get("/runs/{run_id}/probe", response_class=HTMLResponse, include_in_schema=False)
     def page_probe(request: Request, run_id: int):
-        reader.run(run_id)
         return templates.TemplateResponse(request, "probe.html", {
-            "run_id": run_id, "probe_status": service.status(subject_of(run_id)), "max_chars": MAX_CHARS})
+            "run_id": run_id, "cache_run": reader.run(run_id).run.cache_run,
+            "probe_status": service.status(subject_of(run_id)), "max_chars": MAX_CHARS})
 
     app.state.reader, app.state.probe, app.state.index = reader, service, index
     return app

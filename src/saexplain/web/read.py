@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from saexplain.errors import SaexplainError
+from saexplain.errors import NotFound, SaexplainError
 from saexplain.paths import home
 from saexplain.report import summarize
 from saexplain.store import Store
@@ -201,7 +201,20 @@ class Reader:
         with self.db():  # one clear line now if the file is not a store
             pass
         self._caches: OrderedDict[str, Any] = OrderedDict()
+        self._summaries: dict[int, tuple[tuple, dict]] = {}  # run → (its store version, its report summary)
         self._lock = threading.Lock()
+
+    def _summary(self, db: Store, run_id: int) -> dict:
+        """The run's report summary (bootstrap CIs over every score), computed again only when the run changed:
+        every feature page shows it as score context."""
+        version = db.run_version(run_id)
+        with self._lock:
+            got = self._summaries.get(run_id)
+        if got is None or got[0] != version:
+            got = (version, summarize(db, run_id))
+            with self._lock:
+                self._summaries[run_id] = got
+        return got[1]
 
     def db(self) -> Store:
         return Store(self.store_path, readonly=True)
@@ -233,7 +246,7 @@ class Reader:
     def run(self, run_id: int) -> RunPage:
         with self.db() as db:
             r = _run_of_kind(db, run_id, "run")
-            s = summarize(db, run_id)
+            s = self._summary(db, run_id)
             return RunPage(run=self._run_row(db, r), settings=s["config"], methods=s["methods"],
                            table=[Cell(**c) for c in s["table"].values()],
                            paired=[Paired(**p) for p in s["paired"].values()],
@@ -296,10 +309,10 @@ class Reader:
             cfg = json.loads(r["config_json"])
             cache_run = db.find_run("cache", cfg.get("cache_key", ""))
             if cache_run is None:
-                raise SaexplainError(f"run {run_id}: its cache run is not in this store")
+                raise NotFound(f"run {run_id}: its cache run is not in this store")
             exps = [e for e in db.explanations(run_id, feature)]
             if not exps:
-                raise SaexplainError(f"run {run_id} has no explanation of feature {feature}")
+                raise NotFound(f"run {run_id} has no explanation of feature {feature}")
             sample_run = _sample_run(db, cfg, cache_run)
             return self._feature_page(db, cache_run, feature, run_id, exps, sample_run, [cfg])
 
@@ -322,15 +335,16 @@ class Reader:
                       sample_run: int | None, run_cfgs: list[dict]) -> FeaturePage:
         stats = db.feature_stats(cache_run, feature)
         if not stats:
-            raise SaexplainError(f"feature {feature} is not in cache run {cache_run}")
+            raise NotFound(f"feature {feature} is not in cache run {cache_run}")
         st = stats[0]
         views = []
         by_run_summary: dict[int, dict] = {}
         scores_by_exp: dict[int, list[dict]] = {}
         for rid in sorted({e["run_id"] for e in exps}):
-            by_run_summary[rid] = summarize(db, rid)
-            for s in db.scores(rid):
+            by_run_summary[rid] = self._summary(db, rid)
+            for s in db.scores(rid, feature):
                 scores_by_exp.setdefault(s["explanation_id"], []).append(s)
+        traced = {rid: db.traced_methods(rid, feature) for rid in by_run_summary}
         for e in exps:
             table = by_run_summary[e["run_id"]]["table"]
             chips = []
@@ -342,7 +356,7 @@ class Reader:
             views.append(ExplanationView(
                 id=e["id"], run_id=e["run_id"], method=e["method"], description=e["description"],
                 labels=e["labels"], status=e["status"], error=e["error"], redo_error=e.get("redo_error"),
-                scores=chips, has_trace=bool(db.trace(e["run_id"], feature, e["method"])),
+                scores=chips, has_trace=e["method"] in traced[e["run_id"]],
                 llm_calls=int(e["usage"].get("calls", 0) or 0), seconds=float(e["seconds"] or 0.0)))
         groups, off = [], None
         if sample_run is None:
@@ -411,7 +425,7 @@ class Reader:
         with self.db() as db:
             exps = db.explanations(run_id, feature, method)
             if not exps:
-                raise SaexplainError(f"run {run_id} has no {method} explanation of feature {feature}")
+                raise NotFound(f"run {run_id} has no {method} explanation of feature {feature}")
             e = exps[0]
             return TraceView(run_id=run_id, feature=feature, method=method, description=e["description"],
                              status=e["status"], error=e["error"],
@@ -510,7 +524,7 @@ def _names(spec: str | None) -> list[str]:
 def _run_of_kind(db: Store, run_id: int, kind: str) -> dict:
     r = db.run(run_id)
     if r["kind"] != kind:
-        raise SaexplainError(f"run {run_id} is a {r['kind']} run, not a{'n' if kind[0] in 'aeiou' else ''} "
+        raise NotFound(f"run {run_id} is a {r['kind']} run, not a{'n' if kind[0] in 'aeiou' else ''} "
                              f"{kind} run")
     return r
 

@@ -92,67 +92,59 @@ async function loadLens() {
   }
 }
 
-function setupProbe() {
-  const form = document.getElementById("probe-form");
+function onSubmit(formId, outId, render) {
+  // a probe form: POST its text, show what `render` builds from the answer, or why the probe is off
+  const form = document.getElementById(formId);
   if (!form) return;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const out = document.getElementById("probe-out");
+    const out = document.getElementById(outId);
     out.textContent = "measuring…";
     try {
-      const text = form.elements.text.value;
-      const data = await postJSON(form.dataset.url, {text, feature: Number(form.dataset.feature)});
+      const body = {text: form.elements.text.value};
+      if (form.dataset.feature) body.feature = Number(form.dataset.feature);
+      const nodes = render(form, await postJSON(form.dataset.url, body));
       out.textContent = "";
-      const top = Number(form.dataset.max) || data.max_act;
-      out.appendChild(tokensEl(data.tokens, data.acts, top));
-      out.appendChild(el("div", "note", `max ${data.max_act.toFixed(3)} (${(100 * data.max_act / top).toFixed(0)} % of the feature's max) · ${(1000 * data.seconds).toFixed(0)} ms`));
+      nodes.forEach((n) => out.appendChild(n));
     } catch (e) {
       out.textContent = `probe off: ${e.message}`;
     }
   });
 }
 
-function setupFeatures() {
-  const form = document.getElementById("features-form");
-  if (!form) return;
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const out = document.getElementById("features-out");
-    out.textContent = "measuring…";
-    try {
-      const data = await postJSON(form.dataset.url, {text: form.elements.text.value});
-      out.textContent = "";
-      const table = el("table", "per-token");
-      data.tokens.forEach((t) => {
-        const tr = el("tr");
-        tr.appendChild(el("td", "", JSON.stringify(t.token)));
-        const td = el("td");
-        t.features.forEach(([f, a]) => {
-          const link = el("a", "chip", `${f} ${a.toFixed(2)}`);
-          link.href = `/runs/${form.dataset.run}/features/${f}`;
-          td.appendChild(link);
-          td.appendChild(document.createTextNode(" "));
-        });
-        tr.appendChild(td);
-        table.appendChild(tr);
-      });
-      out.appendChild(el("h3", "", "Strongest over the text"));
-      const ul = el("ul", "top-features");
-      data.top.forEach(([f, a, n]) => {
-        const li = el("li");
-        const link = el("a", "", `feature ${f}`);
-        link.href = `/search?q=${f}&run=${form.dataset.run}`;
-        li.appendChild(link);
-        li.appendChild(document.createTextNode(` max ${a.toFixed(3)} on ${n} token(s)`));
-        ul.appendChild(li);
-      });
-      out.appendChild(ul);
-      out.appendChild(el("h3", "", "Per token"));
-      out.appendChild(table);
-    } catch (e) {
-      out.textContent = `probe off: ${e.message}`;
-    }
+function renderProbe(form, data) {
+  const top = Number(form.dataset.max) || data.max_act;
+  return [tokensEl(data.tokens, data.acts, top),
+    el("div", "note", `max ${data.max_act.toFixed(3)} (${(100 * data.max_act / top).toFixed(0)} % of the feature's max) · ${(1000 * data.seconds).toFixed(0)} ms`)];
+}
+
+function renderFeatures(form, data) {
+  // links go to the SAE's feature pages: they exist for every feature, explained in a run or not
+  const page = (f) => `/saes/${form.dataset.cache}/features/${f}`;
+  const table = el("table", "per-token");
+  data.tokens.forEach((t) => {
+    const tr = el("tr");
+    tr.appendChild(el("td", "", JSON.stringify(t.token)));
+    const td = el("td");
+    t.features.forEach(([f, a]) => {
+      const link = el("a", "chip", `${f} ${a.toFixed(2)}`);
+      link.href = page(f);
+      td.appendChild(link);
+      td.appendChild(document.createTextNode(" "));
+    });
+    tr.appendChild(td);
+    table.appendChild(tr);
   });
+  const ul = el("ul", "top-features");
+  data.top.forEach(([f, a, n]) => {
+    const li = el("li");
+    const link = el("a", "", `feature ${f}`);
+    link.href = page(f);
+    li.appendChild(link);
+    li.appendChild(document.createTextNode(` max ${a.toFixed(3)} on ${n} token(s)`));
+    ul.appendChild(li);
+  });
+  return [el("h3", "", "Strongest over the text"), ul, el("h3", "", "Per token"), table];
 }
 
 function watchRun() {
@@ -175,6 +167,6 @@ function watchRun() {
 document.addEventListener("DOMContentLoaded", () => {
   watchRun();
   loadLens();
-  setupProbe();
-  setupFeatures();
+  onSubmit("probe-form", "probe-out", renderProbe);
+  onSubmit("features-form", "features-out", renderFeatures);
 });
