@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -15,6 +16,7 @@ from rich.table import Table
 from saexplain.cache.config import CacheConfig
 from saexplain.config import config_options
 from saexplain.data.contexts import CorpusConfig
+from saexplain.distributed.config import RayConfig
 from saexplain.errors import SaexplainError
 from saexplain.llm.client import LLMConfig
 from saexplain.sampling.sampler import SamplingConfig
@@ -118,15 +120,17 @@ def train_sae_cmd(force: bool = typer.Option(False, help="retrain even when the 
 
 @app.command()
 @friendly_errors
-@config_options(SubjectConfig, CorpusConfig, CacheConfig)
+@config_options(SubjectConfig, CorpusConfig, CacheConfig, RayConfig)
 def cache(store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
-          subject: SubjectConfig = None, corpus: CorpusConfig = None, cache: CacheConfig = None):
-    """Latent cache: run the corpus through model + SAE, keep the sparse activations, compute feature stats."""
+          subject: SubjectConfig = None, corpus: CorpusConfig = None, cache: CacheConfig = None,
+          ray_cfg: RayConfig = None):
+    """Latent cache: run the corpus through model + SAE, keep the sparse activations, compute feature stats
+    (--ray: the shards are written by Ray workers; the same cache, byte for byte)."""
     from saexplain.cache.pipeline import build_cache, default_store_path
 
-    with Store(store or default_store_path()) as db:
+    with Store(store or default_store_path()) as db, _ray_session(ray_cfg) as ray:
         t0 = time.perf_counter()
-        run = build_cache(subject, corpus, cache, db)
+        run = build_cache(subject, corpus, cache, db, workers=ray.cache_workers(subject) if ray else None)
         usage = run.cache.storage()
         stats = db.feature_stats(run.run_id)
         dead = sum(r["dead"] for r in stats)
@@ -212,19 +216,33 @@ def _stage_classes():
     return (RunConfig, *StageConfigs.CLASSES.values())
 
 
+@contextmanager
+def _ray_session(cfg: RayConfig):
+    """A RaySession for the command when --ray was given, else None."""
+    if not cfg.enabled:
+        yield None
+        return
+    from saexplain.distributed import RaySession
+
+    with RaySession(cfg, echo=lambda m: console.print(m, markup=False, highlight=False)) as session:
+        yield session
+
+
 @app.command()
 @friendly_errors
-@config_options(*_stage_classes())
+@config_options(*_stage_classes(), RayConfig)
 def run(run=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, oneshot=None, sage=None,
         detection=None, fuzzing=None, simulation=None, embedding=None, generation=None, contrast=None,
-        steering=None, saeexplainer=None):
+        steering=None, saeexplainer=None, ray_cfg=None):
     """Cache → sample → explain → score → report, resumable per feature (the same command continues a
-    killed run; more features, explainers or scorers extend it)."""
+    killed run; more features, explainers or scorers extend it). --ray: cache and items on Ray workers, the
+    store written by this process alone."""
     from saexplain.pipeline.configs import StageConfigs
 
     cfgs = StageConfigs(run, subject, corpus, cache, sampling, llm, oneshot, sage, detection, fuzzing, simulation,
                         embedding, generation, contrast, steering, saeexplainer)
-    h = run_all_and_print(cfgs)
+    with _ray_session(ray_cfg) as ray:
+        h = run_all_and_print(cfgs, ray)
     console.print(f"[bold]run {h.run_id}[/bold]: report in {h.folder}")
     _exit_on_failures(h.counts)
 
@@ -238,10 +256,10 @@ def _exit_on_failures(counts: dict[str, dict[str, int]]) -> None:
         raise typer.Exit(1)
 
 
-def run_all_and_print(cfgs):
+def run_all_and_print(cfgs, ray=None):
     from saexplain.pipeline.runner import run_all
 
-    return run_all(cfgs, echo=lambda m: console.print(m, markup=False, highlight=False))
+    return run_all(cfgs, echo=lambda m: console.print(m, markup=False, highlight=False), ray=ray)
 
 
 @app.command()
@@ -518,9 +536,19 @@ def _print_examples(run, examples: dict, show: int) -> None:
                     f"[reverse]{t}[/reverse]" if a > 0 else t for t, a in zip(strings, e.acts)).replace("\n", " "))
 
 
+def optional_ray_address(argv: list[str]) -> list[str]:
+    """`--ray` with no address (last, or followed by another option) means a Ray started for the command."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--ray" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i + 1:i + 1] = ["local"]
+            break
+    return out
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+    app(args=optional_ray_address(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from saexplain.cache.config import CacheConfig  # noqa: F401  (its home is a light module)
+from saexplain.cache.config import CacheConfig  # its home is a light module
 from saexplain.data.contexts import Contexts
 from saexplain.errors import SaexplainError
 from saexplain.locks import exclusive
@@ -96,61 +96,69 @@ class LatentCache:
             raise SaexplainError(f"{self.path / extra[0]}: a shard the cache's manifest does not list; {self._rebuild}")
 
     # ---------------------------------------------------------------------------------------- building
+    # plan (which shard ranges are due) → write shards (an oracle, the contexts and a range in, a file out: any
+    # process can write any range, in any order) → finish (the manifest). `build` does all three here; the Ray
+    # executor (distributed/cache.py) plans and finishes in the driver and writes the shards on its workers.
     @classmethod
     def build(cls, oracle, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict,
               progress: bool = True) -> LatentCache:
         """Build (or resume) the cache in `path`; one process at a time (a second one waits, then reuses it)."""
         path.mkdir(parents=True, exist_ok=True)
         with exclusive(path / ".lock", "this latent cache"):
-            return cls._build(oracle, contexts, cfg, path, config_json, progress)
+            write_shards(oracle, contexts, cfg, path, cls.plan(oracle.d_sae, contexts, cfg, path, config_json),
+                         progress)
+            return cls.finish(path)
+
+    @staticmethod
+    def planned_contexts(contexts: Contexts, cfg: CacheConfig) -> int:
+        return min(contexts.n_contexts, max(1, cfg.tokens // contexts.length))
 
     @classmethod
-    def _build(cls, oracle, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict,
-               progress: bool) -> LatentCache:
-        n_ctx = min(contexts.n_contexts, max(1, cfg.tokens // contexts.length))
-        meta = {"config": config_json, "d_sae": oracle.d_sae, "n_contexts": n_ctx, "context": contexts.length,
-                "contexts_path": str(contexts.path), "index_dtype": "uint16" if oracle.d_sae <= 65535 else "uint32",
-                "bos": contexts.bos,
-                "complete": False}
+    def plan(cls, d_sae: int, contexts: Contexts, cfg: CacheConfig, path: Path, config_json: dict
+             ) -> list[tuple[int, int]]:
+        """The shard ranges still to write (none for a finished cache). Writes meta.json for a new cache, refuses a
+        folder holding another cache, and removes temporaries left by killed writers (the caller holds the
+        cache's lock, so none belongs to a live one). A shard on disk is complete (written to a temporary name
+        and renamed), so a killed build — local or distributed, whatever order its shards were written in —
+        resumes with the ranges that have no file."""
+        n_ctx = cls.planned_contexts(contexts, cfg)
+        meta = {"config": config_json, "d_sae": d_sae, "n_contexts": n_ctx, "context": contexts.length,
+                "contexts_path": str(contexts.path), "index_dtype": "uint16" if d_sae <= 65535 else "uint32",
+                "bos": contexts.bos, "shard_contexts": cfg.shard_contexts, "complete": False}
         meta_path = path / "meta.json"
         if meta_path.is_file():
             old = json.loads(meta_path.read_text())
             if old.get("complete"):
-                return cls(path)
+                return []
             if {k: old.get(k) for k in ("config", "n_contexts", "d_sae")} != \
                     {k: meta[k] for k in ("config", "n_contexts", "d_sae")}:
                 raise SaexplainError(f"{path} holds a different cache; remove it or change $SAEXPLAIN_HOME")
         else:
             _atomic_write(meta_path, json.dumps(meta, indent=1))
-        done = _covered(path)
-        idx_dtype = np.dtype(meta["index_dtype"])
-        with tqdm(total=n_ctx * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
-                   desc="caching", disable=not progress) as pbar:
-            import torch
+        for tmp in path.glob("*.tmp*"):
+            tmp.unlink()
+        ranges = shard_ranges(n_ctx, cfg.shard_contexts)
+        names = {_shard_name(a, b) for a, b in ranges}
+        for p in sorted(path.glob("shard_*.npz")):
+            if p.name not in names:
+                raise SaexplainError(f"{p}: a shard this cache's plan does not have (another --shard-contexts?); "
+                                     f"remove {path} and run `saexplain cache` again")
+        return [(a, b) for a, b in ranges if not (path / _shard_name(a, b)).is_file()]
 
-            start = done
-            while start < n_ctx:
-                end = min(n_ctx, start + cfg.shard_contexts)
-                counts, indices, values = [], [], []
-                for b in range(start, end, cfg.batch_contexts):
-                    ids = torch.from_numpy(np.asarray(contexts.tokens[b:min(end, b + cfg.batch_contexts)], np.int64))
-                    c, i, v = oracle.codes(ids)
-                    counts.append(c.numpy())
-                    indices.append(i.numpy())
-                    values.append(v.numpy())
-                    pbar.update(ids.numel())
-                c = np.concatenate(counts)
-                if c.max(initial=0) > np.iinfo(np.uint16).max:
-                    raise SaexplainError("more than 65,535 active features on one token")
-                _save_shard(path / f"shard_{start:09d}_{end:09d}.npz", counts=c.astype(np.uint16),
-                            indices=np.concatenate(indices).astype(idx_dtype),
-                            values=np.concatenate(values).astype(np.float32))
-                start = end
+    @classmethod
+    def finish(cls, path: Path) -> LatentCache:
+        """Every planned shard written: pin the manifest (shard ranges, sizes, sha256) and mark the cache done."""
+        meta_path = path / "meta.json"
         meta = json.loads(meta_path.read_text())
-        meta["shards"] = [_manifest_entry(p) for p in sorted(path.glob("shard_*.npz"))]
-        meta["complete"] = True
-        meta["finished"] = time.time()
-        _atomic_write(meta_path, json.dumps(meta, indent=1))
+        if not meta.get("complete"):
+            end = _contiguous_end(path)
+            if end != meta["n_contexts"]:
+                raise SaexplainError(f"{path}: shards cover {end} of {meta['n_contexts']} contexts; run the same "
+                                     f"command again to write the rest")
+            meta["shards"] = [_manifest_entry(p) for p in sorted(path.glob("shard_*.npz"))]
+            meta["complete"] = True
+            meta["finished"] = time.time()
+            _atomic_write(meta_path, json.dumps(meta, indent=1))
         return cls(path)
 
     # ----------------------------------------------------------------------------------------- reading
@@ -334,6 +342,50 @@ class LatentCache:
         return out
 
 
+def shard_ranges(n_contexts: int, shard_contexts: int) -> list[tuple[int, int]]:
+    """The cache's shard boundaries: every `shard_contexts` contexts from 0 (the last one shorter)."""
+    return [(a, min(n_contexts, a + shard_contexts)) for a in range(0, n_contexts, shard_contexts)]
+
+
+def write_shards(oracle, contexts: Contexts, cfg: CacheConfig, path: Path, due: list[tuple[int, int]],
+                 progress: bool = True) -> None:
+    """The due shard ranges, one after the other, in this process (with a progress bar over the whole cache)."""
+    if not due:
+        return
+    total = LatentCache.planned_contexts(contexts, cfg)
+    done = total - sum(b - a for a, b in due)
+    with tqdm(total=total * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
+              desc="caching", disable=not progress) as bar:
+        for a, b in due:
+            write_shard(oracle, contexts, cfg, path, a, b, on_batch=bar.update)
+
+
+def write_shard(oracle, contexts: Contexts, cfg: CacheConfig, path: Path, start: int, end: int,
+                on_batch=None) -> dict:
+    """Encode contexts [start, end) in batches of `cfg.batch_contexts` from `start` and write their shard (a
+    temporary file, fsynced, renamed). The same range gives the same bytes whichever process writes it: the
+    batches are the same, and the file carries no time stamp. Returns the shard's manifest entry."""
+    import torch
+
+    idx_dtype = np.dtype("uint16" if oracle.d_sae <= 65535 else "uint32")
+    counts, indices, values = [], [], []
+    for b in range(start, end, cfg.batch_contexts):
+        ids = torch.from_numpy(np.asarray(contexts.tokens[b:min(end, b + cfg.batch_contexts)], np.int64))
+        c, i, v = oracle.codes(ids)
+        counts.append(c.numpy())
+        indices.append(i.numpy())
+        values.append(v.numpy())
+        if on_batch is not None:
+            on_batch(ids.numel())
+    c = np.concatenate(counts)
+    if c.max(initial=0) > np.iinfo(np.uint16).max:
+        raise SaexplainError("more than 65,535 active features on one token")
+    target = path / _shard_name(start, end)
+    _save_shard(target, counts=c.astype(np.uint16), indices=np.concatenate(indices).astype(idx_dtype),
+                values=np.concatenate(values).astype(np.float32))
+    return _manifest_entry(target)
+
+
 def top_token_ids(tokens: np.ndarray, ctx: np.ndarray, pos: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
     """The token ids at which a feature fires hardest: the strongest activations' tokens, weighted by value."""
     if len(ctx) == 0:
@@ -345,6 +397,10 @@ def top_token_ids(tokens: np.ndarray, ctx: np.ndarray, pos: np.ndarray, val: np.
     return uniq[np.argsort(-weight, kind="stable")][:n]
 
 
+def _shard_name(start: int, end: int) -> str:
+    return f"shard_{start:09d}_{end:09d}.npz"
+
+
 def _shard_range(p: Path) -> tuple[int, int]:
     _, a, b = p.stem.split("_")
     return int(a), int(b)
@@ -354,14 +410,6 @@ def _manifest_entry(p: Path) -> dict:
     a, b = _shard_range(p)
     return {"name": p.name, "start": a, "end": b, "bytes": p.stat().st_size,
             "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-
-
-def _covered(path: Path) -> int:
-    """Number of leading contexts covered by complete, contiguous shards. Stray temporaries are removed: the
-    caller holds the cache's lock, so none belongs to a live writer."""
-    for tmp in path.glob("*.tmp*"):
-        tmp.unlink()
-    return _contiguous_end(path)
 
 
 def _contiguous_end(path: Path) -> int:
@@ -377,9 +425,20 @@ def _contiguous_end(path: Path) -> int:
 
 
 def _save_shard(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    """An uncompressed .npz as `np.savez` writes it, but with a fixed time stamp on every member, so equal arrays
+    give equal bytes (and equal sha256) whoever writes them and when. The temporary name is unique per writer
+    (host and process), so writers on several machines sharing the folder never collide."""
+    import socket
+    import zipfile
+
+    tmp = path.with_name(path.name + f".tmp{socket.gethostname()}-{os.getpid()}")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as z:
+            for key, val in arrays.items():
+                info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                with z.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(val), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -97,11 +97,14 @@ def run_folder(run_id: int, store_path: str | Path | None = None) -> Path:
     return store_path.parent / f"{store_path.stem}-runs" / str(run_id)
 
 
-def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
-                 echo: Callable[[str], None] = print) -> tuple[CacheRun, dict[int, FeatureRecord]]:
-    """The cache (built or reused) and the records of `features` (None: the run config's choice)."""
+def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle | None, features: list[int] | None = None,
+                 echo: Callable[[str], None] = print, cache_workers=None
+                 ) -> tuple[CacheRun, dict[int, FeatureRecord]]:
+    """The cache (built or reused; by `cache_workers` when given) and the records of `features` (None: the run
+    config's choice)."""
     t0 = time.perf_counter()
-    cache = build_cache(cfgs.subject, cfgs.corpus, cfgs.cache, store, oracle=oracle, progress=True)
+    cache = build_cache(cfgs.subject, cfgs.corpus, cfgs.cache, store, oracle=oracle, progress=True,
+                        workers=cache_workers)
     stats = store.feature_stats(cache.run_id)
     echo(f"cache: {cache.cache.n_contexts * cache.cache.context:,} tokens, {len(stats)} features "
          f"({time.perf_counter() - t0:.1f}s)")
@@ -120,10 +123,10 @@ def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle, features: lis
     return cache, records
 
 
-def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle, features: list[int] | None = None,
-            echo: Callable[[str], None] = print) -> RunHandle:
+def prepare(cfgs: StageConfigs, store: Store, oracle: Oracle | None, features: list[int] | None = None,
+            echo: Callable[[str], None] = print, cache_workers=None) -> RunHandle:
     """Cache (reused when present), feature choice, sampling, records; the run's row in the store."""
-    cache, records = load_records(cfgs, store, oracle, features, echo)
+    cache, records = load_records(cfgs, store, oracle, features, echo, cache_workers)
     if not records:
         raise SaexplainError("no feature to run on")
     features = list(records)
@@ -230,6 +233,24 @@ async def execute_score(item: ScoreItem, record: FeatureRecord, llm: LLM, oracle
     return res, time.perf_counter() - t0
 
 
+class LocalExecutor:
+    """Executes items in this process, with the command's LLM client and oracle. The Ray executor
+    (distributed/run.py) has the same three methods and executes on workers; planning and persisting stay in the
+    command's process either way."""
+
+    def __init__(self, llm: LLM, oracle: Oracle):
+        self.llm, self.oracle = llm, oracle
+
+    async def explain(self, item: ExplainItem, record: FeatureRecord, progress: Callable[[str], None] | None = None):
+        return await execute_explanation(item, record, self.llm, self.oracle, progress)
+
+    async def score(self, item: ScoreItem, record: FeatureRecord):
+        return await execute_score(item, record, self.llm, self.oracle)
+
+    async def aclose(self) -> None:
+        await self.llm.aclose()
+
+
 def persist_explanation(store: Store, h: RunHandle, item: ExplainItem, result, counts: dict[str, int],
                         echo: Callable[[str], None]) -> None:
     f, name, fp = item.feature, item.method, item.fingerprint
@@ -279,28 +300,27 @@ def persist_score(store: Store, item: ScoreItem, result, seconds: float, counts:
         echo(f"{where}: DEGRADED {value} ({result.reason})")
 
 
-async def explain_feature(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, feature: int,
-                          counts: dict[str, int], echo: Callable[[str], None]) -> None:
+async def explain_feature(h: RunHandle, store: Store, executor, feature: int, counts: dict[str, int],
+                          echo: Callable[[str], None]) -> None:
     """Every due explainer of a feature at once; each result is persisted as it finishes."""
     due = plan_explanations(h, store, feature)
     counts["skipped"] += len(h.configs.run.explainer_names) - len(due)
 
     async def one(item: ExplainItem):
-        result = await execute_explanation(item, h.records[feature], llm, oracle,
-                                           progress=lambda m: echo(f"  feature {feature} {m}"))
+        result = await executor.explain(item, h.records[feature], progress=lambda m: echo(f"  feature {feature} {m}"))
         persist_explanation(store, h, item, result, counts, echo)
 
     await asyncio.gather(*(one(item) for item in due))
 
 
-async def score_feature(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, feature: int, scorers: list[str],
+async def score_feature(h: RunHandle, store: Store, executor, feature: int, scorers: list[str],
                         counts: dict[str, int], echo: Callable[[str], None]) -> None:
     """Every due (explanation, scorer) of a feature at once; each score is persisted as it finishes."""
     due, done = plan_scores(h, store, feature, scorers)
     counts["skipped"] += done
 
     async def one(item: ScoreItem):
-        result, seconds = await execute_score(item, h.records[feature], llm, oracle)
+        result, seconds = await executor.score(item, h.records[feature])
         persist_score(store, item, result, seconds, counts, echo)
 
     await asyncio.gather(*(one(item) for item in due))
@@ -313,7 +333,7 @@ async def explain_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle,
     result never replaces a better stored one."""
     counts = _counts()
     for f in features if features is not None else list(h.records):
-        await explain_feature(h, store, llm, oracle, f, counts, echo)
+        await explain_feature(h, store, LocalExecutor(llm, oracle), f, counts, echo)
     return counts
 
 
@@ -326,8 +346,9 @@ async def score_stage(h: RunHandle, store: Store, llm: LLM, oracle: Oracle, scor
     counts = _counts()
     scorers = scorers or h.configs.run.scorer_names
     todo = [f for f in (features if features is not None else list(h.records)) if f in h.records]
+    executor = LocalExecutor(llm, oracle)
     await for_each_feature(todo, concurrency,
-                           lambda f: score_feature(h, store, llm, oracle, f, scorers, counts, echo))
+                           lambda f: score_feature(h, store, executor, f, scorers, counts, echo))
     return counts
 
 
@@ -434,24 +455,39 @@ def open_run(store: Store, run_id: int, oracle: Oracle | None = None, echo: Call
     return h, oracle
 
 
-def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=None) -> RunHandle:
-    """`saexplain run`: every stage, with the time of each; the outcome counts what failed or was degraded."""
+def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=None, ray=None) -> RunHandle:
+    """`saexplain run`: every stage, with the time of each; the outcome counts what failed or was degraded.
+    `ray` (a distributed.RaySession): the cache and the items are executed on its workers; this process plans,
+    persists and reports, as it does alone."""
     from saexplain.report import write_report
 
     store = Store(cfgs.run.store or default_store_path())
     try:
         t0 = time.perf_counter()
-        oracle = Oracle.from_config(cfgs.subject)
-        echo(f"subject: {cfgs.subject.model} + SAE {cfgs.subject.sae} ({oracle.d_sae} features) "
-             f"({time.perf_counter() - t0:.1f}s)")
-        h = prepare(cfgs, store, oracle, echo=echo)
+        oracle = cache_workers = None
+        if ray is None:
+            oracle = Oracle.from_config(cfgs.subject)
+            echo(f"subject: {cfgs.subject.model} + SAE {cfgs.subject.sae} ({oracle.d_sae} features) "
+                 f"({time.perf_counter() - t0:.1f}s)")
+        else:
+            cache_workers = ray.cache_workers(cfgs.subject)
+        h = prepare(cfgs, store, oracle, echo=echo, cache_workers=cache_workers)
+        if cache_workers is not None:
+            cache_workers.close()  # their CPUs and GPUs go to the run's workers
         echo(f"run {h.run_id}: {len(h.records)} features × {', '.join(cfgs.run.explainer_names)}")
         totals = {"explain": [0.0, _counts()], "score": [0.0, _counts()]}
         with RunLease(store, h.run_id):
             save_run_config(h, store)  # after the lease: a refused second process changes nothing
-            llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
-            concurrency = run_concurrency(cfgs.run, llm)
-            echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency}")
+            if ray is None:
+                llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
+                executor = LocalExecutor(llm, oracle)
+                concurrency = run_concurrency(cfgs.run, llm)
+                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency}")
+            else:
+                executor = ray.executor(cfgs, h.run_id, store)
+                concurrency = executor.concurrency(cfgs.run.run_concurrency)
+                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency} "
+                     f"per worker")
 
             async def go():
                 # a feature's explainers run together, then its scorers; every item persists as it finishes, so
@@ -464,16 +500,20 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
                     started += 1
                     echo(f"feature {f} ({started}/{len(h.records)})")
                     t = time.perf_counter()
-                    await explain_feature(h, store, llm, oracle, f, totals["explain"][1], echo)
+                    await explain_feature(h, store, executor, f, totals["explain"][1], echo)
                     totals["explain"][0] += time.perf_counter() - t
                     t = time.perf_counter()
-                    await score_feature(h, store, llm, oracle, f, cfgs.run.scorer_names, totals["score"][1], echo)
+                    await score_feature(h, store, executor, f, cfgs.run.scorer_names, totals["score"][1], echo)
                     totals["score"][0] += time.perf_counter() - t
+                    if hasattr(executor, "done"):
+                        executor.done(f)
                     finished += 1
                     echo(progress_line(f, finished, len(h.records), time.perf_counter() - t_loop))
 
-                await for_each_feature(list(h.records), concurrency, feature_task)
-                await llm.aclose()
+                try:
+                    await for_each_feature(list(h.records), concurrency, feature_task)
+                finally:
+                    await executor.aclose()
 
             wall, cpu = time.perf_counter(), time.process_time()
             asyncio.run(go())
