@@ -27,7 +27,8 @@ def task_message(req) -> str:
 def step_of(req) -> str:
     task = task_message(req).split("Task:")[-1]
     for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
-                      ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude")):
+                      ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude"),
+                      ("for each candidate, write", "measure_write"), ("numbers of the snippets", "measure_match")):
         if key in task:
             return step
     raise AssertionError(f"unknown step: {task[:80]}")
@@ -88,7 +89,29 @@ class Script:
             return json.dumps({"new_hypotheses": ["the word wife"]})
         if step == "judge":
             return json.dumps({"verdicts": [{"hypothesis": h, "status": "UNCHANGED"} for h in active_ids(req, "to judge")]})
+        if step in ("measure_write", "measure_match"):
+            return measure(req, step)
         return json.dumps({"description": "the word \"wife\"", "labels": ["wife", "Wife!", "a wife"]})
+
+
+def candidates_of(req) -> dict[str, str]:
+    block = task_message(req).split("Candidate descriptions")[1].split("\n\n")[0]
+    return dict(re.findall(r"^([A-F])\. (.*)$", block, re.M))
+
+
+def measure(req, step: str) -> str:
+    """The measured selection's two steps, answered by keyword: sentences written from a candidate contain its
+    last word; a candidate matches the snippets that contain one of its words (longer than 3 letters)."""
+    cands = candidates_of(req)
+    if step == "measure_write":
+        last = {k: c.split()[-1].strip('"!') for k, c in cands.items()}
+        return json.dumps({k: [f"Then the {w} came home.", f"I saw a {w} there."] for k, w in last.items()})
+    snippets = dict(re.findall(r"^(\d+)\. (.*)$", task_message(req).split("Numbered text snippets:")[1], re.M))
+    out = {}
+    for k, c in cands.items():
+        words = [w for w in re.findall(r"[a-z]+", c.lower()) if len(w) > 3 and w not in ("word", "words")]
+        out[k] = [int(i) for i, t in snippets.items() if any(re.search(rf"\b{w}\b", t.lower()) for w in words)]
+    return json.dumps(out)
 
 
 def run_sage(record, oracle, script, **cfg):
@@ -256,3 +279,87 @@ def test_selection_keeps_the_candidate_that_best_separates_the_explain_pool(wife
     scores = {k: v for k, v in sel["scores"].items() if v is not None}
     assert exp.description == max(scores, key=scores.get)
     assert np.isfinite(list(scores.values())).all()
+
+
+# ------------------------------------------------------------------------------- conclusion rules, selection
+def test_explanations_are_clean_text_and_conclusions_follow_the_rules():
+    from saexplain.explain.rules import clean_text, conclusion_problems
+
+    assert clean_text('the number two}') == "the number two"
+    assert clean_text('"colour words"}') == "colour words"
+    assert clean_text('the word "wife""}') == 'the word "wife"'
+    assert clean_text('Explanation: "colour words"]}') == "colour words"
+    assert clean_text('the word "wife"') == 'the word "wife"'
+    ex = ["The man and his wife lived by the sea.", "the two rivers, the four hills"]
+    assert conclusion_problems('the word "wife"', ex) == []
+    assert conclusion_problems("number words after a determiner, e.g. two or four", ex) == []
+    assert any("copies an exemplar" in p for p in conclusion_problems("the man and his wife lived by the sea", ex))
+    assert any("markers" in p for p in conclusion_problems("the <<two>> rivers, the <<four>>", ex))
+    assert any("does not fire" in p for p in conclusion_problems("The feature should not fire on words that rhyme", ex))
+    assert any("words" in p for p in conclusion_problems(" ".join(["word"] * 16), ex))
+    assert any("cut off" in p for p in conclusion_problems("names of family members such as the", ex))
+    assert any("negative-case" in p for p in conclusion_problems("the word husband", ex, "The word husband."))
+
+
+def test_a_copied_exemplar_conclusion_is_rejected_and_redone_once(wife):
+    script = Script()
+    bad = "The man and his wife lived by the sea"
+
+    def handler(req):
+        if step_of(req) == "conclude" and "was rejected" not in task_message(req):
+            script.steps.append("conclude")
+            return json.dumps({"description": bad, "labels": ["wife"]})
+        return script(req)
+
+    exp, backend = run_sage(make_record(wife, TEXTS), wife, handler)
+    assert script.steps[-2:] == ["conclude", "conclude"]
+    rejected = [s["content"] for s in exp.trace if s["kind"] == "conclusion_rejected"]
+    assert len(rejected) == 1 and "copies an exemplar" in rejected[0]["problems"][0]
+    redo = [r for r in backend.requests if step_of(r) == "conclude"][-1]
+    assert bad in task_message(redo) and "was rejected" in task_message(redo)
+    assert exp.description == 'the word "wife"' and exp.status == "ok"
+
+
+def test_conclusions_that_keep_breaking_the_rules_fall_back_to_the_best_measured_hypothesis(wife):
+    script = Script()
+
+    def handler(req):
+        if step_of(req) == "conclude":
+            script.steps.append("conclude")
+            return json.dumps({"description": "The feature should not fire on the word husband}",
+                               "labels": ["the <<wife>> said"]})
+        return script(req)
+
+    exp, _ = run_sage(make_record(wife, TEXTS), wife, handler)
+    assert script.steps.count("conclude") == 2
+    fallback = [s["content"] for s in exp.trace if s["kind"] == "conclusion_fallback"]
+    assert fallback and fallback[0]["from"] == "hypothesis"
+    assert exp.description == "the word wife"  # confirmed, most probes as predicted, passes the rules
+    assert "<<" not in " ".join(exp.labels)
+
+
+def test_measured_selection_picks_what_fires_and_covers_the_pool_not_the_longest(wife):
+    """Candidates: the conclusion (long, about the context only), its label and the surviving hypotheses. The
+    scripted LLM writes sentences from each candidate and matches snippets by keyword; the oracle measures."""
+    script = Script()
+
+    def handler(req):
+        if step_of(req) == "conclude":
+            script.steps.append("conclude")
+            return json.dumps({"description": "people at home near the sea", "labels": ["wife"]})
+        return script(req)
+
+    llm, backend = scripted_llm(handler)
+    exp = asyncio.run(SAGE(SAGEConfig(selection="measured")).explain(make_record(wife, TEXTS), llm, wife))
+    sel = [s["content"] for s in exp.trace if s["kind"] == "selection"][0]
+    scores = sel["scores"]
+    longest = max(scores, key=lambda c: len(c))
+    assert exp.description == sel["chosen"] == "wife" != longest
+    assert scores["wife"]["fire"] == 1.0 and scores["wife"]["recall"] == 1.0 and scores["wife"]["specificity"] == 1.0
+    assert scores["people at home near the sea"]["fire"] == 0.0  # text written from it does not fire the feature
+    # "the word wife" measures the same as "wife": the tie goes to the shorter candidate
+    assert scores["the word wife"]["score"] == scores["wife"]["score"]
+    assert [step_of(r) for r in backend.requests][-2:] == ["measure_write", "measure_match"]
+    # the snippets matched are the explain pool's (the score pool is never read by an explainer)
+    match = task_message([r for r in backend.requests if step_of(r) == "measure_match"][0])
+    assert "The river ran." in match and "His wife was glad." in match

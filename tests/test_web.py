@@ -46,7 +46,7 @@ def site(ground_truth, tmp_path_factory):
                       store=str(root / "store.db")),
         subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
         corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=20_000),
-        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"),
+        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="measured"),
         simulation=SimulationConfig(logprobs=False))
     h = run_all(cfgs, echo=lambda m: None, backend=ScriptedBackend(universal))
     with Store(cfgs.run.store) as db:  # an explanation as an LLM could write it: markup must stay text
@@ -120,6 +120,11 @@ def test_trace_events_are_structured(client, site):
     assert len(probe["tokens"]) == len(probe["acts"]) and probe["text"]  # the hypothesis it tests, by text
     html = client.get(f"/runs/{site['run']}/features/0").text
     assert "Verdict on H1" in html and "Conclusion" in html
+    # the measured selection: every candidate with what was measured for it
+    sel = next(e for e in t["events"] if e["kind"] == "selection")["data"]
+    assert sel["chosen"] in sel["scores"] and all({"fire", "recall", "specificity"} <= set(v)
+                                                   for v in sel["scores"].values())
+    assert "Selection among candidates" in html and "specificity" in html
 
 
 def test_markup_is_escaped_everywhere(client, site):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from saexplain.config import Config
+from saexplain.explain.rules import clean_text
 from saexplain.registry import Registry
 from saexplain.sampling.record import FeatureRecord, Window
 
@@ -77,6 +78,8 @@ class Explainer(ABC):
         t0 = time.perf_counter()
         with metered() as usage:
             exp = await self.run(record, llm, oracle, trace)
+        exp.description = clean_text(exp.description)  # an explanation is clean text, whatever the reply's shape
+        exp.labels = [t for t in (clean_text(x) for x in exp.labels) if t]
         exp.usage = usage.to_dict()
         exp.trace = trace.steps
         exp.seconds = time.perf_counter() - t0

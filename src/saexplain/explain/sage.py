@@ -31,6 +31,7 @@ from pydantic import Field
 
 from saexplain.config import Config
 from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, firing_tokens, format_window
+from saexplain.explain.rules import clean_text, conclusion_problems
 from saexplain.llm import LLMError, Usage, metered
 from saexplain.llm.prompts import Template
 from saexplain.sampling.record import FeatureRecord
@@ -51,7 +52,13 @@ class SAGEConfig(Config):
     verdict: Literal["measured", "llm"] = Field("measured", description="who decides CONFIRMED/REFUTED/REFINED")
     high: float = Field(0.3, gt=0, le=1, description="'high' holds when a probe reaches this fraction of the max")
     low: float = Field(0.1, ge=0, le=1, description="'none' holds when a probe stays below this fraction of the max")
-    selection: Literal["embedding", "none"] = Field("embedding", description="final pick among candidates on the explain pool")
+    selection: Literal["measured", "embedding", "none"] = Field(
+        "measured", description="final pick among the candidates: measured (text written from each fires the "
+        "feature, it matches the explain pool's activating windows and not its negatives), embedding (the older "
+        "MiniLM proxy) or none")
+    selection_snippets: int = Field(6, ge=2, le=12, description="explain-pool windows of each kind (activating, "
+                                    "negative) the measured selection matches candidates against")
+    max_candidates: int = Field(4, ge=2, le=6, description="candidates the measured selection compares")
     max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
     max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
@@ -121,17 +128,25 @@ def _message(step: str, **values) -> list[tuple[str, str]]:
 class Budget:
     def __init__(self, cfg: SAGEConfig, usage: Usage):
         self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
+        # kept for after testing: the conclusion (1 call, ~1.5k tokens) and the measured selection's 2 calls
+        # (~1k tokens each: the candidates, 2 sentences each; the snippets and the matches)
+        self.reserve = (3, 3500) if cfg.selection == "measured" else (1, 1500)
 
-    def exhausted(self, reserve_calls: int = 1) -> str | None:
-        """Why no further step may start (None: it may). `reserve_calls` keeps calls for the conclusion;
-        a structured call may need a corrective retry, so a step needs 2 calls of headroom."""
+    def exhausted(self, reserve_calls: int | None = None, reserve_tokens: int | None = None) -> str | None:
+        """Why no further step may start (None: it may). The reserve (default: what the conclusion and the
+        measured selection need) keeps calls and tokens for the steps after testing; a structured call may need
+        a corrective retry, so a step needs 2 calls of headroom."""
         c = self.cfg
+        if reserve_calls is None:
+            reserve_calls, reserve_tokens = self.reserve
         # cached replies count as calls and tokens: a resumed run (its earlier replies now cached) must take
         # the same steps as an uninterrupted one
         u = self.usage
         if u.calls + u.cached + u.failures + 2 + reserve_calls > c.max_llm_calls:
             return f"max_llm_calls ({c.max_llm_calls})"
-        if u.tokens_in + u.tokens_out + u.tokens_cached + reserve_calls * 1500 >= c.max_tokens:
+        if reserve_tokens is None:
+            reserve_tokens = reserve_calls * 1500
+        if u.tokens_in + u.tokens_out + u.tokens_cached + reserve_tokens >= c.max_tokens:
             return f"max_tokens ({c.max_tokens})"
         # the feature's own time: waits for an LLM slot held by other features' requests are not counted
         if time.perf_counter() - self.t0 - u.queued >= c.max_seconds:
@@ -295,12 +310,19 @@ class SAGE(Explainer):
                 stop = f"max_rounds ({cfg.max_rounds})"
         trace("stop", {"reason": stop or "all hypotheses decided"})
 
-        # FINAL_CONCLUSION from tested hypotheses only
-        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults)
-        candidates = _dedupe([description] + labels + [h.text for h in hyps if not h.negative and h.tested
-                                                       and h.status != REFUTED])
+        # FINAL_CONCLUSION from tested hypotheses only, checked by rules (redone once, else the best measured
+        # hypothesis that passes them)
+        exemplar_texts = [w.text for w in tops]
+        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts)
+        negative = next((h.text for h in hyps if h.negative), None)
+        candidates = [c for c in _dedupe([description] + labels + [h.text for h in hyps if not h.negative
+                                                                     and h.tested and h.status != REFUTED])
+                      if not conclusion_problems(c, exemplar_texts, negative)] or [description]
         chosen, proxy = description, {}
-        if cfg.selection == "embedding" and len(candidates) > 1:
+        if cfg.selection == "measured" and len(candidates) > 1:
+            chosen, proxy = await self._measured_selection(record, llm, oracle, candidates[: cfg.max_candidates],
+                                                           exemplars, trace, budget, faults, description)
+        elif cfg.selection == "embedding" and len(candidates) > 1:
             chosen, proxy = await _select(record, candidates)
             trace("selection", {"proxy": "embedding AUROC on the explain pool", "scores": proxy, "chosen": chosen})
         evidence = {
@@ -342,7 +364,8 @@ class SAGE(Explainer):
             # a server: the calls of the round together, as many as the budget allows even if every one of
             # them needs its corrective retry (so the budget holds whatever the replies)
             n = 0
-            while n < len(active) and budget.exhausted(reserve_calls=1 + 2 * n) is None:
+            while n < len(active) and budget.exhausted(reserve_calls=budget.reserve[0] + 2 * n,
+                                                       reserve_tokens=budget.reserve[1] + 3000 * n) is None:
                 n += 1
             results = await asyncio.gather(*(ask(h) for h in active[:n]), return_exceptions=True)
             for r in results:
@@ -418,29 +441,115 @@ class SAGE(Explainer):
             out[h.id] = status
         return out
 
-    async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget,
-                        faults: list[str]) -> tuple[str, list[str]]:
+    async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget, faults: list[str],
+                        exemplar_texts: list[str]) -> tuple[str, list[str]]:
+        """FINAL_CONCLUSION: asked once, and once more with the reasons when the rules reject the reply (too long
+        or cut off, a copied exemplar, the negative case); then the best measured hypothesis that passes them."""
         tested = [h for h in hyps if h.tested]
         positives = [h for h in tested if not h.negative and h.status != REFUTED]
-        fallback = max(positives or [h for h in tested if not h.negative] or [h for h in hyps if not h.negative],
-                       key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting))
-        why = budget.exhausted(reserve_calls=0)
-        if why is None:
-            schema = {"type": "object", "required": ["description", "labels"], "properties": {
-                "description": {"type": "string", "minLength": 3, "maxLength": 200},
-                "labels": {"type": "array", "minItems": 1, "maxItems": 4,
-                           "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
+        ranked = sorted(positives or [h for h in tested if not h.negative] or [h for h in hyps if not h.negative],
+                        key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting), reverse=True)
+        negative = next((h.text for h in hyps if h.negative), None)
+        schema = {"type": "object", "required": ["description", "labels"], "properties": {
+            "description": {"type": "string", "minLength": 3, "maxLength": 200},
+            "labels": {"type": "array", "minItems": 1, "maxItems": 4,
+                       "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
+        feedback, labels = "", []
+        for attempt in (1, 2):
+            # the conclusion may use what was kept for it, not what the measured selection still needs
+            why = budget.exhausted(reserve_calls=budget.reserve[0] - 1, reserve_tokens=budget.reserve[1] - 1500)
+            if why is not None:
+                trace("stop", {"reason": f"no budget for the conclusion: {why}"})
+                break
             try:
                 obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
-                                      state=self._state(tested, "", []))
-                return obj["description"].strip(), _dedupe(obj["labels"])
+                                      state=self._state(tested, "", []), feedback=feedback)
             except LLMError as e:
                 faults.append(f"conclude: {e}")
                 trace("error", {"step": "conclude", "error": str(e)})
-        else:
-            trace("stop", {"reason": f"no budget for the conclusion: {why}"})
-        labels = _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [fallback.text]
-        return fallback.text, labels
+                break
+            description = clean_text(obj["description"])
+            labels = [x for x in _dedupe([clean_text(x) for x in obj["labels"]])
+                      if not conclusion_problems(x, exemplar_texts, negative)]
+            problems = conclusion_problems(description, exemplar_texts, negative)
+            if not problems:
+                return description, labels
+            trace("conclusion_rejected", {"attempt": attempt, "description": description, "problems": problems})
+            feedback = (f'\nYour earlier description "{description}" was rejected: {"; ".join(problems)}. '
+                        f"Write a different one that follows the rules.")
+        passing = [h for h in ranked if not conclusion_problems(h.text, exemplar_texts, negative)]
+        pick = passing[0].text if passing else (labels[0] if labels else ranked[0].text)
+        trace("conclusion_fallback", {"description": pick, "why": "no conclusion that passes the rules",
+                                      "from": "hypothesis" if passing else ("label" if labels else "hypothesis, "
+                                                                            "rules unmet")})
+        return pick, labels or _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [pick]
+
+    async def _measured_selection(self, record, llm, oracle, candidates: list[str], exemplars, trace,
+                                  budget: Budget, faults: list[str], conclusion: str) -> tuple[str, dict]:
+        """The candidate that best predicts the feature, measured three ways on the explain pool's side only:
+        `fire` — sentences the LLM writes from it (seeded, fresh) that the oracle finds firing (≥ high × max);
+        `recall` — the explain pool's activating windows the LLM finds it describes; `specificity` — the explain
+        pool's negatives it does not. Score = their mean; ties go to the shorter candidate. Two LLM calls for
+        all candidates together; skipped (the conclusion stays) when the budget cannot hold them."""
+        cfg = self.cfg
+        if (why := budget.exhausted(reserve_calls=0, reserve_tokens=1000)) is not None:
+            trace("selection", {"skipped": f"budget: {why}", "chosen": conclusion})
+            return conclusion, {}
+        letters = [chr(ord("A") + i) for i in range(len(candidates))]
+        listing = "\n".join(f"{k}. {c}" for k, c in zip(letters, candidates))
+        strings = {"type": "array", "minItems": 1, "maxItems": 2,
+                   "items": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS}}
+        ints = {"type": "array", "maxItems": 2 * cfg.selection_snippets, "items": {"type": "integer"}}
+        try:
+            written = await self._ask(
+                llm, "measure_write", {"type": "object", "required": letters, "properties": dict.fromkeys(letters, strings)},
+                trace, record.feature, temperature=cfg.design_temperature, seed=cfg.seed + 1000, exemplars=exemplars,
+                candidates=listing, shape=", ".join(f'"{k}": ["...", "..."]' for k in letters))
+            rng = np.random.default_rng(cfg.seed + record.feature)
+            pos = _spread(record.activating("explain"), cfg.selection_snippets)
+            neg = _spread(record.negatives("explain"), cfg.selection_snippets)
+            snippets = [(w.text, True) for w in pos] + [(w.text, False) for w in neg]
+            order = rng.permutation(len(snippets))
+            snippets = [snippets[i] for i in order]
+            numbered = "\n".join(f"{i + 1}. {' '.join(t.split())}" for i, (t, _) in enumerate(snippets))
+            matched = await self._ask(
+                llm, "measure_match", {"type": "object", "required": letters, "properties": dict.fromkeys(letters, ints)},
+                trace, record.feature, exemplars=exemplars, candidates=listing, snippets=numbered,
+                shape=", ".join(f'"{k}": [numbers]' for k in letters))
+        except LLMError as e:
+            faults.append(f"selection: {e}")
+            trace("error", {"step": "selection", "error": str(e)})
+            return conclusion, {}
+        texts = [(k, t.strip()) for k in letters for t in written[k][:2] if t.strip()]
+        results = await oracle.aactivations([t for _, t in texts], [record.feature]) if texts else []
+        fires: dict[str, list[float]] = {k: [] for k in letters}
+        for (k, t), res in zip(texts, results):
+            col = res.feature(record.feature)
+            rel = (float(col.max()) if col.size else 0.0) / record.max_act if record.max_act > 0 else 0.0
+            fires[k].append(rel)
+        scores = {}
+        n_pos = sum(1 for _, y in snippets if y)
+        n_neg = len(snippets) - n_pos
+        for k, cand in zip(letters, candidates):
+            picked = {i - 1 for i in matched[k] if 1 <= i <= len(snippets)}
+            recall = sum(1 for i in picked if snippets[i][1]) / n_pos if n_pos else 0.0
+            specificity = 1 - sum(1 for i in picked if not snippets[i][1]) / n_neg if n_neg else 1.0
+            fire = float(np.mean([r >= cfg.high for r in fires[k]])) if fires[k] else 0.0
+            scores[cand] = {"fire": fire, "recall": recall, "specificity": specificity,
+                            "score": (fire + recall + specificity) / 3, "texts": [t for kk, t in texts if kk == k],
+                            "fire_relative": [round(r, 4) for r in fires[k]], "words": len(cand.split())}
+        best = max(candidates, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
+        trace("selection", {"proxy": "measured on the explain pool", "scores": scores, "chosen": best})
+        return best, {c: v["score"] for c, v in scores.items()}
+
+
+def _spread(windows: list, n: int) -> list:
+    """Up to n windows spread over the list (strongest to weakest, or every kind of negative), not just its
+    head: recall must see the breadth of what fires."""
+    if len(windows) <= n:
+        return list(windows)
+    idx = np.linspace(0, len(windows) - 1, n).round().astype(int)
+    return [windows[i] for i in dict.fromkeys(idx.tolist())]
 
 
 def _marked(t: Test) -> str:
