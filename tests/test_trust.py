@@ -112,6 +112,46 @@ def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
     assert res.exit_code == 1 and "score: 2 failed" in res.output, res.output
 
 
+def test_hand_written_explanations_are_scored_beside_the_explainers_on_the_same_windows(cfgs, tmp_path):
+    """`score --feature N --text "…"` (and --texts FILE) adds a hand-written explanation as its own method, scored
+    by the run's scorers on the same score pool and judge, and reported in the same table."""
+    port = _free_port()
+    args = ["run", "--features", "0,1", "--explainers", "oneshot", "--scorers", "detection,generation",
+            "--store", cfgs.run.store, "--model", cfgs.subject.model, "--sae", cfgs.subject.sae,
+            "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
+            "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake"]
+    texts = tmp_path / "truth.jsonl"
+    texts.write_text(json.dumps({"feature": 1, "text": 'the word "water"}', "method": "truth"}) + "\n")
+    with FaultServerProcess("scripted_llm:universal", port=port):
+        assert CliRunner().invoke(app, args).exit_code == 0
+        with Store(cfgs.run.store) as db:
+            (run,) = db.runs("run")
+        score = ["score", "--run", str(run["id"]), "--store", cfgs.run.store]
+        res = CliRunner().invoke(app, [*score, "--feature", "0", "--text", 'the word "wife"', "--method", "truth",
+                                       "--texts", str(texts)])
+        assert res.exit_code == 0, res.output
+        assert "2 added" in res.output
+        again = CliRunner().invoke(app, [*score, "--feature", "0", "--text", 'the word "wife"', "--method", "truth"])
+        assert "0 added, 1 already stored" in again.output and "score: 0 new" in again.output
+        bad = CliRunner().invoke(app, [*score, "--feature", "0", "--text", "x", "--method", "oneshot"])
+        assert bad.exit_code == 2 and "a name of their own" in bad.output
+        unpaired = CliRunner().invoke(app, [*score, "--feature", "0", "--feature", "1", "--text", "x"])
+        assert unpaired.exit_code == 2 and "come in pairs" in unpaired.output
+    with Store(cfgs.run.store) as db:
+        rows = {(s["feature"], s["method"], s["scorer"]): s for s in db.scores(run["id"])}
+        truth = {e["feature"]: e["description"] for e in db.explanations(run["id"]) if e["method"] == "truth"}
+    assert truth == {0: 'the word "wife"', 1: 'the word "water"'}  # stored as clean text
+    for f in (0, 1):
+        for scorer in ("detection", "generation"):
+            t, o = rows[(f, "truth", scorer)], rows[(f, "oneshot", scorer)]
+            assert t["status"] == "ok"
+            if scorer == "detection":  # the same score-pool windows as the explainer's score
+                assert [w["text"] for w in t["details"]["windows"]] == [w["text"] for w in o["details"]["windows"]]
+    assert rows[(0, "truth", "detection")]["value"] > rows[(1, "truth", "detection")]["value"]
+    report = (Path(cfgs.run.store).parent / f"{Path(cfgs.run.store).stem}-runs" / str(run["id"]) / "report.md")
+    assert "truth" in report.read_text()
+
+
 def test_a_failed_redo_keeps_the_good_explanation_and_its_scores(cfgs, monkeypatch):
     from saexplain.explain.oneshot import OneShot
 
