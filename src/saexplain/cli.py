@@ -288,13 +288,15 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
     names = [x.strip() for x in scorers.split(",")] if scorers else None
     for n in names or []:
         SCORERS.get(n)
-    written = _hand_written(feature or [], text or [], texts, method)
+    from saexplain.pipeline.handwritten import put_hand_written, read_hand_written
+
+    written = read_hand_written(feature or [], text or [], texts, method)
     echo = lambda m: console.print(m, markup=False, highlight=False)
     with Store(store or default_store_path()) as db:
         run_id = run_id or _latest_run(db, "run")
         with RunLease(db, run_id):
             if written:
-                added = _put_hand_written(db, run_id, written)
+                added = put_hand_written(db, run_id, written)
                 echo(f"hand-written explanations: {added} added, {len(written) - added} already stored")
             h, oracle = open_run(db, run_id, echo=echo)
             llm = LLM(h.configs.llm, store=db, run_id=run_id)
@@ -311,55 +313,6 @@ def score(run_id: int = typer.Option(None, "--run", help="run id (default: the l
         paths = write_report(db, run_id, h.folder)
     console.print(f"report: {paths['markdown']}")
     _exit_on_failures({"score": c})
-
-
-def _hand_written(features: list[int], texts: list[str], path: Path | None, method: str
-                  ) -> list[tuple[int, str, str]]:
-    """(feature, method, text) of hand-written explanations from --feature/--text pairs and a --texts file."""
-    import json as _json
-
-    from saexplain.explain import EXPLAINERS
-    from saexplain.explain.rules import clean_text
-
-    if len(features) != len(texts):
-        raise SaexplainError(f"--feature and --text come in pairs (got {len(features)} features, {len(texts)} texts)")
-    out = [(f, method, t) for f, t in zip(features, texts)]
-    if path is not None:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise SaexplainError(f"--texts {path}: {e.strerror or e}") from None
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                if line.lstrip().startswith("{"):
-                    row = _json.loads(line)
-                    out.append((int(row["feature"]), str(row.get("method") or method), str(row["text"])))
-                else:
-                    f, t = line.split("\t", 1)
-                    out.append((int(f), method, t))
-            except (ValueError, KeyError, TypeError):
-                raise SaexplainError(f"--texts {path}, line {i}: expected {{\"feature\": N, \"text\": \"...\"}} or "
-                                     f"N<TAB>text") from None
-    for _, m, _ in out:
-        if m.partition("@")[0] in EXPLAINERS or not m.replace("-", "").replace("_", "").isalnum():
-            raise SaexplainError(f"--method {m!r}: hand-written explanations need a name of their own (letters, "
-                                 f"digits, - and _; not an explainer's: {', '.join(EXPLAINERS)})")
-    return [(f, m, clean_text(t)) for f, m, t in out if clean_text(t)]
-
-
-def _put_hand_written(db: Store, run_id: int, written: list[tuple[int, str, str]]) -> int:
-    """Store hand-written explanations in the run (a text already stored for its feature and method is kept
-    with its scores); returns how many were new."""
-    added = 0
-    for f, m, t in written:
-        have = db.explanations(run_id, feature=f, method=m)
-        if have and have[0]["description"] == t and have[0]["status"] == "ok":
-            continue
-        db.put_explanation(run_id, f, m, t, [], {"source": "hand-written"}, {}, [], config_hash="hand-written")
-        added += 1
-    return added
 
 
 @app.command()
