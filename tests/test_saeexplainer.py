@@ -413,3 +413,29 @@ def test_concurrent_explanations_are_generated_as_one_batch_with_each_its_solo_t
     assert lm.batches == [4, 1]  # the greedy four in one batch; the sampled one alone
     assert batched == solo
     assert sampled == lm.generate([lm.prompt()], vectors[0], temperature=0.9, seed=3, max_new_tokens=5)[0][0]
+
+
+def test_explainer_device_dtype_and_no_repeat_settings_reach_the_model(tiny_model_dir):
+    """The GPU settings' code path on the CPU: the explainer LM in bfloat16 injects and generates; a device this
+    machine lacks is one line; greedy decoding of the tiny model loops, and no_repeat_ngram stops it."""
+    from saexplain.train.dpo import dpo_args
+
+    vec = torch.randn(1, 64, generator=torch.Generator().manual_seed(2))
+    bf16 = _lm(tiny_model_dir, dtype="bfloat16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    (out,) = bf16.generate([bf16.prompt()], vec, max_new_tokens=6)
+    assert isinstance(out[0], str)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="--saex-device"):
+            _lm(tiny_model_dir, device="cuda")
+
+    def trigrams_repeat(lm) -> bool:
+        (text,), = lm.generate([lm.prompt()], vec, max_new_tokens=40)
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        return len(grams) != len(set(grams))
+
+    assert trigrams_repeat(_lm(tiny_model_dir, no_repeat_ngram=0))  # the loop the setting is for
+    assert not trigrams_repeat(_lm(tiny_model_dir, no_repeat_ngram=3))
+    args = dpo_args(TrainConfig(train_dtype="bfloat16"), 1, tiny_model_dir.parent / "x")
+    assert args.bf16 and args.use_cpu

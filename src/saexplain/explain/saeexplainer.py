@@ -37,6 +37,7 @@ STAGES = ("base", "sft", "round1", "round2")
 
 class SAEExplainerConfig(Config):
     cli_prefix: ClassVar[str] = "saex_"
+    speed_fields: ClassVar[frozenset[str]] = frozenset({"device"})
     model: str = Field("default", description="explainer LM (same family as the subject for evidence=vector)")
     evidence: Literal["vector", "text"] = Field("vector", description="decoder vector injected at the "
                                                 "placeholder, or the explain pool's top windows as text")
@@ -47,6 +48,11 @@ class SAEExplainerConfig(Config):
     window: int = Field(20, ge=4, description="evidence=text: tokens per window")
     max_new_tokens: int = Field(32, ge=4, description="explanation length cap (tokens)")
     temperature: float = Field(0.0, ge=0, description="0: greedy")
+    no_repeat_ngram: int = Field(3, ge=0, description="never repeat an n-gram of this many tokens in an "
+                                 "explanation (greedy decoding of a small model loops: '(or) (or) (or)'); 0: off")
+    device: str = Field("cpu", description="torch device of the explainer LM (cuda on a GPU)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="explainer LM dtype (bfloat16 "
+                                                             "on a GPU; on a CPU float32 is faster)")
     train_dir: str | None = Field(None, description="a `saexplain train` folder: its adapters and explainer "
                                   "settings are used")
     stage: Literal["base", "sft", "round1", "round2"] = Field("round2", description="adapters merged from "
@@ -60,9 +66,11 @@ class SAEExplainerConfig(Config):
         if not saved.is_file():
             raise ConfigError(f"{self.train_dir} is not a training folder (no explainer.json): run "
                               f"`saexplain train sft` first")
-        base = SAEExplainerConfig.load(saved)
+        base = SAEExplainerConfig.load(saved)  # a field added since takes its default
         return base.model_copy(update={"train_dir": self.train_dir, "stage": self.stage,
-                                       "max_new_tokens": self.max_new_tokens, "temperature": self.temperature})
+                                       "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                                       "no_repeat_ngram": self.no_repeat_ngram, "device": self.device,
+                                       "dtype": self.dtype})
 
     def adapters(self) -> list[Path]:
         """The adapter folders of `stage`, in the order they are merged."""
@@ -156,10 +164,12 @@ class ExplainerLM:
         self.batches = self._batcher.sizes  # prompts per batched agenerate call (tests)
 
     @classmethod
-    def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = (), device: str = "cpu") -> ExplainerLM:
-        from saexplain.subject.model import load_model_and_tokenizer
+    def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = ()) -> ExplainerLM:
+        """The base model on `cfg.device` in `cfg.dtype`, with the adapters merged in order."""
+        from saexplain.subject.model import check_device, load_model_and_tokenizer
 
-        model, tokenizer = load_model_and_tokenizer(cfg.model, "float32", device)
+        check_device(cfg.device, "--saex-device")
+        model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.device)
         if adapters:
             from peft import PeftModel
 
@@ -230,7 +240,8 @@ class ExplainerLM:
         try:
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=sample,
                                       temperature=temperature if sample else None, top_p=None, top_k=None,
-                                      num_return_sequences=copies, pad_token_id=tok.pad_token_id)
+                                      num_return_sequences=copies, pad_token_id=tok.pad_token_id,
+                                      no_repeat_ngram_size=self.cfg.no_repeat_ngram or None)
         finally:
             self.injector.vectors = None
         texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -256,7 +267,7 @@ def explainer_lm(cfg: SAEExplainerConfig) -> ExplainerLM:
     """The loaded explainer for a (resolved) config; the last one is kept in memory (a run explains feature by
     feature with several stages: reloading costs seconds, keeping three costs GBs)."""
     adapters = cfg.adapters()
-    key = json.dumps([cfg.model, cfg.placeholder, cfg.block, cfg.scale,
+    key = json.dumps([cfg.model, cfg.placeholder, cfg.block, cfg.scale, cfg.device, cfg.dtype, cfg.no_repeat_ngram,
                       [path_fingerprint(str(p)) for p in adapters]])
     if key not in _LOADED:
         _LOADED.clear()

@@ -4,7 +4,7 @@ of `saexplain train sft|pairs|dpo`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -55,6 +55,10 @@ class TrainConfig(Config):
     max_length: int = Field(128, ge=16, description="prompt + completion tokens")
     save_steps: int = Field(8, ge=1, description="checkpoint every N optimiser steps")
     train_seed: int = Field(0, description="training seed (LoRA init, data order, candidate sampling)")
+    train_device: str = Field("cpu", description="torch device of the explainer while training and writing "
+                              "candidates (cuda on a GPU)")
+    train_dtype: Literal["float32", "bfloat16"] = Field("float32", description="the explainer's base weights while "
+                                                        "training (bfloat16 on a GPU: TRL's bf16 mixed precision)")
 
     def folder(self) -> Path:
         return Path(self.dir).expanduser() if self.dir else home() / "saeexplainer" / "default"

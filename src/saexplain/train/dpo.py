@@ -65,7 +65,8 @@ def dpo_args(cfg: TrainConfig, round_: int, out: Path, **overrides):
     beta, lr = (cfg.beta1, cfg.lr1) if round_ == 1 else (cfg.beta2, cfg.lr2)
     kw = dict(output_dir=str(out / "dpo"), per_device_train_batch_size=cfg.dpo_batch, learning_rate=lr, beta=beta,
               num_train_epochs=cfg.dpo_epochs, max_length=cfg.max_length, save_strategy="steps",
-              save_steps=cfg.save_steps, logging_steps=1, report_to="none", bf16=False,
+              save_steps=cfg.save_steps, logging_steps=1, report_to="none", bf16=cfg.train_dtype == "bfloat16",
+              use_cpu=cfg.train_device == "cpu",
               gradient_checkpointing=False, seed=cfg.train_seed, disable_tqdm=True, save_total_limit=2,
               dataloader_pin_memory=torch.cuda.is_available())
     kw.update(overrides)

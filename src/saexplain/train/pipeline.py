@@ -45,7 +45,8 @@ from saexplain.train.sft import train_sft
 
 # options that may differ between the commands of one training folder: the configs' declared speed settings,
 # and where SFT's references come from (read by `sft` only; what it trained on is kept in sft/data)
-_FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer"} | {
+_FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
+         "training.train_device"} | {
     f"{section}.{name}" for section, cls in StageConfigs.CLASSES.items() for name in cls.speed_fields}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
@@ -104,7 +105,8 @@ class Training:
     # ------------------------------------------------------------------------------------- pieces
     def policy(self, stage: str) -> ExplainerLM:
         """The explainer model of `stage` (base, sft, round1, round2), adapters merged."""
-        cfg = self.explainer.model_copy(update={"train_dir": str(self.dir), "stage": stage})
+        cfg = self.explainer.model_copy(update={"train_dir": str(self.dir), "stage": stage,
+                                                "device": self.cfg.train_device, "dtype": self.cfg.train_dtype})
         return ExplainerLM.load(cfg, cfg.adapters())
 
     def vectors(self) -> dict[int, torch.Tensor] | None:
