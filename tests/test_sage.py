@@ -28,7 +28,7 @@ def step_of(req) -> str:
     task = task_message(req).split("Task:")[-1]
     for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
                       ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude"),
-                      ("for each candidate, write", "measure_write"), ("numbers of the snippets", "measure_match")):
+                      ("clear example of this", "measure_write")):
         if key in task:
             return step
     raise AssertionError(f"unknown step: {task[:80]}")
@@ -89,29 +89,17 @@ class Script:
             return json.dumps({"new_hypotheses": ["the word wife"]})
         if step == "judge":
             return json.dumps({"verdicts": [{"hypothesis": h, "status": "UNCHANGED"} for h in active_ids(req, "to judge")]})
-        if step in ("measure_write", "measure_match"):
-            return measure(req, step)
+        if step == "measure_write":
+            return measure(req)
         return json.dumps({"description": "the word \"wife\"", "labels": ["wife", "Wife!", "a wife"]})
 
 
-def candidates_of(req) -> dict[str, str]:
-    block = task_message(req).split("Candidate descriptions")[1].split("\n\n")[0]
-    return dict(re.findall(r"^([A-F])\. (.*)$", block, re.M))
-
-
-def measure(req, step: str) -> str:
-    """The measured selection's two steps, answered by keyword: sentences written from a candidate contain its
-    last word; a candidate matches the snippets that contain one of its words (longer than 3 letters)."""
-    cands = candidates_of(req)
-    if step == "measure_write":
-        last = {k: c.split()[-1].strip('"!') for k, c in cands.items()}
-        return json.dumps({k: [f"Then the {w} came home.", f"I saw a {w} there."] for k, w in last.items()})
-    snippets = dict(re.findall(r"^(\d+)\. (.*)$", task_message(req).split("Numbered text snippets:")[1], re.M))
-    out = {}
-    for k, c in cands.items():
-        words = [w for w in re.findall(r"[a-z]+", c.lower()) if len(w) > 3 and w not in ("word", "words")]
-        out[k] = [int(i) for i, t in snippets.items() if any(re.search(rf"\b{w}\b", t.lower()) for w in words)]
-    return json.dumps(out)
+def measure(req) -> str:
+    """The measured selection's writing step, answered by keyword: sentences that contain the candidate's last
+    word."""
+    cand = re.search(r"clear example of this: (.*)", task_message(req)).group(1).strip()
+    w = cand.split()[-1].strip('"!')
+    return json.dumps({"sentences": [f"Then the {w} came home.", f"I saw a {w} there."]})
 
 
 def run_sage(record, oracle, script, **cfg):
@@ -340,7 +328,7 @@ def test_conclusions_that_keep_breaking_the_rules_fall_back_to_the_best_measured
 
 def test_measured_selection_picks_what_fires_and_covers_the_pool_not_the_longest(wife):
     """Candidates: the conclusion (long, about the context only), its label and the surviving hypotheses. The
-    scripted LLM writes sentences from each candidate and matches snippets by keyword; the oracle measures."""
+    scripted LLM writes sentences from each candidate alone; the oracle measures them."""
     script = Script()
 
     def handler(req):
@@ -355,11 +343,62 @@ def test_measured_selection_picks_what_fires_and_covers_the_pool_not_the_longest
     scores = sel["scores"]
     longest = max(scores, key=lambda c: len(c))
     assert exp.description == sel["chosen"] == "wife" != longest
-    assert scores["wife"]["fire"] == 1.0 and scores["wife"]["recall"] == 1.0 and scores["wife"]["specificity"] == 1.0
+    assert scores["wife"]["fire"] == 1.0 and scores["wife"]["breadth"] == 1.0 and scores["wife"]["covered"] == ["wife"]
     assert scores["people at home near the sea"]["fire"] == 0.0  # text written from it does not fire the feature
     # "the word wife" measures the same as "wife": the tie goes to the shorter candidate
     assert scores["the word wife"]["score"] == scores["wife"]["score"]
-    assert [step_of(r) for r in backend.requests][-2:] == ["measure_write", "measure_match"]
-    # the snippets matched are the explain pool's (the score pool is never read by an explainer)
-    match = task_message([r for r in backend.requests if step_of(r) == "measure_match"][0])
-    assert "The river ran." in match and "His wife was glad." in match
+    writes = [r for r in backend.requests if step_of(r) == "measure_write"]
+    assert len(writes) == len(scores)  # one short call per candidate …
+    assert all("Top activating examples" not in task_message(r) for r in writes)  # … that shows no exemplars
+
+
+class FakeParentsOracle:
+    """A FAKE oracle (stands in for the model + SAE in this arithmetic test): its feature fires 8.0 on the words
+    "mother" and "father", nowhere else. Tokens are the whitespace-split words."""
+
+    class _Res:
+        def __init__(self, text):
+            self.tokens = text.split()
+            self._acts = np.asarray([8.0 if t.strip(".,").lower() in ("mother", "father") else 0.0
+                                     for t in self.tokens], np.float32)
+
+        def feature(self, f):
+            return self._acts
+
+    async def aactivations(self, texts, features):
+        return [self._Res(t) for t in texts]
+
+
+def test_measured_selection_prefers_the_set_to_one_of_its_members():
+    """Breadth: the explain pool fires on "mother" and on "father"; sentences written from "mother" fire on one
+    of those kinds, sentences written from "parents (mother, father)" on both — the set wins though both fire."""
+    from saexplain.explain.base import Tracer
+    from saexplain.explain.sage import Budget
+
+    oracle = FakeParentsOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", i) for i, r in enumerate(
+        oracle._Res(t) for t in ("His mother wept.", "The father spoke.", "Her mother sang."))]
+    record = FeatureRecord(0, 8.0, 0.01, [], windows)
+
+    def writer(req):
+        cand = re.search(r"clear example of this: (.*)", task_message(req)).group(1)
+        if "father" in cand:
+            return json.dumps({"sentences": ["My mother came home.", "Your father was late.", "A mother and a father."]})
+        return json.dumps({"sentences": ["My mother came home.", "The mother smiled.", "A mother waited."]})
+
+    llm, _ = scripted_llm(writer)
+    agent = SAGE(SAGEConfig(selection="measured"))
+    trace = Tracer()
+
+    async def go():
+        from saexplain.llm import metered
+
+        with metered() as usage:
+            return await agent._measured_selection(record, llm, oracle, ["mother", "parents (mother, father)"], "",
+                                                   trace, Budget(agent.cfg, usage), [], "mother")
+
+    chosen, _ = asyncio.run(go())
+    scores = [s["content"] for s in trace.steps if s["kind"] == "selection"][0]["scores"]
+    assert scores["mother"]["fire"] == scores["parents (mother, father)"]["fire"] == 1.0
+    assert scores["mother"]["breadth"] == 0.5 and scores["parents (mother, father)"]["breadth"] == 1.0
+    assert chosen == "parents (mother, father)"

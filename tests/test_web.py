@@ -122,9 +122,9 @@ def test_trace_events_are_structured(client, site):
     assert "Verdict on H1" in html and "Conclusion" in html
     # the measured selection: every candidate with what was measured for it
     sel = next(e for e in t["events"] if e["kind"] == "selection")["data"]
-    assert sel["chosen"] in sel["scores"] and all({"fire", "recall", "specificity"} <= set(v)
+    assert sel["chosen"] in sel["scores"] and all({"fire", "breadth", "covered"} <= set(v)
                                                    for v in sel["scores"].values())
-    assert "Selection among candidates" in html and "specificity" in html
+    assert "Selection among candidates" in html and "breadth" in html
 
 
 def test_markup_is_escaped_everywhere(client, site):

@@ -53,11 +53,11 @@ class SAGEConfig(Config):
     high: float = Field(0.3, gt=0, le=1, description="'high' holds when a probe reaches this fraction of the max")
     low: float = Field(0.1, ge=0, le=1, description="'none' holds when a probe stays below this fraction of the max")
     selection: Literal["measured", "embedding", "none"] = Field(
-        "measured", description="final pick among the candidates: measured (text written from each fires the "
-        "feature, it matches the explain pool's activating windows and not its negatives), embedding (the older "
-        "MiniLM proxy) or none")
-    selection_snippets: int = Field(6, ge=2, le=12, description="explain-pool windows of each kind (activating, "
-                                    "negative) the measured selection matches candidates against")
+        "measured", description="final pick among the candidates: measured (sentences written from each, run "
+        "through the oracle: how many fire, on how many of the kinds of token the explain pool fires on), "
+        "embedding (the older MiniLM proxy) or none")
+    selection_sentences: int = Field(3, ge=1, le=6, description="sentences written per candidate (measured "
+                                     "selection)")
     max_candidates: int = Field(4, ge=2, le=6, description="candidates the measured selection compares")
     max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
@@ -128,9 +128,10 @@ def _message(step: str, **values) -> list[tuple[str, str]]:
 class Budget:
     def __init__(self, cfg: SAGEConfig, usage: Usage):
         self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
-        # kept for after testing: the conclusion (1 call, ~1.5k tokens) and the measured selection's 2 calls
-        # (~1k tokens each: the candidates, 2 sentences each; the snippets and the matches)
-        self.reserve = (3, 3500) if cfg.selection == "measured" else (1, 1500)
+        # kept for after testing: the conclusion and its one redo (~1.3k tokens each) and, for the measured
+        # selection, one short writing call per candidate (~300 tokens each: no exemplars in it)
+        self.reserve = (2 + cfg.max_candidates, 2600 + 300 * cfg.max_candidates) if cfg.selection == "measured" \
+            else (2, 2600)
 
     def exhausted(self, reserve_calls: int | None = None, reserve_tokens: int | None = None) -> str | None:
         """Why no further step may start (None: it may). The reserve (default: what the conclusion and the
@@ -456,8 +457,10 @@ class SAGE(Explainer):
                        "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
         feedback, labels = "", []
         for attempt in (1, 2):
-            # the conclusion may use what was kept for it, not what the measured selection still needs
-            why = budget.exhausted(reserve_calls=budget.reserve[0] - 1, reserve_tokens=budget.reserve[1] - 1500)
+            # each attempt may use what was kept for it, not what the later attempt and the measured selection need
+            later = 2 - attempt
+            why = budget.exhausted(reserve_calls=budget.reserve[0] - 2 + later,
+                                   reserve_tokens=budget.reserve[1] - 2600 + 1300 * later)
             if why is not None:
                 trace("stop", {"reason": f"no budget for the conclusion: {why}"})
                 break
@@ -477,79 +480,85 @@ class SAGE(Explainer):
             trace("conclusion_rejected", {"attempt": attempt, "description": description, "problems": problems})
             feedback = (f'\nYour earlier description "{description}" was rejected: {"; ".join(problems)}. '
                         f"Write a different one that follows the rules.")
-        passing = [h for h in ranked if not conclusion_problems(h.text, exemplar_texts, negative)]
-        pick = passing[0].text if passing else (labels[0] if labels else ranked[0].text)
+        # the labels of a rejected conclusion often name the set its sentence was about ("son", "father",
+        # "brother"): together they are a candidate; then the best measured hypothesis that passes the rules
+        joined = _join(labels)
+        passing = [h.text for h in ranked if not conclusion_problems(h.text, exemplar_texts, negative)]
+        options = ([joined] if joined and not conclusion_problems(joined, exemplar_texts, negative) else []) + passing
+        pick = options[0] if options else (labels[0] if labels else ranked[0].text)
         trace("conclusion_fallback", {"description": pick, "why": "no conclusion that passes the rules",
-                                      "from": "hypothesis" if passing else ("label" if labels else "hypothesis, "
-                                                                            "rules unmet")})
+                                      "from": "labels" if joined and pick == joined else
+                                      "hypothesis" if passing else "rules unmet"})
         return pick, labels or _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [pick]
 
     async def _measured_selection(self, record, llm, oracle, candidates: list[str], exemplars, trace,
                                   budget: Budget, faults: list[str], conclusion: str) -> tuple[str, dict]:
-        """The candidate that best predicts the feature, measured three ways on the explain pool's side only:
-        `fire` — sentences the LLM writes from it (seeded, fresh) that the oracle finds firing (≥ high × max);
-        `recall` — the explain pool's activating windows the LLM finds it describes; `specificity` — the explain
-        pool's negatives it does not. Score = their mean; ties go to the shorter candidate. Two LLM calls for
-        all candidates together; skipped (the conclusion stays) when the budget cannot hold them."""
+        """The candidate that best predicts the feature, measured by the oracle on sentences the LLM writes from
+        each candidate alone (seeded; without the exemplars, as a reader of the explanation would): `fire` — the
+        share of them that fire the feature (≥ high × its max); `breadth` — how many of the kinds of token the
+        explain pool's activating windows fire on (their strongest tokens) the written sentences fire on too,
+        out of min(4, how many there are): naming one member of a set ("son") fires on one kind, naming the set
+        fires on several. Score = their mean; ties go to the shorter candidate. One short call per candidate;
+        a candidate the budget cannot write for is left out (the trace says so)."""
         cfg = self.cfg
-        if (why := budget.exhausted(reserve_calls=0, reserve_tokens=1000)) is not None:
-            trace("selection", {"skipped": f"budget: {why}", "chosen": conclusion})
+        schema = {"type": "object", "required": ["sentences"], "properties": {"sentences": {
+            "type": "array", "minItems": 1, "maxItems": cfg.selection_sentences,
+            "items": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS}}}}
+        written: dict[str, list[str]] = {}
+        skipped: list[str] = []
+        for i, cand in enumerate(candidates):
+            if (why := budget.exhausted(reserve_calls=0, reserve_tokens=300)) is not None:
+                skipped.append(f"{cand}: budget ({why})")
+                continue
+            try:
+                obj = await self._ask(llm, "measure_write", schema, trace, record.feature,
+                                      temperature=cfg.design_temperature, seed=cfg.seed + 1000 + i,
+                                      exemplars=exemplars, k=cfg.selection_sentences, candidate=cand)
+            except LLMError as e:
+                faults.append(f"selection: {e}")
+                trace("error", {"step": "selection", "error": str(e)})
+                return conclusion, {}
+            written[cand] = [t.strip() for t in obj["sentences"][: cfg.selection_sentences] if t.strip()]
+        if not written:
+            trace("selection", {"skipped": "; ".join(skipped) or "no candidate", "chosen": conclusion})
             return conclusion, {}
-        letters = [chr(ord("A") + i) for i in range(len(candidates))]
-        listing = "\n".join(f"{k}. {c}" for k, c in zip(letters, candidates))
-        strings = {"type": "array", "minItems": 1, "maxItems": 2,
-                   "items": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS}}
-        ints = {"type": "array", "maxItems": 2 * cfg.selection_snippets, "items": {"type": "integer"}}
-        try:
-            written = await self._ask(
-                llm, "measure_write", {"type": "object", "required": letters, "properties": dict.fromkeys(letters, strings)},
-                trace, record.feature, temperature=cfg.design_temperature, seed=cfg.seed + 1000, exemplars=exemplars,
-                candidates=listing, shape=", ".join(f'"{k}": ["...", "..."]' for k in letters))
-            rng = np.random.default_rng(cfg.seed + record.feature)
-            pos = _spread(record.activating("explain"), cfg.selection_snippets)
-            neg = _spread(record.negatives("explain"), cfg.selection_snippets)
-            snippets = [(w.text, True) for w in pos] + [(w.text, False) for w in neg]
-            order = rng.permutation(len(snippets))
-            snippets = [snippets[i] for i in order]
-            numbered = "\n".join(f"{i + 1}. {' '.join(t.split())}" for i, (t, _) in enumerate(snippets))
-            matched = await self._ask(
-                llm, "measure_match", {"type": "object", "required": letters, "properties": dict.fromkeys(letters, ints)},
-                trace, record.feature, exemplars=exemplars, candidates=listing, snippets=numbered,
-                shape=", ".join(f'"{k}": [numbers]' for k in letters))
-        except LLMError as e:
-            faults.append(f"selection: {e}")
-            trace("error", {"step": "selection", "error": str(e)})
-            return conclusion, {}
-        texts = [(k, t.strip()) for k in letters for t in written[k][:2] if t.strip()]
-        results = await oracle.aactivations([t for _, t in texts], [record.feature]) if texts else []
-        fires: dict[str, list[float]] = {k: [] for k in letters}
-        for (k, t), res in zip(texts, results):
+        texts = [(c, t) for c, ts in written.items() for t in ts]
+        results = await oracle.aactivations([t for _, t in texts], [record.feature])
+        top = record.max_act if record.max_act > 0 else 1.0
+        pool_kinds = {_kind(w.tokens[int(np.argmax(w.acts))]) for w in record.activating("explain")}
+        want = max(1, min(4, len(pool_kinds)))
+        measured: dict[str, dict] = {c: {"texts": [], "relative": [], "fired_on": set()} for c in written}
+        for (c, t), res in zip(texts, results):
             col = res.feature(record.feature)
-            rel = (float(col.max()) if col.size else 0.0) / record.max_act if record.max_act > 0 else 0.0
-            fires[k].append(rel)
+            m = measured[c]
+            m["texts"].append(t)
+            m["relative"].append(round((float(col.max()) if col.size else 0.0) / top, 4))
+            m["fired_on"] |= {_kind(tok) for tok, a in zip(res.tokens, col) if a >= cfg.low * top}
         scores = {}
-        n_pos = sum(1 for _, y in snippets if y)
-        n_neg = len(snippets) - n_pos
-        for k, cand in zip(letters, candidates):
-            picked = {i - 1 for i in matched[k] if 1 <= i <= len(snippets)}
-            recall = sum(1 for i in picked if snippets[i][1]) / n_pos if n_pos else 0.0
-            specificity = 1 - sum(1 for i in picked if not snippets[i][1]) / n_neg if n_neg else 1.0
-            fire = float(np.mean([r >= cfg.high for r in fires[k]])) if fires[k] else 0.0
-            scores[cand] = {"fire": fire, "recall": recall, "specificity": specificity,
-                            "score": (fire + recall + specificity) / 3, "texts": [t for kk, t in texts if kk == k],
-                            "fire_relative": [round(r, 4) for r in fires[k]], "words": len(cand.split())}
-        best = max(candidates, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
-        trace("selection", {"proxy": "measured on the explain pool", "scores": scores, "chosen": best})
+        for c, m in measured.items():
+            fire = float(np.mean([r >= cfg.high for r in m["relative"]])) if m["relative"] else 0.0
+            covered = sorted(m["fired_on"] & pool_kinds)
+            breadth = min(1.0, len(covered) / want)
+            scores[c] = {"fire": fire, "breadth": breadth, "score": (fire + breadth) / 2, "texts": m["texts"],
+                         "fire_relative": m["relative"], "covered": covered, "words": len(c.split())}
+        best = max(scores, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
+        trace("selection", {"proxy": "measured: sentences written from each candidate, run through the oracle",
+                            "pool_kinds": sorted(pool_kinds), "scores": scores, "chosen": best,
+                            **({"left_out": skipped} if skipped else {})})
         return best, {c: v["score"] for c, v in scores.items()}
 
 
-def _spread(windows: list, n: int) -> list:
-    """Up to n windows spread over the list (strongest to weakest, or every kind of negative), not just its
-    head: recall must see the breadth of what fires."""
-    if len(windows) <= n:
-        return list(windows)
-    idx = np.linspace(0, len(windows) - 1, n).round().astype(int)
-    return [windows[i] for i in dict.fromkeys(idx.tolist())]
+def _kind(token: str) -> str:
+    """A token as a kind of word: stripped, lower case (' Son' and 'son' are one kind)."""
+    return token.strip().lower() or repr(token)
+
+
+def _join(labels: list[str]) -> str:
+    """Short labels (≤ 3 words each, at least two) as one candidate: 'son, father, brother'."""
+    short = [x for x in labels if len(x.split()) <= 3]
+    if len(short) < 2 or len(short) != len(labels):
+        return ""
+    return ", ".join(short)
 
 
 def _marked(t: Test) -> str:
