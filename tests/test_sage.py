@@ -283,6 +283,7 @@ def test_explanations_are_clean_text_and_conclusions_follow_the_rules():
     assert conclusion_problems("number words after a determiner, e.g. two or four", ex) == []
     assert any("copies an exemplar" in p for p in conclusion_problems("the man and his wife lived by the sea", ex))
     assert any("markers" in p for p in conclusion_problems("the <<two>> rivers, the <<four>>", ex))
+    assert any("notation" in p for p in conclusion_problems("H1 [ACTIVE] 'I'", ex))
     assert any("does not fire" in p for p in conclusion_problems("The feature should not fire on words that rhyme", ex))
     assert any("words" in p for p in conclusion_problems(" ".join(["word"] * 16), ex))
     assert any("cut off" in p for p in conclusion_problems("names of family members such as the", ex))

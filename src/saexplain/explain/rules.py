@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 
 MAX_WORDS = 15
-COPY_RUN = 6  # this many consecutive words of an exemplar inside a conclusion = copied text
+COPY_RUN = 5  # this many consecutive words of an exemplar inside a conclusion = copied text
 
 _EDGE = " \t\n{}[],:;"
 _NEGATIVE = re.compile(r"\b(should|does|do|will|would|must)\s+not\s+(fire|activate|respond)|\bnot\s+fire\b|"
                        r"\bnever\s+fires?\b|\bdoesn'?t\s+(fire|activate)|\bsilent\s+on\b", re.IGNORECASE)
+
+
+_NOTATION = re.compile(r"\bH\d+\b|\[(ACTIVE|CONFIRMED|REFUTED|REFINED)\]")
 
 
 def clean_text(text: str) -> str:
@@ -62,6 +65,8 @@ def conclusion_problems(text: str, exemplars: list[str], negative_case: str | No
         problems.append(f"{len(words)} words (at most {max_words}: one specific phrase)")
     if "<<" in text or ">>" in text:
         problems.append("contains the exemplars' <<markers>>")
+    if _NOTATION.search(text):
+        problems.append("contains the agent's own notation (H1, [ACTIVE]), not a description")
     src = copied_from(text, exemplars)
     if src is not None:
         problems.append(f"copies an exemplar sentence ({' '.join(src.split()[:8])}…)")
