@@ -59,11 +59,16 @@ class Explainer(ABC):
         self.cfg = cfg if cfg is not None else self.Config()
 
     def fingerprint(self) -> str:
-        """What its explanations depend on besides the record and the LLM: config and prompt files. A stored
-        explanation with another fingerprint is made again by the next run."""
+        """What its explanations depend on besides the record and the LLM: config, prompt files and code (the
+        module defining the explainer, this one and the rules every text passes). A stored explanation with
+        another fingerprint is made again by the next run — an edit to the agent's code is a new agent."""
+        import inspect
+
         h = hashlib.sha256(f"{self.name}:{self.cfg.to_json()}".encode())
         for name in self.prompts:
             h.update((PROMPTS / f"{name}.toml").read_bytes())
+        for path in dict.fromkeys([inspect.getfile(type(self)), __file__, str(Path(__file__).with_name("rules.py"))]):
+            h.update(Path(path).read_bytes())
         return h.hexdigest()[:16]
 
     @abstractmethod

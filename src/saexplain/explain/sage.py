@@ -316,8 +316,11 @@ class SAGE(Explainer):
         exemplar_texts = [w.text for w in tops]
         description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts)
         negative = next((h.text for h in hyps if h.negative), None)
-        candidates = [c for c in _dedupe([description] + labels + [h.text for h in hyps if not h.negative
-                                                                     and h.tested and h.status != REFUTED])
+        # the conclusion first, then what the tests supported (confirmed first, most probes as predicted), then the
+        # conclusion's labels: the cap keeps the measured hypotheses before the labels
+        supported = sorted((h for h in hyps if not h.negative and h.tested and h.status != REFUTED),
+                           key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting), reverse=True)
+        candidates = [c for c in _dedupe([description] + [h.text for h in supported] + labels)
                       if not conclusion_problems(c, exemplar_texts, negative)] or [description]
         chosen, proxy = description, {}
         if cfg.selection == "measured" and len(candidates) > 1:
@@ -465,8 +468,11 @@ class SAGE(Explainer):
                 trace("stop", {"reason": f"no budget for the conclusion: {why}"})
                 break
             try:
+                # the redo is sampled (seeded): asked greedily again, a small LLM repeats the rejected reply
                 obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
-                                      state=self._state(tested, "", []), feedback=feedback)
+                                      state=self._state(tested, "", []), feedback=feedback,
+                                      temperature=0.0 if attempt == 1 else self.cfg.design_temperature,
+                                      seed=None if attempt == 1 else self.cfg.seed + 2000)
             except LLMError as e:
                 faults.append(f"conclude: {e}")
                 trace("error", {"step": "conclude", "error": str(e)})
@@ -542,6 +548,8 @@ class SAGE(Explainer):
             scores[c] = {"fire": fire, "breadth": breadth, "score": (fire + breadth) / 2, "texts": m["texts"],
                          "fire_relative": m["relative"], "covered": covered, "words": len(c.split())}
         best = max(scores, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
+        if scores[best]["score"] == 0:  # nothing written from any candidate fired: no measurement to go by
+            best = conclusion if conclusion in scores else next(iter(scores))
         trace("selection", {"proxy": "measured: sentences written from each candidate, run through the oracle",
                             "pool_kinds": sorted(pool_kinds), "scores": scores, "chosen": best,
                             **({"left_out": skipped} if skipped else {})})
