@@ -14,7 +14,9 @@
    run resumes where it was.
 3. Recovery, judged without an LLM: an explanation recovers its concept when it matches the concept's keyword
    pattern (the category or the rule, e.g. "colou?r", "negat|after not"; naming one member of a set does not
-   count). The MiniLM cosine to the true description is reported beside it. Ends with
+   count). The MiniLM cosine to the true description is reported beside it, and a second criterion beside the
+   first (never instead of it): the keywords, or for a lexical set at least 3 of its members listed ("son, father,
+   brother" is not over-narrow though it names no category) — added after the first runs. Ends with
    `planted recovered: oneshot X/N, sage Y/N` and the split by lexical / context rules; each method's detection
    and generation as a share of the truth's."""
 
@@ -92,7 +94,7 @@ def main() -> None:
     from saexplain.score.classifier import DetectionConfig
     from saexplain.store import Store
     from saexplain.subject.config import SubjectConfig
-    from saexplain.subject.planted import CONCEPTS, recovered
+    from saexplain.subject.planted import CONCEPTS, enumerates, recovered
 
     t0 = time.perf_counter()
     folder = planted_sae(args)
@@ -141,14 +143,16 @@ def main() -> None:
         table.append({"feature": e["feature"], "concept": m["concept"], "kind": m["kind"], "method": e["method"],
                       "description": e["description"], "recovered": recovered(by_concept[m["concept"]],
                                                                               e["description"]),
+                      "enumerates": enumerates(by_concept[m["concept"]], e["description"]),
                       "similarity": float(v @ tv[e["feature"]]),
                       "detection": value.get((e["feature"], e["method"], "detection")),
                       "generation": value.get((e["feature"], e["method"], "generation"))})
-    print("\nfeature  concept          method   recov  cos   det    gen   description")
+    print("\nfeature  concept          method   recov  list  cos   det    gen   description")
     for r in sorted(table, key=lambda r: (r["feature"], r["method"])):
         det = "  –  " if r["detection"] is None else f"{r['detection']:.2f}"
         gen = "  –  " if r["generation"] is None else f"{r['generation']:.2f}"
         print(f"{r['feature']:>7}  {r['concept']:<15}  {r['method']:<7}  {'yes' if r['recovered'] else 'no ':<5}  "
+              f"{'yes' if r['enumerates'] else 'no ':<4}  "
               f"{r['similarity']:.2f}  {det}  {gen}  {r['description']}")
 
     figures: dict = {"n": len(meta), "lexical": sum(m["kind"] == "lexical" for m in meta),
@@ -159,6 +163,9 @@ def main() -> None:
         for kind in ("lexical", "context"):
             figures[f"{method}_recovered_{kind}"] = sum(r["recovered"] for r in mine if r["kind"] == kind)
         figures[f"{method}_close"] = sum(r["similarity"] >= args.similarity for r in mine)
+        # a second criterion, added after the first runs showed "son, father, brother, daughter": the keywords, or
+        # (lexical sets) at least 3 members listed — reported beside the keyword criterion, never instead of it
+        figures[f"{method}_recovered_or_listed"] = sum(r["recovered"] or r["enumerates"] for r in mine)
         for scorer in ("detection", "generation"):
             vals = [r[scorer] for r in mine if r[scorer] is not None]
             figures[f"{method}_{scorer}_mean"] = sum(vals) / len(vals) if vals else None
@@ -181,6 +188,8 @@ def main() -> None:
           f"sage {figures['sage_recovered_lexical']}/{nl}")
     print(f"planted recovered (context): oneshot {figures['oneshot_recovered_context']}/{nc}, "
           f"sage {figures['sage_recovered_context']}/{nc}")
+    print(f"recovered or >= 3 members listed: oneshot {figures['oneshot_recovered_or_listed']}/{n}, "
+          f"sage {figures['sage_recovered_or_listed']}/{n}")
     print(f"planted recovered: oneshot {figures['oneshot_recovered']}/{n}, sage {figures['sage_recovered']}/{n}")
 
 

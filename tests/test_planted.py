@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from conftest import SHARED
-from saexplain.subject.planted import (CONCEPTS, collect_residuals, concept_labels, fit_planted, lexical, recovered,
-                                       write_planted_sae)
+from saexplain.subject.planted import (CONCEPTS, collect_residuals, concept_labels, enumerates, fit_planted, lexical,
+                                       recovered, write_planted_sae)
 
 
 def by_name(name):
@@ -30,6 +30,9 @@ def test_rule_labels_and_recovery_keywords():
     assert recovered(by_name("after_negation"), "words right after \"not\"")
     assert not recovered(by_name("after_negation"), "the word go")
     assert recovered(by_name("sentence_start"), "the first word of a sentence")
+    assert enumerates(by_name("family"), "fires on 'son', 'father', 'brother'")
+    assert not enumerates(by_name("family"), "son and sons")
+    assert not enumerates(by_name("after_negation"), "not, never, n't")  # context rules have no members
 
 
 def test_a_planted_sae_loads_and_fires_where_its_rule_says(tiny_model_dir, tmp_path):

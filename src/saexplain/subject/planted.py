@@ -37,10 +37,11 @@ class Concept:
     description: str  # the true description, as a person would write it
     keywords: str  # regex (case-insensitive): an explanation that names the concept, not just one member
     label: Callable[[Sequence[str], int], bool]  # (a text's display tokens, position) → the rule says it fires
+    members: frozenset[str] = frozenset()  # a lexical set's words
 
 
 def lexical(name: str, words: set[str], description: str, keywords: str) -> Concept:
-    return Concept(name, "lexical", description, keywords, lambda toks, i: _w(toks[i]) in words)
+    return Concept(name, "lexical", description, keywords, lambda toks, i: _w(toks[i]) in words, frozenset(words))
 
 
 def _after_negation(toks: Sequence[str], i: int) -> bool:
@@ -114,6 +115,13 @@ def recovered(concept: Concept, explanation: str) -> bool:
     """Whether an explanation names the concept (its rule's keywords), judged without an LLM: naming one member
     of a set ("mother") does not count; naming the set ("family members") does."""
     return re.search(concept.keywords, explanation, re.IGNORECASE) is not None
+
+
+def enumerates(concept: Concept, explanation: str, n: int = 3) -> bool:
+    """Whether an explanation of a lexical set lists at least `n` different members of it ("son, father,
+    brother"): not over-narrow, though it does not name the category."""
+    words = set(re.findall(r"[a-z]+", explanation.lower()))
+    return len(words & concept.members) >= n
 
 
 # ------------------------------------------------------------------------------------------------ fitting
