@@ -403,3 +403,14 @@ def test_measured_selection_prefers_the_set_to_one_of_its_members():
     assert scores["mother"]["fire"] == scores["parents (mother, father)"]["fire"] == 1.0
     assert scores["mother"]["breadth"] == 0.5 and scores["parents (mother, father)"]["breadth"] == 1.0
     assert chosen == "parents (mother, father)"
+
+
+def test_the_exemplar_summary_counts_the_token_before_each_peak(wife):
+    """What a context rule needs to be seen: the tokens just before the peaks, counted (no LLM)."""
+    from saexplain.explain.base import firing_tokens
+
+    record = make_record(wife, TEXTS)
+    summary = firing_tokens([w for w in record.activating("explain") if w.kind == "top"])
+    strongest, before = summary.splitlines()
+    assert strongest.startswith("Strongest token per example: 'wife' ×3")
+    assert before.startswith("Token just before it: ") and "'his' ×1" in before and "'The' ×1" in before

@@ -121,9 +121,17 @@ def format_window(tokens: list[str], acts, max_act: float, mark: tuple[str, str]
 
 
 def firing_tokens(windows, top: int = 6) -> str:
-    """One summary line: the tokens the feature fires on most across the exemplars (at their peaks)."""
+    """Two summary lines, counted (not read by an LLM): the tokens the feature fires on most across the exemplars
+    (at their peaks), and the tokens just before those peaks — a feature that fires on whatever word follows
+    "not" shows a varied first line and a uniform second one."""
     counts: Counter[str] = Counter()
+    before: Counter[str] = Counter()
     for w in windows:
         peak = int(np.argmax(w.acts))
         counts[w.tokens[peak].strip() or repr(w.tokens[peak])] += 1
-    return "Strongest token per example: " + ", ".join(f"'{t}' ×{n}" for t, n in counts.most_common(top))
+        if peak > 0:
+            before[w.tokens[peak - 1].strip() or repr(w.tokens[peak - 1])] += 1
+    line = "Strongest token per example: " + ", ".join(f"'{t}' ×{n}" for t, n in counts.most_common(top))
+    if before:
+        line += "\nToken just before it: " + ", ".join(f"'{t}' ×{n}" for t, n in before.most_common(top))
+    return line
