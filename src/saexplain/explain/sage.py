@@ -501,10 +501,9 @@ class SAGE(Explainer):
                                   budget: Budget, faults: list[str], conclusion: str) -> tuple[str, dict]:
         """The candidate that best predicts the feature, measured by the oracle on sentences the LLM writes from
         each candidate alone (seeded; without the exemplars, as a reader of the explanation would): `fire` — the
-        share of them that fire the feature (≥ high × its max); `breadth` — how many of the kinds of token the
-        explain pool's activating windows fire on (their strongest tokens) the written sentences fire on too,
-        out of min(4, how many there are): naming one member of a set ("son") fires on one kind, naming the set
-        fires on several. Score = their mean; ties go to the shorter candidate. One short call per candidate;
+        share of them that fire the feature (≥ high × its max); `breadth` — how many different kinds of token the
+        sentences fire on clearly (≥ high × max), out of min(4, the kinds of token the explain pool's activating
+        windows peak on): naming one member of a set ("son") fires on one kind, naming the set on several. Score = their mean; ties go to the shorter candidate. One short call per candidate;
         a candidate the budget cannot write for is left out (the trace says so)."""
         cfg = self.cfg
         schema = {"type": "object", "required": ["sentences"], "properties": {"sentences": {
@@ -539,11 +538,13 @@ class SAGE(Explainer):
             m = measured[c]
             m["texts"].append(t)
             m["relative"].append(round((float(col.max()) if col.size else 0.0) / top, 4))
-            m["fired_on"] |= {_kind(tok) for tok, a in zip(res.tokens, col) if a >= cfg.low * top}
+            m["fired_on"] |= {_kind(tok) for tok, a in zip(res.tokens, col) if a >= cfg.high * top}
         scores = {}
         for c, m in measured.items():
             fire = float(np.mean([r >= cfg.high for r in m["relative"]])) if m["relative"] else 0.0
-            covered = sorted(m["fired_on"] & pool_kinds)
+            # every kind of token the sentences fire on clearly, not only the pool's: "colour words" written as
+            # "yellow" and "blue" is broad even when the pool's peaks were "white" and "red"
+            covered = sorted(m["fired_on"])
             breadth = min(1.0, len(covered) / want)
             scores[c] = {"fire": fire, "breadth": breadth, "score": (fire + breadth) / 2, "texts": m["texts"],
                          "fire_relative": m["relative"], "covered": covered, "words": len(c.split())}
