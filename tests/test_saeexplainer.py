@@ -439,3 +439,23 @@ def test_explainer_device_dtype_and_no_repeat_settings_reach_the_model(tiny_mode
     assert not trigrams_repeat(_lm(tiny_model_dir, no_repeat_ngram=3))
     args = dpo_args(TrainConfig(train_dtype="bfloat16"), 1, tiny_model_dir.parent / "x")
     assert args.bf16 and args.use_cpu
+
+
+def test_top_token_references_warm_up_every_feature_without_an_llm(ground_truth, tmp_path):
+    """`--references top-tokens`: each training feature's reference is its most frequent peak tokens in the explain
+    pool, counted (feature 0 of the ground-truth SAE fires only on "wife", feature 1 on "the")."""
+    from datasets import load_from_disk
+    from typer.testing import CliRunner
+
+    from saexplain.cli import app
+
+    corpus = tmp_path / "tales.txt"
+    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    res = CliRunner().invoke(app, [
+        "train", "sft", "--dir", str(tmp_path / "t"), "--store", str(tmp_path / "s.db"),
+        "--model", str(ground_truth["model"]), "--sae", str(ground_truth["sae"]), "--corpus", str(corpus),
+        "--context", "48", "--tokens", "30000", "--features", "0,1", "--saex-model", str(ground_truth["model"]),
+        "--saex-placeholder", PLACEHOLDER, "--saex-block", "0", "--sft-epochs", "1", "--references", "top-tokens"])
+    assert res.exit_code == 0, res.output
+    rows = {r["feature"]: r["completion"] for r in load_from_disk(str(tmp_path / "t" / "sft" / "data"))}
+    assert rows == {0: ' the token "wife"', 1: ' the token "the"'}

@@ -25,8 +25,9 @@ class TrainConfig(Config):
     heldout_runs: str = Field("", description="runs (ids, comma-separated) whose features are held out for "
                               "evaluation: never trained on")
     # SFT references
-    references: str = Field("store", description="'store' (best-scoring explanations of --reference-run) or a "
-                            "Neuronpedia explanation export (JSON)")
+    references: str = Field("store", description="'store' (best-scoring explanations of --reference-run), "
+                            "'top-tokens' (each feature's most frequent peak tokens, counted: a cheap warm-up on "
+                            "thousands of features) or a Neuronpedia explanation export (JSON)")
     reference_run: int | None = Field(None, description="run holding explanations of the training features")
     reference_scorer: str = Field("generation", description="picks the best explanation per feature")
     # candidates and rewards

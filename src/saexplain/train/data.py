@@ -98,6 +98,28 @@ def references_from_store(store: Store, run_id: int, features: Sequence[int], sc
     return out
 
 
+def references_from_top_tokens(records: dict, n: int = 4) -> dict[int, str]:
+    """Cheap references for a warm-up on thousands of features (no LLM): the tokens each feature fires on most at
+    the peaks of its explain pool's top windows, counted — 'the tokens "red", "white", "blue"'. They teach the map
+    from a decoder vector to the words it stands for; descriptions (the store's or Neuronpedia's references) come
+    after. A feature without an activating window has none."""
+    from collections import Counter
+
+    import numpy as np
+
+    out = {}
+    for f, record in records.items():
+        counts: Counter[str] = Counter()
+        for w in record.activating("explain"):
+            tok = w.tokens[int(np.argmax(w.acts))].strip()
+            if tok:
+                counts[tok] += 1
+        words = [t for t, _ in counts.most_common(n)]
+        if words:
+            out[f] = ("the token " if len(words) == 1 else "the tokens ") + ", ".join(f'"{t}"' for t in words)
+    return out
+
+
 def references_from_neuronpedia(path: str | Path, features: Sequence[int]) -> dict[int, str]:
     """A Neuronpedia explanation export: a JSON list (or {"explanations": [...]}) of objects with the feature in
     `index` (or `feature`) and the text in `description` (or `explanation`). The first per feature is kept."""

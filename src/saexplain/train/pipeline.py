@@ -37,6 +37,7 @@ from saexplain.train.data import (
     load_jsonl,
     references_from_neuronpedia,
     references_from_store,
+    references_from_top_tokens,
     reward,
     save_pairs,
 )
@@ -127,6 +128,8 @@ class Training:
                                   "features), or pass a Neuronpedia export with --references FILE")
             refs = references_from_store(self.store, self.cfg.reference_run, self.features,
                                          self.cfg.reference_scorer)
+        elif self.cfg.references == "top-tokens":
+            refs = references_from_top_tokens(self.records)
         else:
             refs = references_from_neuronpedia(self.cfg.references, self.features)
         missing = [f for f in self.features if f not in refs]
