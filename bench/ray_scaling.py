@@ -72,7 +72,7 @@ def main() -> None:
         os.environ["SAEXPLAIN_HOME"] = str(tmp / f"home-cache-{name}")
         timing = {}
 
-        def timed(workers):
+        def timed(workers, timing=timing):
             inner = workers.write_shards
 
             def write_shards(*a, **kw):

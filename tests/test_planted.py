@@ -9,8 +9,16 @@ import numpy as np
 import torch
 
 from conftest import SHARED
-from saexplain.subject.planted import (CONCEPTS, collect_residuals, concept_labels, enumerates, fit_planted, lexical,
-                                       recovered, write_planted_sae)
+from saexplain.subject.planted import (
+    CONCEPTS,
+    collect_residuals,
+    concept_labels,
+    enumerates,
+    fit_planted,
+    lexical,
+    recovered,
+    write_planted_sae,
+)
 
 
 def by_name(name):
