@@ -352,12 +352,17 @@ def write_shards(oracle, contexts: Contexts, cfg: CacheConfig, path: Path, due: 
     """The due shard ranges, one after the other, in this process (with a progress bar over the whole cache)."""
     if not due:
         return
-    total = LatentCache.planned_contexts(contexts, cfg)
-    done = total - sum(b - a for a, b in due)
-    with tqdm(total=total * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
-              desc="caching", disable=not progress) as bar:
+    with shard_progress(contexts, cfg, due, "caching", progress) as bar:
         for a, b in due:
             write_shard(oracle, contexts, cfg, path, a, b, on_batch=bar.update)
+
+
+def shard_progress(contexts: Contexts, cfg: CacheConfig, due: list[tuple[int, int]], desc: str, progress: bool):
+    """A progress bar in tokens over the whole cache, starting at what the shards already on disk hold."""
+    total = LatentCache.planned_contexts(contexts, cfg)
+    done = total - sum(b - a for a, b in due)
+    return tqdm(total=total * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
+                desc=desc, disable=not progress)
 
 
 def write_shard(oracle, contexts: Contexts, cfg: CacheConfig, path: Path, start: int, end: int,

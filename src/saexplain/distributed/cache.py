@@ -103,15 +103,11 @@ class RayCacheWorkers:
 
     def write_shards(self, contexts: Contexts, cache: CacheConfig, path: Path, due: list[tuple[int, int]],
                      progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from saexplain.cache.latents import shard_progress
 
-        from saexplain.cache.latents import LatentCache
-
-        total = LatentCache.planned_contexts(contexts, cache)
-        done = total - sum(b - a for a, b in due)
         jobs = [(str(contexts.path), str(path), cache.model_dump(mode="json"), a, b) for a, b in due]
-        with tqdm(total=total * contexts.length, initial=done * contexts.length, unit="tok", unit_scale=True,
-                  desc=f"caching on {len(self.workers.actors)} Ray workers", disable=not progress) as bar:
+        with shard_progress(contexts, cache, due, f"caching on {len(self.workers.actors)} Ray workers",
+                            progress) as bar:
             def finished(job, entry):
                 bar.update((job[4] - job[3]) * contexts.length)
 

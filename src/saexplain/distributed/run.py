@@ -78,6 +78,7 @@ class RunWorker:
 
         from saexplain.llm import LLM, LLMConfig
         from saexplain.pipeline.configs import StageConfigs
+        from saexplain.pipeline.runner import Components
         from saexplain.subject.oracle import Oracle
 
         worker_chdir(cwd)
@@ -87,27 +88,21 @@ class RunWorker:
         self.journal = Journal()
         self.llm = LLM(LLMConfig(**llm), store=self.journal, run_id=run_id)
         self.oracle = Oracle.from_config(self.cfgs.subject)
-        self._made: dict[tuple[str, str], tuple[Any, str]] = {}
+        self.components = Components(self.cfgs)
 
     def ready(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "node": self.node, "pid": os.getpid(), "d_sae": self.oracle.d_sae,
                 "local_llm": bool(getattr(self.llm.backend, "local", False)), "llm": self.llm.cfg.llm}
 
     def _explainer(self, name: str, fingerprint: str):
-        if ("explainer", name) not in self._made:
-            explainer = self.cfgs.explainer(name)
-            self._made[("explainer", name)] = (explainer, explainer.fingerprint())
-        explainer, fp = self._made[("explainer", name)]
+        explainer, fp = self.components.explainer(name)
         if fp != fingerprint:
             raise SaexplainError(f"Ray worker on {self.node}: explainer {name} has fingerprint {fp}, the driver's "
                                  f"is {fingerprint} (another saexplain version or other prompt files there)")
         return explainer
 
     def _scorer(self, name: str, cfg_hash: str):
-        if ("scorer", name) not in self._made:
-            scorer = self.cfgs.scorer(name)
-            self._made[("scorer", name)] = (scorer, scorer.cfg.hash())
-        scorer, h = self._made[("scorer", name)]
+        scorer, h = self.components.scorer(name)
         if h != cfg_hash:
             raise SaexplainError(f"Ray worker on {self.node}: scorer {name}'s config hash {h} differs from the "
                                  f"driver's {cfg_hash}")

@@ -127,7 +127,7 @@ def firing_tokens(windows, top: int = 6) -> str:
     counts: Counter[str] = Counter()
     before: Counter[str] = Counter()
     for w in windows:
-        peak = int(np.argmax(w.acts))
+        peak = w.peak
         counts[w.tokens[peak].strip() or repr(w.tokens[peak])] += 1
         if peak > 0:
             before[w.tokens[peak - 1].strip() or repr(w.tokens[peak - 1])] += 1

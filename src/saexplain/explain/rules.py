@@ -72,12 +72,13 @@ def conclusion_problems(text: str, exemplars: list[str], negative_case: str | No
         problems.append(f"copies an exemplar sentence ({' '.join(src.split()[:8])}…)")
     if _NEGATIVE.search(text):
         problems.append("says what the feature does not fire on (the negative case), not what it fires on")
-    elif negative_case and _norm(text) == _norm(negative_case):
+    elif negative_case and norm(text) == norm(negative_case):
         problems.append("is the negative-case hypothesis")
     if text.rstrip()[-1:] in (",", "-", "(", "/") or re.search(r"\b(and|or|the|a|an|of|to|with)$", text.strip(), re.IGNORECASE):
         problems.append("is cut off")
     return problems
 
 
-def _norm(text: str) -> str:
+def norm(text: str) -> str:
+    """Text compared as words: lower case, no punctuation."""
     return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()

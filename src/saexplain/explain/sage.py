@@ -18,7 +18,6 @@ is running probe sentences, and every reply must fit a JSON schema."""
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from pydantic import Field
 
 from saexplain.config import Config
 from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, firing_tokens, format_window
-from saexplain.explain.rules import clean_text, conclusion_problems
+from saexplain.explain.rules import clean_text, conclusion_problems, norm
 from saexplain.llm import LLMError, Usage, metered
 from saexplain.llm.prompts import Template
 from saexplain.sampling.record import FeatureRecord
@@ -417,8 +416,8 @@ class SAGE(Explainer):
             "items": {"type": "string", "minLength": 3, "maxLength": HYP_CHARS}}}}
         obj = await self._ask(llm, "review", schema, trace, f, exemplars=exemplars, n=2,
                               state=self._state(hyps, "", []))
-        known = {_norm(h.text) for h in hyps}
-        return [t for t in _dedupe(obj["new_hypotheses"]) if _norm(t) not in known][:2]
+        known = {norm(h.text) for h in hyps}
+        return [t for t in _dedupe(obj["new_hypotheses"]) if norm(t) not in known][:2]
 
     async def _judge(self, llm, hyps, active, measured, exemplars, trace, f) -> dict[int, str]:
         ids = [h.id for h in active]
@@ -530,7 +529,7 @@ class SAGE(Explainer):
         texts = [(c, t) for c, ts in written.items() for t in ts]
         results = await oracle.aactivations([t for _, t in texts], [record.feature])
         top = record.max_act if record.max_act > 0 else 1.0
-        pool_kinds = {_kind(w.tokens[int(np.argmax(w.acts))]) for w in record.activating("explain")}
+        pool_kinds = {_kind(w.tokens[w.peak]) for w in record.activating("explain")}
         want = max(1, min(4, len(pool_kinds)))
         measured: dict[str, dict] = {c: {"texts": [], "relative": [], "fired_on": set()} for c in written}
         for (c, t), res in zip(texts, results):
@@ -579,16 +578,12 @@ def _marked(t: Test) -> str:
     return " ".join(w.marked().split())
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"[^a-z0-9 ]", "", text.lower()).strip()
-
-
 def _dedupe(texts: list[str]) -> list[str]:
     """Drop empty and duplicate texts (case, spacing and punctuation ignored), keeping the first."""
     seen, out = set(), []
     for t in texts:
         t = " ".join(t.split())
-        key = _norm(t)
+        key = norm(t)
         if key and key not in seen:
             seen.add(key)
             out.append(t)

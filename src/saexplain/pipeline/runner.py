@@ -58,6 +58,28 @@ def choose_features(spec: str, stats: list[dict], run: RunConfig) -> list[int]:
     raise ConfigError(f"--features {spec!r}: use ids, top:N or random:N")
 
 
+class Components:
+    """A run's explainers and scorers, each made once with its fingerprint (explainers) or config hash
+    (scorers): a fingerprint reads prompt and code files and, for SAEExplainer stages, hashes the adapter weights
+    — not once per feature. The driver's run handle and every Ray worker hold one."""
+
+    def __init__(self, configs: StageConfigs):
+        self.configs = configs
+        self._made: dict[tuple[str, str], tuple[Any, str]] = {}
+
+    def explainer(self, name: str) -> tuple[Any, str]:
+        if ("explainer", name) not in self._made:
+            explainer = self.configs.explainer(name)
+            self._made[("explainer", name)] = (explainer, explainer.fingerprint())
+        return self._made[("explainer", name)]
+
+    def scorer(self, name: str) -> tuple[Any, str]:
+        if ("scorer", name) not in self._made:
+            scorer = self.configs.scorer(name)
+            self._made[("scorer", name)] = (scorer, scorer.cfg.hash())
+        return self._made[("scorer", name)]
+
+
 @dataclass
 class RunHandle:
     run_id: int
@@ -68,22 +90,18 @@ class RunHandle:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # stage → done/skipped/degraded/failed
     timing: dict[str, float] = field(default_factory=dict)  # the explain/score loop: wall and CPU seconds
     config_json: str = ""  # this invocation's configs, features and cache key (saved by `run`)
-    _made: dict[tuple[str, str], tuple[Any, str]] = field(default_factory=dict, repr=False)
+    components: Components = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.components = Components(self.configs)
 
     def explainer(self, name: str) -> tuple[Any, str]:
-        """The run's explainer `name` and its fingerprint, made once per run (a fingerprint reads prompt files
-        and, for SAEExplainer stages, hashes the adapter weights: not once per feature)."""
-        if ("explainer", name) not in self._made:
-            explainer = self.configs.explainer(name)
-            self._made[("explainer", name)] = (explainer, explainer.fingerprint())
-        return self._made[("explainer", name)]
+        """The run's explainer `name` and its fingerprint, made once per run."""
+        return self.components.explainer(name)
 
     def scorer(self, name: str) -> tuple[Any, str]:
         """The run's scorer `name` and the hash of its config, made once per run."""
-        if ("scorer", name) not in self._made:
-            scorer = self.configs.scorer(name)
-            self._made[("scorer", name)] = (scorer, scorer.cfg.hash())
-        return self._made[("scorer", name)]
+        return self.components.scorer(name)
 
     @property
     def ok(self) -> bool:

@@ -36,12 +36,16 @@ class Window:
     def activating(self) -> bool:
         return self.max_act > 0
 
+    @property
+    def peak(self) -> int:
+        """Position of the strongest activation (the middle when it never fires)."""
+        return int(self.acts.argmax()) if self.max_act > 0 else len(self.tokens) // 2
+
     def cut(self, n: int) -> tuple[list[str], np.ndarray]:
         """At most `n` tokens (and their activations) around the strongest one."""
         if len(self.tokens) <= n:
             return list(self.tokens), self.acts
-        peak = int(self.acts.argmax()) if self.acts.max() > 0 else len(self.tokens) // 2
-        start = min(max(0, peak - (3 * n) // 4), len(self.tokens) - n)
+        start = min(max(0, self.peak - (3 * n) // 4), len(self.tokens) - n)
         return list(self.tokens[start:start + n]), self.acts[start:start + n]
 
     def marked(self, positions: np.ndarray | None = None, left: str = "<<", right: str = ">>") -> str:

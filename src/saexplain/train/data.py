@@ -105,13 +105,11 @@ def references_from_top_tokens(records: dict, n: int = 4) -> dict[int, str]:
     after. A feature without an activating window has none."""
     from collections import Counter
 
-    import numpy as np
-
     out = {}
     for f, record in records.items():
         counts: Counter[str] = Counter()
         for w in record.activating("explain"):
-            tok = w.tokens[int(np.argmax(w.acts))].strip()
+            tok = w.tokens[w.peak].strip()
             if tok:
                 counts[tok] += 1
         words = [t for t, _ in counts.most_common(n)]
