@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,6 +59,15 @@ class SAGEConfig(Config):
     selection_sentences: int = Field(3, ge=1, le=6, description="sentences written per candidate (measured "
                                      "selection)")
     max_candidates: int = Field(4, ge=2, le=6, description="candidates the measured selection compares")
+    corpus_search: bool = Field(True, description="search the explain half of the cached corpus: counted "
+                                "evidence for the strongest tokens and the tokens before them, and one search per "
+                                "tested hypothesis (never a score-pool context)")
+    search_hits: int = Field(30, ge=3, description="matches read per corpus search")
+    output_side: bool = Field(True, description="show the analysis step the decoder direction's logit lens and a "
+                              "steering readout (tokens made more likely when the feature is added)")
+    evidence_candidates: bool = Field(True, description="add candidates built from the counted evidence to the "
+                                      "final selection: the word after a cue the corpus confirms, and the kind of "
+                                      "word the strongest tokens share (one short LLM call)")
     max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
     max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
@@ -77,6 +87,9 @@ class Test:
     consistent: bool = False
     tokens: list[str] = field(default_factory=list)
     acts: list[float] = field(default_factory=list)
+    kind: str = "probe"  # or "search": `probe` is then the searched word, `relative` the share of matches firing
+    matches: int = 0  # search: matches in the explain half of the corpus (hits read: `read`)
+    read: int = 0
 
 
 @dataclass
@@ -120,7 +133,8 @@ def _prompts() -> dict[str, str]:
 
 def _message(step: str, **values) -> list[tuple[str, str]]:
     p = _prompts()
-    values["exemplars"] = p["exemplars"].format(exemplars=values["exemplars"])
+    if "exemplars" in values:
+        values["exemplars"] = p["exemplars"].format(exemplars=values["exemplars"])
     return Template(f"sage.{step}", p["system"].strip(), p[step].strip()).chat(**values)
 
 
@@ -129,8 +143,11 @@ class Budget:
         self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
         # kept for after testing: the conclusion and its one redo (~1.3k tokens each) and, for the measured
         # selection, one short writing call per candidate (~300 tokens each: no exemplars in it)
+        # (and the one call naming the strongest tokens' kind, ~250 tokens)
         self.reserve = (2 + cfg.max_candidates, 2600 + 300 * cfg.max_candidates) if cfg.selection == "measured" \
             else (2, 2600)
+        if cfg.evidence_candidates:
+            self.reserve = (self.reserve[0] + 1, self.reserve[1] + 250)
 
     def exhausted(self, reserve_calls: int | None = None, reserve_tokens: int | None = None) -> str | None:
         """Why no further step may start (None: it may). The reserve (default: what the conclusion and the
@@ -174,6 +191,11 @@ class SAGE(Explainer):
                 lines.append(f"   (earlier version: {old['text']}; {old['consistent']}/{old['tests']} probes as predicted)")
             for t in h.tests:
                 mark = "as predicted" if t.consistent else "NOT as predicted"
+                if t.kind == "search":
+                    lines.append(f"   real text: \"{t.probe}\" found {t.matches} times; of {t.read} read, the "
+                                 f"feature fires on it or the next token in {round(t.relative * t.read)} "
+                                 f"(expected {t.expected}: {mark})")
+                    continue
                 lines.append(f"   probe: \"{t.probe}\" expected {t.expected}, measured {10 * t.relative:.1f}/10 "
                              f"({mark}); tokens: {_marked(t)}")
         if focus:
@@ -204,6 +226,12 @@ class SAGE(Explainer):
             raise LLMError(f"feature {f} has no activating windows in its explain pool")
         exemplars = "\n".join(f"{i + 1}. {format_window(*w.cut(cfg.window), record.max_act)}"
                               for i, w in enumerate(tops)) + "\n" + firing_tokens(tops)
+        # measured evidence without an LLM: the strongest tokens and the tokens before them looked up in real
+        # text (explain half of the corpus), and the output side for the analysis step
+        found = self._corpus_evidence(record, trace) if cfg.corpus_search and record.search is not None else {}
+        if found.get("lines"):
+            exemplars += "\nIn other real texts:\n" + "\n".join(found["lines"])
+        output_side = await self._output_side(record, oracle, trace) if cfg.output_side else ""
         trace("exemplars", exemplars)
 
         # ANALYZE_EXEMPLARS (always runs: without it there is nothing to conclude from). Three named kinds of
@@ -213,7 +241,7 @@ class SAGE(Explainer):
         schema = {"type": "object", "required": ["observation", *HYP_KINDS, "negative_case"], "properties": {
             "observation": {"type": "string", "maxLength": 200}, **dict.fromkeys(HYP_KINDS, phrase),
             "negative_case": phrase}}
-        obj = await self._ask(llm, "analyze", schema, trace, f, exemplars=exemplars)
+        obj = await self._ask(llm, "analyze", schema, trace, f, exemplars=exemplars, output_side=output_side)
         hyps = [Hypothesis(i + 1, t) for i, t in enumerate(_dedupe([obj[k] for k in HYP_KINDS]))]
         hyps.append(Hypothesis(len(hyps) + 1, obj["negative_case"].strip(), negative=True))
         trace("status", {h.id: {"status": h.status, "text": h.text, "negative": h.negative} for h in hyps})
@@ -248,7 +276,7 @@ class SAGE(Explainer):
                 break
             # DESIGN_TEST for every active hypothesis in one reply
             try:
-                tests = await self._design(llm, hyps, active, exemplars, trace, f, budget)
+                tests, searches = await self._design(llm, hyps, active, exemplars, trace, record, budget)
             except LLMError as e:
                 faults.append(f"design: {e}")
                 trace("error", {"step": "design", "error": str(e)})
@@ -258,6 +286,10 @@ class SAGE(Explainer):
             if not tests:
                 stop = "no usable probes"
                 break
+            # corpus search: each hypothesis's word looked up in real text (explain half only); with enough
+            # matches, a test like a probe: the share firing on the word or the token after it
+            for h, term in searches:
+                self._search_test(record, h, term, trace)
             # RUN_TEST: all probes of the round in one oracle batch
             budget.probes += len(tests)
             results = await oracle.aactivations([t.probe for _, t in tests], [f])
@@ -319,7 +351,9 @@ class SAGE(Explainer):
         # conclusion's labels: the cap keeps the measured hypotheses before the labels
         supported = sorted((h for h in hyps if not h.negative and h.tested and h.status != REFUTED),
                            key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting), reverse=True)
-        candidates = [c for c in _dedupe([description] + [h.text for h in supported] + labels)
+        measured = await self._evidence_candidates(llm, found, trace, f, budget, faults) \
+            if cfg.evidence_candidates else []
+        candidates = [c for c in _dedupe([description] + measured + [h.text for h in supported] + labels)
                       if not conclusion_problems(c, exemplar_texts, negative)] or [description]
         chosen, proxy = description, {}
         if cfg.selection == "measured" and len(candidates) > 1:
@@ -342,17 +376,24 @@ class SAGE(Explainer):
         return Explanation(chosen, labels, evidence)
 
     # ------------------------------------------------------------------------------------------ steps
-    async def _design(self, llm, hyps, active, exemplars, trace, f, budget: Budget) -> list[tuple[Hypothesis, Test]]:
+    async def _design(self, llm, hyps, active, exemplars, trace, record, budget: Budget
+                      ) -> tuple[list[tuple[Hypothesis, Test]], list[tuple[Hypothesis, str]]]:
         """DESIGN_TEST: one short call per active hypothesis (a small LLM asked for every hypothesis's probes
-        at once writes one probe for all of them); the probes of the round then run as one oracle batch."""
+        at once writes one probe for all of them); the probes of the round then run as one oracle batch. With
+        corpus search, each reply also names a word of the hypothesis to look up in real text."""
+        f = record.feature
         k = self.cfg.probes_per_round
-        schema = {"type": "object", "required": ["probes"], "properties": {"probes": {
-            "type": "array", "minItems": 1, "maxItems": k, "items": {
+        search = self.cfg.corpus_search and record.search is not None
+        schema = {"type": "object", "required": ["probes", *(["search"] if search else [])], "properties": {
+            "probes": {"type": "array", "minItems": 1, "maxItems": k, "items": {
                 "type": "object", "required": ["probe", "expected"], "properties": {
                     "probe": {"type": "string", "minLength": 3, "maxLength": PROBE_CHARS},
-                    "expected": {"type": "string", "enum": ["high", "none"]}}}}}}
+                    "expected": {"type": "string", "enum": ["high", "none"]}}}},
+            **({"search": {"type": "string", "minLength": 1, "maxLength": 40}} if search else {})}}
+        step = "design_search" if search else "design"
+
         def ask(h: Hypothesis):
-            return self._ask(llm, "design", schema, trace, f, exemplars=exemplars, k=k, hid=h.id,
+            return self._ask(llm, step, schema, trace, f, exemplars=exemplars, k=k, hid=h.id,
                              state=self._state([h], "to test now", [h]),
                              temperature=self.cfg.design_temperature, seed=self.cfg.seed + len(h.tests))
 
@@ -375,8 +416,10 @@ class SAGE(Explainer):
                 if isinstance(r, BaseException):
                     raise r
             replies = list(zip(active[:n], results))
-        out = []
+        out, searches = [], []
         for h, obj in replies:
+            if obj.get("search", "").strip():
+                searches.append((h, obj["search"].strip()))
             earlier = {t.probe for t in h.tests} | {old.get("probe") for old in h.history}
             for item in obj["probes"][:k]:
                 probe = item["probe"].strip()
@@ -385,7 +428,99 @@ class SAGE(Explainer):
                 earlier.add(probe)
                 # a negative case says what should NOT fire: its probes expect silence whatever the reply says
                 out.append((h, Test(probe, "none" if h.negative else item["expected"])))
+        return out, searches
+
+    def _corpus_evidence(self, record, trace: Tracer) -> dict:
+        """Counted lines for every prompt: the explain pool's strongest tokens (at the peaks of all its activating
+        windows) looked up in real text — how often the feature fires on each — and the tokens just before the
+        peaks — how often it fires on the token *after* each, against its rate on any token. A cue the corpus
+        confirms (it fires after the cue far above its base rate, not on the cue) becomes a candidate."""
+        cfg = self.cfg
+        wins = record.activating("explain")
+        peaks: Counter[str] = Counter(_kind(w.tokens[w.peak]) for w in wins)
+        before: Counter[str] = Counter(_kind(w.tokens[w.peak - 1]) for w in wins if w.peak > 0)
+        level = cfg.low * record.max_act
+        base = max(record.frequency, 1e-4)
+        lines, fires_on, cues = [], [], []
+        for tok, _ in peaks.most_common(4):
+            res = record.search(f"token:{tok}", cfg.search_hits)
+            if len(res.hits) < 3:
+                continue
+            share = res.share(level, "at")
+            fires_on.append((tok, share))
+            lines.append(f"'{tok}' (found {res.matches} times, {len(res.hits)} read): fires on it in "
+                         f"{round(100 * share)}%")
+        for tok, n in before.most_common(3):
+            if n < 3 or tok.startswith("'"):  # a cue seen once or twice is no pattern; whitespace is not searched
+                continue
+            res = record.search(f"token:{tok}", cfg.search_hits)
+            if len(res.hits) < 3:
+                continue
+            after, at = res.share(level, "after"), res.share(level, "at")
+            lines.append(f"after '{tok}' (found {res.matches} times, {len(res.hits)} read): fires on the next "
+                         f"token in {round(100 * after)}%, on '{tok}' itself in {round(100 * at)}% "
+                         f"(on any token: {100 * record.frequency:.1f}%)")
+            if after >= 0.2 and after >= 10 * base and at <= after / 3:
+                cues.append(tok)
+        # a cue is the pattern when the tokens after it vary (the strongest one under half of the peaks)
+        varied = bool(wins) and peaks.most_common(1)[0][1] < len(wins) / 2
+        words = [t for t, share in fires_on if share >= 0.5 and t.isalpha()]
+        out = {"lines": lines, "cues": cues if varied else [], "words": words}
+        trace("corpus_evidence", {"peaks": dict(peaks.most_common(8)), "before": dict(before.most_common(8)),
+                                  **out})
         return out
+
+    async def _output_side(self, record, oracle, trace: Tracer) -> str:
+        """The decoder direction's logit lens and a steering readout, as two lines for the analysis step."""
+        lens = oracle.logit_lens(record.feature, 8)
+        raised = await asyncio.to_thread(oracle.steering_readout, record.feature, 8)
+        text = ("\nOutput side (what the feature does to the next token): its direction promotes "
+                + ", ".join(repr(t) for t, _ in lens.top)
+                + "; added to the model it makes these more likely: " + ", ".join(repr(t) for t, _ in raised))
+        trace("output_side", {"logit_lens": lens.top, "steering_raised": raised})
+        return text
+
+    async def _evidence_candidates(self, llm, found: dict, trace: Tracer, f: int, budget: Budget,
+                                   faults: list[str]) -> list[str]:
+        """Candidates from the counted evidence: "the word right after 'not'" for cues the corpus confirmed, and
+        the kind of word the strongest tokens share when several different ones fire in real text (named by
+        one short LLM call: "family relations (son, father, wife)")."""
+        out = []
+        if found.get("cues"):
+            out.append("the word right after " + " or ".join(_cue(t) for t in found["cues"][:2]))
+        words = found.get("words", [])
+        keep = (self.cfg.max_candidates, 300 * self.cfg.max_candidates) if self.cfg.selection == "measured" else (0, 0)
+        if len(words) >= 2 and budget.exhausted(reserve_calls=keep[0] - 2, reserve_tokens=keep[1]) is None:
+            schema = {"type": "object", "required": ["kind"], "properties": {
+                "kind": {"type": "string", "minLength": 2, "maxLength": 40}}}
+            try:
+                obj = await self._ask(llm, "name_set", schema, trace, f, words=", ".join(words[:4]))
+                kind = clean_text(obj["kind"])
+                if kind and norm(kind) not in {norm(w) for w in words}:
+                    out.append(f"{kind} ({', '.join(words[:4])})")
+            except LLMError as e:
+                faults.append(f"name_set: {e}")
+                trace("error", {"step": "name_set", "error": str(e)})
+        trace("evidence_candidates", out)
+        return out
+
+    def _search_test(self, record, h: Hypothesis, term: str, trace: Tracer) -> None:
+        """A hypothesis's search word in the explain half of the corpus. Counted as a test when it is found at
+        least 3 times: as predicted when the feature fires (≥ low × max) on the word or the token after it in
+        at least half of the matches read (for a negative case: in under a tenth of them)."""
+        cfg = self.cfg
+        if any(t.kind == "search" and norm(t.probe) == norm(term) for t in h.tests):
+            return
+        res = record.search(term, cfg.search_hits)
+        share = res.share(cfg.low * record.max_act, "either")
+        trace("search", {"hypothesis": h.id, "term": term, "matches": res.matches, "read": len(res.hits),
+                         "share": share, "hits": [hit.__dict__ for hit in res.hits[:8]]})
+        if len(res.hits) < 3:
+            return
+        expected = "none" if h.negative else "high"
+        consistent = share < 0.1 if h.negative else share >= 0.5
+        h.tests.append(Test(term, expected, share, share, consistent, kind="search", matches=res.matches,
+                            read=len(res.hits)))
 
     async def _refine(self, llm, hyps, to_refine, exemplars, trace, f) -> None:
         ids = [h.id for h in to_refine]
@@ -556,8 +691,19 @@ class SAGE(Explainer):
         return best, {c: v["score"] for c, v in scores.items()}
 
 
+_CUE_NAMES = {'"': "a quotation mark", "“": "a quotation mark", "'": "an apostrophe or quote", ".": "a full stop",
+              "!": "an exclamation mark", "?": "a question mark", ",": "a comma", ":": "a colon", ";": "a semicolon",
+              "(": "an opening bracket", "\\n": "a line break"}
+
+
+def _cue(token: str) -> str:
+    """A cue token as words: 'not' → "'not'", '"' → 'a quotation mark (")'."""
+    name = _CUE_NAMES.get(token)
+    return f"{name} ({token})" if name else f"'{token}'"
+
+
 def _kind(token: str) -> str:
-    """A token as a kind of word: stripped, lower case (' Son' and 'son' are one kind)."""
+    """A token as a kind of word: stripped, lower case (' Son' and 'son' are one kind); whitespace as its repr."""
     return token.strip().lower() or repr(token)
 
 

@@ -25,6 +25,7 @@ from saexplain.llm import LLM, LLMError
 from saexplain.pipeline.configs import EXPLAINER_CONFIG, SCORER_CONFIG, RunConfig, StageConfigs  # noqa: F401
 from saexplain.sampling.pipeline import sample_features
 from saexplain.sampling.record import FeatureRecord, make_record
+from saexplain.sampling.search import CorpusSearch
 from saexplain.store import StaleScore, Store
 from saexplain.subject.oracle import Oracle
 
@@ -136,7 +137,8 @@ def load_records(cfgs: StageConfigs, store: Store, oracle: Oracle | None, featur
     t1 = time.perf_counter()
     _, examples = sample_features(cache, features, cfgs.sampling, store, progress=True)
     by_id = {r["feature"]: r for r in stats}
-    records = {f: make_record(f, by_id[f], examples[f], cache.contexts) for f in features}
+    corpus = CorpusSearch(cache.cache.path, cache.contexts.path, cfgs.sampling.seed, cfgs.sampling.explain_share)
+    records = {f: make_record(f, by_id[f], examples[f], cache.contexts, corpus.bind(f)) for f in features}
     echo(f"sample: {len(features)} features, explain/score pools drawn ({time.perf_counter() - t1:.1f}s)")
     return cache, records
 

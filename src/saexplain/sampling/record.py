@@ -7,6 +7,7 @@ contexts, see sampler.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,9 @@ class FeatureRecord:
     frequency: float = 0.0
     top_tokens: list[str] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
+    # corpus search over this feature's explain-pool contexts (sampling/search.py); None where the record was
+    # made without a cache (explainers then go without it)
+    search: Any = field(default=None, repr=False, compare=False)
 
     def pool(self, pool: str, kinds: tuple[str, ...] | None = None) -> list[Window]:
         return [w for w in self.windows if w.pool == pool and (kinds is None or w.kind in kinds)]
@@ -98,7 +102,7 @@ class FeatureRecord:
         raise ValueError(f"unknown reference {how!r} (use max or top10_mean)")
 
 
-def make_record(feature: int, stats: dict, examples: list[Example], contexts) -> FeatureRecord:
+def make_record(feature: int, stats: dict, examples: list[Example], contexts, search=None) -> FeatureRecord:
     """A record from the store's feature statistics, the sampler's examples, and the cached contexts."""
     windows = []
     for e in examples:

@@ -233,6 +233,21 @@ class Oracle:
         )
 
 
+    READOUT_PROMPTS = ("The", "I think that", "Here is a short story:", "In the news today,")
+
+    def steering_readout(self, feature: int, k: int = 8, target_kl: float = 0.5) -> list[tuple[str, float]]:
+        """Tokens whose next-token probability rises most when the feature's decoder direction (unit norm) is
+        added at the hookpoint with the strength that moves the distribution by `target_kl` (mean over a few
+        neutral prompts): what the feature does to the output, as tokens. Holds the model alone."""
+        from saexplain.subject.steering import readout
+
+        direction = self.decoder_direction(feature).float()
+        direction = direction / direction.norm()
+        with self.exclusive():
+            tokens, _ = readout(self.subject, self.READOUT_PROMPTS, direction, k, target_kl)
+        return tokens
+
+
 def validate_pair(subject: SubjectModel, sae) -> None:
     """The SAE must read the stream the model produces: one clear line when it cannot."""
     d_in = int(sae.cfg.d_in)

@@ -113,3 +113,18 @@ def continuations(subject: SubjectModel, prompts: Sequence[str], direction=None,
         out = subject.model.generate(input_ids=x, attention_mask=mask, max_new_tokens=max_new_tokens,
                                      do_sample=False, pad_token_id=pad, top_p=None, top_k=None)
     return [subject.tokenizer.decode(row[x.shape[1]:], skip_special_tokens=True) for row in out]
+
+
+@torch.inference_mode()
+def readout(subject: SubjectModel, prompts: Sequence[str], direction: torch.Tensor, k: int = 8,
+            target_kl: float = 0.5) -> tuple[list[tuple[str, float]], float]:
+    """The output side of a direction as tokens: with the direction added at the strength that moves the
+    next-token distribution by `target_kl`, the `k` tokens whose probability rises most (mean over the
+    prompts), with that rise; and the strength used."""
+    strength, _ = calibrate(subject, prompts, direction, target_kl)
+    clean = next_token_logprobs(subject, prompts).exp()
+    pushed = next_token_logprobs(subject, prompts, direction, strength).exp()
+    rise = (pushed - clean).mean(0)
+    top = rise.topk(k)
+    tok = subject.tokenizer
+    return [(tok.decode([int(i)]), float(v)) for v, i in zip(top.values, top.indices)], strength
