@@ -28,7 +28,8 @@ def step_of(req) -> str:
     task = task_message(req).split("Task:")[-1]
     for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
                       ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude"),
-                      ("clear example of this", "measure_write")):
+                      ("clear example of this", "measure_write"), ("as one phrase of at most 8 words", "shorten"),
+                      ("name the kind of word", "name_set")):
         if key in task:
             return step
     raise AssertionError(f"unknown step: {task[:80]}")
@@ -301,11 +302,13 @@ def test_a_copied_exemplar_conclusion_is_rejected_and_redone_once(wife):
         return script(req)
 
     exp, backend = run_sage(make_record(wife, TEXTS), wife, handler)
-    assert script.steps[-2:] == ["conclude", "conclude"]
+    assert script.steps[-2:] == ["conclude", "shorten"]
     rejected = [s["content"] for s in exp.trace if s["kind"] == "conclusion_rejected"]
     assert len(rejected) == 1 and "copies an exemplar" in rejected[0]["problems"][0]
-    redo = [r for r in backend.requests if step_of(r) == "conclude"][-1]
-    assert bad in task_message(redo) and "was rejected" in task_message(redo)
+    # the redo is a short rewrite of the rejected reply, told why, without the exemplars
+    redo = [r for r in backend.requests if step_of(r) == "shorten"][-1]
+    assert bad in task_message(redo) and "copies an exemplar" in task_message(redo)
+    assert "Top activating examples" not in task_message(redo)
     assert exp.description == 'the word "wife"' and exp.status == "ok"
 
 
@@ -313,14 +316,14 @@ def test_conclusions_that_keep_breaking_the_rules_fall_back_to_the_best_measured
     script = Script()
 
     def handler(req):
-        if step_of(req) == "conclude":
-            script.steps.append("conclude")
+        if step_of(req) in ("conclude", "shorten"):
+            script.steps.append(step_of(req))
             return json.dumps({"description": "The feature should not fire on the word husband}",
                                "labels": ["the <<wife>> said"]})
         return script(req)
 
     exp, _ = run_sage(make_record(wife, TEXTS), wife, handler)
-    assert script.steps.count("conclude") == 2
+    assert script.steps.count("conclude") == 1 and script.steps.count("shorten") == 1
     fallback = [s["content"] for s in exp.trace if s["kind"] == "conclusion_fallback"]
     assert fallback and fallback[0]["from"] == "hypothesis"
     assert exp.description == "the word wife"  # confirmed, most probes as predicted, passes the rules

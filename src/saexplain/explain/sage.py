@@ -40,6 +40,9 @@ ACTIVE, CONFIRMED, REFUTED = "ACTIVE", "CONFIRMED", "REFUTED"
 HYP_CHARS = 120  # a hypothesis is one specific phrase; long ones are where small LLMs start to loop
 HYP_KINDS = ("token", "context", "category")
 PROBE_CHARS = 120
+CONCLUDE_TOKENS, SHORTEN_TOKENS = 1300, 300  # what the conclusion and its redo (a short rewrite) are kept
+SHORT_SCHEMA = {"type": "object", "required": ["description"], "properties": {
+    "description": {"type": "string", "minLength": 3, "maxLength": 90}}}
 
 
 class SAGEConfig(Config):
@@ -141,11 +144,12 @@ def _message(step: str, **values) -> list[tuple[str, str]]:
 class Budget:
     def __init__(self, cfg: SAGEConfig, usage: Usage):
         self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
-        # kept for after testing: the conclusion and its one redo (~1.3k tokens each) and, for the measured
+        # kept for after testing: the conclusion (~1.3k tokens) and its one redo (a short rewrite) and, for the measured
         # selection, one short writing call per candidate (~300 tokens each: no exemplars in it)
         # (and the one call naming the strongest tokens' kind, ~250 tokens)
-        self.reserve = (2 + cfg.max_candidates, 2600 + 300 * cfg.max_candidates) if cfg.selection == "measured" \
-            else (2, 2600)
+        base = CONCLUDE_TOKENS + SHORTEN_TOKENS
+        self.reserve = (2 + cfg.max_candidates, base + 300 * cfg.max_candidates) if cfg.selection == "measured" \
+            else (2, base)
         if cfg.evidence_candidates:
             self.reserve = (self.reserve[0] + 1, self.reserve[1] + 250)
 
@@ -592,34 +596,37 @@ class SAGE(Explainer):
             "description": {"type": "string", "minLength": 3, "maxLength": 200},
             "labels": {"type": "array", "minItems": 1, "maxItems": 4,
                        "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
-        feedback, labels = "", []
+        labels: list[str] = []
+        description = ""
         for attempt in (1, 2):
             # each attempt may use what was kept for it, not what the later attempt and the measured selection need
             later = 2 - attempt
             why = budget.exhausted(reserve_calls=budget.reserve[0] - 2 + later,
-                                   reserve_tokens=budget.reserve[1] - 2600 + 1300 * later)
+                                   reserve_tokens=budget.reserve[1] - CONCLUDE_TOKENS + SHORTEN_TOKENS * later)
             if why is not None:
                 trace("stop", {"reason": f"no budget for the conclusion: {why}"})
                 break
             try:
-                # the redo is sampled (seeded): asked greedily again, a small LLM repeats the rejected reply
-                obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
-                                      state=self._state(tested, "", []), feedback=feedback,
-                                      temperature=0.0 if attempt == 1 else self.cfg.design_temperature,
-                                      seed=None if attempt == 1 else self.cfg.seed + 2000)
+                if attempt == 1:
+                    obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
+                                          state=self._state(tested, "", []), feedback="")
+                else:
+                    # the redo is a short rewrite of the rejected reply with the reasons (no exemplars: asked the
+                    # whole question again, a small LLM repeats its long sentence word for word)
+                    obj = await self._ask(llm, "shorten", SHORT_SCHEMA, trace, f, description=description,
+                                          problems="; ".join(problems))
             except LLMError as e:
                 faults.append(f"conclude: {e}")
                 trace("error", {"step": "conclude", "error": str(e)})
                 break
             description = clean_text(obj["description"])
-            labels = [x for x in _dedupe([clean_text(x) for x in obj["labels"]])
-                      if not conclusion_problems(x, exemplar_texts, negative)]
+            if attempt == 1:
+                labels = [x for x in _dedupe([clean_text(x) for x in obj["labels"]])
+                          if not conclusion_problems(x, exemplar_texts, negative)]
             problems = conclusion_problems(description, exemplar_texts, negative)
             if not problems:
                 return description, labels
             trace("conclusion_rejected", {"attempt": attempt, "description": description, "problems": problems})
-            feedback = (f'\nYour earlier description "{description}" was rejected: {"; ".join(problems)}. '
-                        f"Write a different one that follows the rules.")
         # the labels of a rejected conclusion often name the set its sentence was about ("son", "father",
         # "brother"): together they are a candidate; then the best measured hypothesis that passes the rules
         joined = _join(labels)

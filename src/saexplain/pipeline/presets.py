@@ -26,7 +26,7 @@ def cpu_preset(features: str, explainers: str, scorers: str, tokens: int, featur
         # a modest SAGE: 3 hypotheses + a negative case, 2 probes each, one rewrite round at most; the conclusion
         # (redone once when it breaks the rules) and the measured selection (one short call per candidate) within
         # 8k LLM tokens, which is the budget that binds
-        sage=SAGEConfig(exemplars=8, window=20, max_rounds=2, max_llm_calls=14, max_tokens=8000, max_seconds=300),
+        sage=SAGEConfig(exemplars=8, window=20, max_rounds=2, max_llm_calls=16, max_tokens=8000, max_seconds=300),
         detection=DetectionConfig(activating=5, random_negatives=2, hard_negatives=2),
         simulation=SimulationConfig(high=1, medium=1, low=1, tokens=16),
         generation=GenerationConfig(sentences=8),

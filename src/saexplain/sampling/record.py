@@ -110,4 +110,4 @@ def make_record(feature: int, stats: dict, examples: list[Example], contexts, se
         windows.append(Window(strings, np.asarray(e.acts, np.float32), e.pool, e.kind, e.rank, e.decile,
                               e.context, e.start))
     return FeatureRecord(feature, float(stats["max_act"]), float(stats["frequency"]),
-                         list(stats.get("top_tokens", [])), windows)
+                         list(stats.get("top_tokens", [])), windows, search)
