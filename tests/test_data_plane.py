@@ -170,6 +170,42 @@ def cached(oracle, corpus_file, tmp_path_factory):
     return cache, ctx
 
 
+def test_corpus_search_reads_only_the_explain_pool_with_the_caches_values(cached):
+    """An explainer's corpus search (sampling/search.py): every match of the feature's explain half and none of
+    its score half (the same seeded split as the sampler), with the cache's own values on the matched token and
+    the one after it; word, token and regex patterns agree on a plain word; it pickles without its arrays."""
+    import pickle
+
+    from saexplain.sampling.search import CorpusSearch
+
+    cache, ctx = cached
+    search = CorpusSearch(cache.path, ctx.path, seed=0, explain_share=0.5)
+    strings = [ctx.window(c, 0, ctx.length)[0] for c in range(cache.n_contexts)]
+    alive = [f for f, r in enumerate(cache.statistics()) if r["n_nonzero"] > 30][:4]
+    for f in alive:
+        explain = pool_of(f, np.arange(cache.n_contexts), 0, 0.5)
+        where = [(c, t) for c in range(cache.n_contexts) for t, s in enumerate(strings[c]) if s.strip().lower() == "the"]
+        assert any(not explain[c] for c, _ in where), "the score half holds matches too (or the test proves nothing)"
+        expected = [(c, t) for c, t in where if explain[c]]
+        results = [search.search(f, p, limit=10_000) for p in ("token:the", "the", r"re:(?<!\w)the(?!\w)")]
+        assert results[0].matches == len(expected) == len(results[0].hits)
+        assert [(h.context, h.token) for h in results[0].hits] == expected
+        # a word is matched in the text (also where the tokenizer split it or glued punctuation to it)
+        assert results[1].hits == results[2].hits and results[1].matches >= results[0].matches
+        assert all(explain[h.context] for res in results for h in res.hits)
+        values = cache.feature_values(f, [c for c, _ in expected])
+        for h in results[0].hits:
+            assert h.at == values[h.context][h.token]
+            assert h.after == (values[h.context][h.token + 1] if h.token + 1 < ctx.length else 0.0)
+            assert "[" in h.snippet and h.snippet.split("[")[1].split("]")[0].strip().lower() == "the"
+        few = search.search(f, "token:the", limit=5)
+        assert len(few.hits) == 5 and few.matches == len(expected)  # spread over all matches, counted in full
+    bound = pickle.loads(pickle.dumps(search.bind(alive[0])))
+    assert len(pickle.dumps(search.bind(alive[0]))) < 2000
+    assert bound("token:the", 10_000).hits == search.search(alive[0], "token:the", 10_000).hits
+    assert search.search(alive[0], "re:(").matches == 0  # a broken regex finds nothing, it does not raise
+
+
 def test_no_leak_between_explain_and_score_pools(cached):
     cache, ctx = cached
     sampler = Sampler(ctx.tokens, SamplingConfig(window=16, explain_top=10, score_top=10, score_per_decile=2,

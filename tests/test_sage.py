@@ -417,3 +417,97 @@ def test_the_exemplar_summary_counts_the_token_before_each_peak(wife):
     strongest, before = summary.splitlines()
     assert strongest.startswith("Strongest token per example: 'wife' ×3")
     assert before.startswith("Token just before it: ") and "'his' ×1" in before and "'The' ×1" in before
+
+
+class FakeAfterNotOracle:
+    """A FAKE oracle (stands in for the model + SAE in this test of the agent's logic): its feature fires 8.0 on
+    the word right after "not", nowhere else. Tokens are the whitespace-split words."""
+
+    class _Res:
+        def __init__(self, text):
+            self.tokens = text.split()
+            self._acts = np.asarray([8.0 if i and self.tokens[i - 1].lower() == "not" else 0.0
+                                     for i in range(len(self.tokens))], np.float32)
+
+        def feature(self, f):
+            return self._acts
+
+    async def aactivations(self, texts, features):
+        return [self._Res(t) for t in texts]
+
+
+class ListSearch:
+    """A corpus search over a list of texts, measured by the fake oracle (same results shape as sampling/search)."""
+
+    def __init__(self, texts):
+        self.texts, self.calls = texts, []
+
+    def __call__(self, pattern, limit=30):
+        from saexplain.sampling.search import Hit, SearchResult
+
+        self.calls.append(pattern)
+        word = pattern.removeprefix("token:").lower()
+        hits = []
+        for c, text in enumerate(self.texts):
+            r = FakeAfterNotOracle._Res(text)
+            for t, tok in enumerate(r.tokens):
+                if tok.strip(".,").lower() == word:
+                    hits.append(Hit(c, t, float(r._acts[t]), float(r._acts[t + 1]) if t + 1 < len(r.tokens) else 0.0,
+                                    text))
+        return SearchResult(pattern, len(hits), hits[:limit])
+
+
+def test_a_cue_the_corpus_confirms_becomes_the_candidate_that_wins():
+    """A feature on the word after "not": the exemplars peak on different words, the token before them is "not"
+    every time. The corpus search (explain half) shows it fires after "not", not on it; the candidate "the word
+    right after 'not'" is added and wins the measured selection over the LLM's single-token conclusion. Each
+    hypothesis's search word is looked up too, and counted as a test."""
+    oracle = FakeAfterNotOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", i) for i, r in enumerate(
+        oracle._Res(t) for t in ("I do not like it.", "We did not go home.", "They are not here.",
+                                 "It is not red.", "You should not worry."))]
+    corpus = ListSearch([f"She could not {w} today." for w in ("sleep", "stay", "see", "win", "eat", "say")]
+                        + ["I like it.", "We like tea.", "They like him.", "Nothing is here.", "Not a word."])
+    record = FeatureRecord(0, 8.0, 0.01, [], windows, search=corpus)
+
+    def handler(req):
+        step = step_of(req)
+        text = task_message(req)
+        if step == "analyze":
+            assert "after 'not'" in text and "fires on the next token in 100%" in text  # the counted evidence
+            return json.dumps({"observation": "varied words", "token": "the word like", "context": "verbs",
+                               "category": "actions", "negative_case": "the word table"})
+        if step == "design":
+            assert '"search"' in text
+            return json.dumps({"probes": [{"probe": "I like it.", "expected": "high"},
+                                          {"probe": "We go now.", "expected": "high"}], "search": "like"})
+        if step == "conclude":
+            return json.dumps({"description": "the word like", "labels": ["like"]})
+        if step == "measure_write":
+            cand = re.search(r"clear example of this: (.*)", text).group(1)
+            if "after" in cand:
+                return json.dumps({"sentences": ["I will not stop.", "She did not sing.", "We are not done."]})
+            return json.dumps({"sentences": ["I like it.", "They like tea.", "He did like that."]})
+        raise AssertionError(f"unexpected step {step}")
+
+    llm, _ = scripted_llm(handler)
+    agent = SAGE(SAGEConfig(output_side=False, evidence_candidates=True, max_rounds=1))
+    exp = asyncio.run(agent.explain(record, llm, oracle))
+    assert exp.description == "the word right after 'not'", exp.description
+    assert "token:not" in corpus.calls and "like" in corpus.calls
+    searched = [t for h in exp.evidence["hypotheses"] for t in h["tests"] if t["kind"] == "search"]
+    assert searched and all(t["probe"] == "like" and not t["consistent"] for t in searched)  # "like" never fires
+    selection = [s["content"] for s in exp.trace if s["kind"] == "selection"][0]["scores"]
+    assert selection["the word right after 'not'"]["score"] > selection["the word like"]["score"]
+
+
+def test_the_analysis_step_sees_the_output_side(wife):
+    """Logit lens of the decoder direction and a steering readout (tokens made more likely when the feature is
+    added, measured on the tiny model) reach the analysis prompt and the trace."""
+    script = Script()
+    exp, backend = run_sage(make_record(wife, TEXTS), wife, script)
+    analyze = [r for r in backend.requests if step_of(r) == "analyze"][0]
+    side = [s["content"] for s in exp.trace if s["kind"] == "output_side"][0]
+    assert len(side["logit_lens"]) == 8 and len(side["steering_raised"]) == 8
+    assert all(rise > 0 for _, rise in side["steering_raised"])
+    assert "Output side" in task_message(analyze) and repr(side["steering_raised"][0][0]) in task_message(analyze)
