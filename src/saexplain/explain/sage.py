@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -597,7 +597,7 @@ class SAGE(Explainer):
             "labels": {"type": "array", "minItems": 1, "maxItems": 4,
                        "items": {"type": "string", "minLength": 2, "maxLength": 80}}}}
         labels: list[str] = []
-        description = ""
+        description, problems = "", []
         for attempt in (1, 2):
             # each attempt may use what was kept for it, not what the later attempt and the measured selection need
             later = 2 - attempt
