@@ -40,7 +40,7 @@ ACTIVE, CONFIRMED, REFUTED = "ACTIVE", "CONFIRMED", "REFUTED"
 HYP_CHARS = 120  # a hypothesis is one specific phrase; long ones are where small LLMs start to loop
 HYP_KINDS = ("token", "context", "category")
 PROBE_CHARS = 120
-CONCLUDE_TOKENS, SHORTEN_TOKENS = 1300, 300  # what the conclusion and its redo (a short rewrite) are kept
+CONCLUDE_TOKENS, SHORTEN_TOKENS = 1500, 300  # what the conclusion and its redo (a short rewrite) are kept
 SHORT_SCHEMA = {"type": "object", "required": ["description"], "properties": {
     "description": {"type": "string", "minLength": 3, "maxLength": 90}}}
 
@@ -158,21 +158,33 @@ class Budget:
         measured selection need) keeps calls and tokens for the steps after testing; a structured call may need
         a corrective retry, so a step needs 2 calls of headroom."""
         c = self.cfg
-        if reserve_calls is None:
+        default = reserve_calls is None
+        if default:
             reserve_calls, reserve_tokens = self.reserve
         # cached replies count as calls and tokens: a resumed run (its earlier replies now cached) must take
         # the same steps as an uninterrupted one
         u = self.usage
         if u.calls + u.cached + u.failures + 2 + reserve_calls > c.max_llm_calls:
             return f"max_llm_calls ({c.max_llm_calls})"
+        used = u.tokens_in + u.tokens_out + u.tokens_cached
         if reserve_tokens is None:
             reserve_tokens = reserve_calls * 1500
-        if u.tokens_in + u.tokens_out + u.tokens_cached + reserve_tokens >= c.max_tokens:
+        if default:  # a testing step must fit beside the reserve, not eat into it: its likely size is added
+            reserve_tokens += self.step_tokens()
+        if used + reserve_tokens >= c.max_tokens:
             return f"max_tokens ({c.max_tokens})"
         # the feature's own time: waits for an LLM slot held by other features' requests are not counted
         if time.perf_counter() - self.t0 - u.queued >= c.max_seconds:
             return f"max_seconds ({c.max_seconds:g})"
         return None
+
+    def step_tokens(self) -> int:
+        """The likely size of the next testing step: 1.25 × the largest mean per call so far (prompts grow as
+        results accumulate), at least 1,000 tokens."""
+        u = self.usage
+        n = u.calls + u.cached
+        mean = (u.tokens_in + u.tokens_out + u.tokens_cached) / n if n else 0
+        return max(1000, int(1.25 * mean))
 
     def probes_left(self) -> int:
         return self.cfg.max_probes - self.probes
@@ -234,7 +246,7 @@ class SAGE(Explainer):
         # text (explain half of the corpus), and the output side for the analysis step
         found = self._corpus_evidence(record, trace) if cfg.corpus_search and record.search is not None else {}
         if found.get("lines"):
-            exemplars += "\nIn other real texts:\n" + "\n".join(found["lines"])
+            exemplars += "\nIn other real texts: " + "\n".join(found["lines"])
         output_side = await self._output_side(record, oracle, trace) if cfg.output_side else ""
         trace("exemplars", exemplars)
 
@@ -448,12 +460,10 @@ class SAGE(Explainer):
         lines, fires_on, cues = [], [], []
         for tok, _ in peaks.most_common(4):
             res = record.search(f"token:{tok}", cfg.search_hits)
-            if len(res.hits) < 3:
-                continue
-            share = res.share(level, "at")
-            fires_on.append((tok, share))
-            lines.append(f"'{tok}' (found {res.matches} times, {len(res.hits)} read): fires on it in "
-                         f"{round(100 * share)}%")
+            if len(res.hits) >= 3:
+                fires_on.append((tok, res.share(level, "at"), res.matches))
+        if fires_on:
+            lines.append("fires on " + ", ".join(f"'{t}' in {round(100 * sh)}% ({n} found)" for t, sh, n in fires_on))
         for tok, n in before.most_common(3):
             if n < 3 or tok.startswith("'"):  # a cue seen once or twice is no pattern; whitespace is not searched
                 continue
@@ -461,14 +471,14 @@ class SAGE(Explainer):
             if len(res.hits) < 3:
                 continue
             after, at = res.share(level, "after"), res.share(level, "at")
-            lines.append(f"after '{tok}' (found {res.matches} times, {len(res.hits)} read): fires on the next "
-                         f"token in {round(100 * after)}%, on '{tok}' itself in {round(100 * at)}% "
-                         f"(on any token: {100 * record.frequency:.1f}%)")
+            # shown only when the corpus confirms it (an uninformative "after 'the'" line misleads a small LLM)
             if after >= 0.2 and after >= 10 * base and at <= after / 3:
                 cues.append(tok)
+                lines.append(f"after '{tok}' ({res.matches} found): fires on the next token in {round(100 * after)}%, "
+                             f"on '{tok}' itself in {round(100 * at)}% (on any token: {100 * record.frequency:.1f}%)")
         # a cue is the pattern when the tokens after it vary (the strongest one under half of the peaks)
         varied = bool(wins) and peaks.most_common(1)[0][1] < len(wins) / 2
-        words = [t for t, share in fires_on if share >= 0.5 and t.isalpha()]
+        words = [t for t, share, _ in fires_on if share >= 0.5 and t.isalpha()]
         out = {"lines": lines, "cues": cues if varied else [], "words": words}
         trace("corpus_evidence", {"peaks": dict(peaks.most_common(8)), "before": dict(before.most_common(8)),
                                   **out})
