@@ -511,3 +511,30 @@ def test_the_analysis_step_sees_the_output_side(wife):
     assert len(side["logit_lens"]) == 8 and len(side["steering_raised"]) == 8
     assert all(rise > 0 for _, rise in side["steering_raised"])
     assert "Output side" in task_message(analyze) and repr(side["steering_raised"][0][0]) in task_message(analyze)
+
+
+def test_a_tie_goes_to_the_candidate_the_corpus_counts_back():
+    """Sentences written from "a mother" happen to fire on "father" too: both candidates measure fire 1 and
+    breadth 1. The tie goes to the evidence candidate (built from corpus counts), not to the shorter text."""
+    from saexplain.explain.base import Tracer
+    from saexplain.explain.sage import Budget
+
+    oracle = FakeParentsOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", i) for i, r in enumerate(
+        oracle._Res(t) for t in ("His mother wept.", "The father spoke."))]
+    record = FeatureRecord(0, 8.0, 0.01, [], windows)
+    llm, _ = scripted_llm(lambda req: json.dumps({"sentences": ["My mother came.", "Your father left."]}))
+    agent = SAGE(SAGEConfig(selection="measured"))
+    backed = "parents of a child (mother, father)"
+    for order in (["a mother", backed], [backed, "a mother"]):
+        trace = Tracer()
+
+        async def go():
+            from saexplain.llm import metered
+
+            with metered() as usage:
+                return await agent._measured_selection(record, llm, oracle, order, "", trace,
+                                                       Budget(agent.cfg, usage), [], "a mother", backed={backed})
+
+        chosen, proxy = asyncio.run(go())
+        assert proxy["a mother"] == proxy[backed] == 1.0 and chosen == backed

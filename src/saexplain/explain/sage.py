@@ -374,7 +374,8 @@ class SAGE(Explainer):
         chosen, proxy = description, {}
         if cfg.selection == "measured" and len(candidates) > 1:
             chosen, proxy = await self._measured_selection(record, llm, oracle, candidates[: cfg.max_candidates],
-                                                           exemplars, trace, budget, faults, description)
+                                                           exemplars, trace, budget, faults, description,
+                                                           backed=set(measured))
         elif cfg.selection == "embedding" and len(candidates) > 1:
             chosen, proxy = await _select(record, candidates)
             trace("selection", {"proxy": "embedding AUROC on the explain pool", "scores": proxy, "chosen": chosen})
@@ -649,12 +650,16 @@ class SAGE(Explainer):
         return pick, labels or _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [pick]
 
     async def _measured_selection(self, record, llm, oracle, candidates: list[str], exemplars, trace,
-                                  budget: Budget, faults: list[str], conclusion: str) -> tuple[str, dict]:
+                                  budget: Budget, faults: list[str], conclusion: str,
+                                  backed: set[str] = frozenset()) -> tuple[str, dict]:
         """The candidate that best predicts the feature, measured by the oracle on sentences the LLM writes from
         each candidate alone (seeded; without the exemplars, as a reader of the explanation would): `fire` — the
         share of them that fire the feature (≥ high × its max); `breadth` — how many different kinds of token the
         sentences fire on clearly (≥ high × max), out of min(4, the kinds of token the explain pool's activating
-        windows peak on): naming one member of a set ("son") fires on one kind, naming the set on several. Score = their mean; ties go to the shorter candidate. One short call per candidate;
+        windows peak on): naming one member of a set ("son") fires on one kind, naming the set on several. Score = their
+        mean; ties go to a candidate `backed` by the corpus counts (an evidence candidate: the breadth of "a white
+        shirt" can come from the other colours the LLM happened to write), then to the shorter. One short call per
+        candidate;
         a candidate the budget cannot write for is left out (the trace says so)."""
         cfg = self.cfg
         schema = {"type": "object", "required": ["sentences"], "properties": {"sentences": {
@@ -698,8 +703,9 @@ class SAGE(Explainer):
             covered = sorted(m["fired_on"])
             breadth = min(1.0, len(covered) / want)
             scores[c] = {"fire": fire, "breadth": breadth, "score": (fire + breadth) / 2, "texts": m["texts"],
-                         "fire_relative": m["relative"], "covered": covered, "words": len(c.split())}
-        best = max(scores, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
+                         "fire_relative": m["relative"], "covered": covered, "words": len(c.split()),
+                         "backed": c in backed}
+        best = max(scores, key=lambda c: (round(scores[c]["score"], 9), c in backed, -scores[c]["words"]))
         if scores[best]["score"] == 0:  # nothing written from any candidate fired: no measurement to go by
             best = conclusion if conclusion in scores else next(iter(scores))
         trace("selection", {"proxy": "measured: sentences written from each candidate, run through the oracle",
