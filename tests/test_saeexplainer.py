@@ -160,6 +160,51 @@ def test_one_dpo_step_raises_the_chosen_minus_rejected_margin(tiny_model_dir, tm
     assert after > before + 1e-3, (before, after)
 
 
+def test_dpo_presets_paper_and_lora_and_an_option_given_apart_wins():
+    paper, lora = TrainConfig(), TrainConfig(dpo_preset="lora")
+    assert (paper.dpo_epochs, paper.lr1, paper.lr2, paper.dpo_holdout) == (1, 5e-6, 3e-6, 0.0)
+    assert (lora.dpo_epochs, lora.lr1, lora.lr2, lora.dpo_holdout) == (4, 5e-5, 3e-5, 0.2)
+    mixed = TrainConfig.build(dpo_preset="lora", dpo_epochs=1, lr1=5e-6)
+    assert (mixed.dpo_epochs, mixed.lr1, mixed.lr2) == (1, 5e-6, 3e-5)
+    assert json.loads(paper.to_json())["lr1"] == 5e-6  # a stored config holds the values, not the preset's name only
+
+
+def test_dpo_early_stopping_keeps_the_previous_stage_when_the_held_out_margin_falls(tiny_model_dir, tmp_path):
+    """The held-out feature's pair prefers the opposite of what the training pairs teach: the first epoch lowers
+    its margin, so training stops there and the kept adapter is epoch 0's (the previous stage, a zero adapter) —
+    the held-out pair's margin after the round equals its margin before. Held-out pairs are never trained on."""
+    from datasets import Dataset
+
+    from saexplain.train.dpo import split_holdout
+
+    lm = _lm(tiny_model_dir)
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    prompt, a, b = lm.prompt(), " the king and his wife", " stocks fell sharply"
+    cfg = TrainConfig(dpo_preset="lora", dpo_batch=2, lr1=5e-3, lora_dropout=0.0, dpo_epochs=3, dpo_holdout=0.25,
+                      save_steps=1000)
+    features = [1, 2, 3, 4]
+    probe = Dataset.from_list([{"prompt": prompt, "chosen": a, "rejected": b, "feature": f} for f in features])
+    _, held_rows = split_holdout(probe, cfg.dpo_holdout, cfg.train_seed + 1)
+    (held,) = {r["feature"] for r in held_rows}
+    rows = [{"prompt": prompt, "chosen": b if f == held else a, "rejected": a if f == held else b, "feature": f}
+            for f in features for _ in range(2)]
+    trained, kept = split_holdout(Dataset.from_list(rows), cfg.dpo_holdout, cfg.train_seed + 1)
+    assert held not in set(trained["feature"]) and {r["feature"] for r in kept} == {held}
+    before = _margin(lm, prompt, b, a, vec)
+    adapter = train_dpo(lm, Dataset.from_list(rows), dict.fromkeys(features, vec), cfg, 1, tmp_path / "round1")
+    state = json.loads((tmp_path / "round1" / "early_stop.json").read_text())
+    assert [e["epoch"] for e in state["epochs"]] == [0, 1] and state["stopped_after_epoch"] == 1
+    assert state["epochs"][1]["heldout_margin"] < state["epochs"][0]["heldout_margin"]
+    assert state["best_epoch"] == 0 and state["heldout_pairs"] == 2
+    assert _margin(lm, prompt, b, a, vec) < before  # the model in memory learnt the training pairs' preference …
+    fresh = _lm(tiny_model_dir)
+    from peft import PeftModel
+
+    kept_model = PeftModel.from_pretrained(fresh.model, str(adapter))
+    fresh.model = kept_model
+    assert _margin(fresh, prompt, b, a, vec) == pytest.approx(before, abs=1e-4)  # … the kept adapter did not
+
+
 def test_killed_sft_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_dir, tmp_path):
     from peft import get_peft_model_state_dict
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from saexplain.config import Config
 from saexplain.paths import home
@@ -47,12 +47,21 @@ class TrainConfig(Config):
     sft_lr: float = Field(1e-4, gt=0, description="SFT learning rate")
     sft_batch: int = Field(4, ge=1, description="SFT batch size")
     # DPO (round 1 / round 2)
-    dpo_epochs: int = Field(1, ge=1, description="DPO epochs per round")
+    dpo_preset: Literal["paper", "lora"] = Field(
+        "paper", description="DPO settings: 'paper' (SAEExplainer's: 1 epoch at 5e-6 / 3e-6, no early stop) or "
+        "'lora' (LoRA-typical: up to 4 epochs at 5e-5 / 3e-5, 20 % of the pairs held out, stop when their margin "
+        "stops rising); an option given apart wins over its preset value")
+    dpo_holdout: float | None = Field(None, ge=0, lt=1, description="share of a round's pairs (by feature) held "
+                                      "out: their mean log p(chosen) − log p(rejected) after each epoch decides "
+                                      "early stopping, and the best epoch's adapter is kept (0: no early stopping; "
+                                      "default: the preset's)")
+    dpo_patience: int = Field(1, ge=1, description="epochs without a better held-out margin before stopping")
+    dpo_epochs: int | None = Field(None, ge=1, description="DPO epochs per round (default: the preset's)")
     dpo_batch: int = Field(2, ge=1, description="DPO pairs per step")
     beta1: float = Field(0.1, gt=0, description="round 1 DPO beta")
-    lr1: float = Field(5e-6, gt=0, description="round 1 learning rate")
+    lr1: float | None = Field(None, gt=0, description="round 1 learning rate (default: the preset's)")
     beta2: float = Field(0.15, gt=0, description="round 2 DPO beta")
-    lr2: float = Field(3e-6, gt=0, description="round 2 learning rate")
+    lr2: float | None = Field(None, gt=0, description="round 2 learning rate (default: the preset's)")
     max_length: int = Field(128, ge=16, description="prompt + completion tokens")
     save_steps: int = Field(8, ge=1, description="checkpoint every N optimiser steps")
     train_seed: int = Field(0, description="training seed (LoRA init, data order, candidate sampling)")
@@ -61,5 +70,21 @@ class TrainConfig(Config):
     train_dtype: Literal["float32", "bfloat16"] = Field("float32", description="the explainer's base weights while "
                                                         "training (bfloat16 on a GPU: TRL's bf16 mixed precision)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data):
+        """The preset's values for the DPO settings not given (None); stored configs hold the values."""
+        if not isinstance(data, dict):
+            return data
+        preset = DPO_PRESETS.get(data.get("dpo_preset") or "paper", DPO_PRESETS["paper"])
+        return {**data, **{k: v for k, v in preset.items() if data.get(k) is None}}
+
     def folder(self) -> Path:
         return Path(self.dir).expanduser() if self.dir else home() / "saeexplainer" / "default"
+
+
+# the named DPO settings (`--dpo-preset`); "paper" is the fields' defaults
+DPO_PRESETS: dict[str, dict[str, float | int]] = {
+    "paper": {"dpo_epochs": 1, "lr1": 5e-6, "lr2": 3e-6, "dpo_holdout": 0.0},
+    "lora": {"dpo_epochs": 4, "lr1": 5e-5, "lr2": 3e-5, "dpo_holdout": 0.2},
+}

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from saexplain.explain.saeexplainer import ExplainerLM
@@ -73,22 +74,93 @@ def dpo_args(cfg: TrainConfig, round_: int, out: Path, **overrides):
     return DPOConfig(**kw)
 
 
+def split_holdout(pairs, share: float, seed: int):
+    """(training pairs, held-out rows): `share` of the features' pairs held out (seeded), none when `share` is 0 or
+    there are fewer than 2 features."""
+    features = sorted(set(pairs["feature"]))
+    if share <= 0 or len(features) < 2:
+        return pairs, []
+    n = min(len(features) - 1, max(1, round(share * len(features))))
+    held = {int(f) for f in np.random.default_rng(seed).permutation(features)[:n]}
+    return pairs.filter(lambda r: r["feature"] not in held), [r for r in pairs if r["feature"] in held]
+
+
+def _early_stop_class():
+    from transformers import TrainerCallback
+
+    class EarlyStop(TrainerCallback):
+        """After each epoch: the held-out pairs' mean log p(chosen) − log p(rejected); the best epoch's adapter is
+        saved (epoch 0 = the previous stage: a zero adapter) and training stops after `patience` epochs without
+        a better one. Its state is a file, so a resumed round continues the same decision."""
+
+        def __init__(self, lm, rows, vectors, max_length: int, patience: int, out: Path):
+            self.lm, self.rows, self.vectors, self.max_length, self.patience = lm, rows, vectors, max_length, patience
+            self.path, self.best_dir = out / "early_stop.json", out / "best_adapter"
+            self.s = json.loads(self.path.read_text()) if self.path.is_file() else {"epochs": [], "bad": 0}
+
+        def _measure(self, model) -> float:
+            was = model.training
+            model.eval()
+            try:
+                return float(np.mean(pair_margins(self.lm, self.rows, self.vectors, self.max_length)))
+            finally:
+                model.train(was)
+
+        def _save(self) -> None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.s, indent=1))
+            os.replace(tmp, self.path)
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if "best" not in self.s:  # before the first step: the reference's margin, and its (zero) adapter
+                self.s.update(best=self._measure(model), best_epoch=0, heldout_pairs=len(self.rows))
+                self.s["epochs"].append({"epoch": 0, "heldout_margin": self.s["best"]})
+                model.save_pretrained(str(self.best_dir))
+                self._save()
+
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            epoch = round(state.epoch)
+            if any(e["epoch"] == epoch for e in self.s["epochs"]):
+                return
+            m = self._measure(model)
+            self.s["epochs"].append({"epoch": epoch, "heldout_margin": m, "step": state.global_step})
+            if m > self.s["best"]:
+                self.s.update(best=m, best_epoch=epoch, bad=0)
+                model.save_pretrained(str(self.best_dir))
+            else:
+                self.s["bad"] += 1
+                if self.s["bad"] >= self.patience:
+                    control.should_training_stop = True
+                    self.s["stopped_after_epoch"] = epoch
+            self._save()
+
+    return EarlyStop
+
+
 def train_dpo(lm: ExplainerLM, pairs, vectors: dict[int, torch.Tensor] | None, cfg: TrainConfig, round_: int,
               out: Path, **arg_overrides) -> Path:
-    """pairs: a HF Dataset (prompt, chosen, rejected, feature). Returns the adapter folder (out/adapter)."""
+    """pairs: a HF Dataset (prompt, chosen, rejected, feature). Returns the adapter folder (out/adapter). With
+    `dpo_holdout`, a share of the features' pairs is held out and the best epoch's adapter is kept
+    (out/early_stop.json says which and why)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     ds = pairs.select_columns(["prompt", "chosen", "rejected", "feature"])
+    ds, held = split_holdout(ds, cfg.dpo_holdout, cfg.train_seed + round_)
     args = dpo_args(cfg, round_, out, **arg_overrides)
+    callbacks = [_early_stop_class()(lm, held, vectors, cfg.max_length, cfg.dpo_patience, out)] if held else []
     trainer = _trainer_class()(model=lm.model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
-                               peft_config=lora_config(cfg), injector=lm.injector, vectors=vectors)
+                               peft_config=lora_config(cfg), injector=lm.injector, vectors=vectors,
+                               callbacks=callbacks)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     (out / "dpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     adapter, tmp = out / "adapter", out / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
+    if held:
+        shutil.copytree(out / "best_adapter", tmp)
+    else:
+        trainer.model.save_pretrained(str(tmp))
     shutil.rmtree(adapter, ignore_errors=True)
     os.replace(tmp, adapter)
     return adapter

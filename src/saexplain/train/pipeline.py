@@ -246,6 +246,11 @@ class Training:
         t0 = time.perf_counter()
         adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, **overrides)
         self.echo(f"dpo round {round_}: {len(pairs)} pairs, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
+        if (out / "early_stop.json").is_file():
+            es = json.loads((out / "early_stop.json").read_text())
+            self.echo(f"dpo round {round_}: held-out margin by epoch "
+                      + ", ".join(f"{e['epoch']}: {e['heldout_margin']:+.3f}" for e in es["epochs"])
+                      + f" → kept epoch {es['best_epoch']} ({es['heldout_pairs']} held-out pairs)")
         del lm
         self.margins(round_)
         return adapter
