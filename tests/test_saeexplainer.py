@@ -123,6 +123,44 @@ def test_pair_rules_on_hand_made_scores():
     assert build_pair(7, [Candidate("a", 0.9), Candidate("b", None, error="x")], cfg)[0] is None
 
 
+def test_noise_aware_pairs_need_a_gap_beyond_the_measured_reward_noise():
+    """With repeats, the reward is a mean and its noise is measured; a pair needs chosen − rejected > k σ √(2/R)."""
+    import asyncio
+
+    from saexplain.train.data import reward, reward_noise
+
+    class FakeOracle:  # a FAKE oracle: the feature's value on a text is the number written in it
+        async def aactivations(self, texts, features):
+            class R:
+                def __init__(self, t):
+                    self.v = float(t.split()[-1])
+
+                def max(self, f):
+                    return self.v
+            return [R(t) for t in texts]
+
+    seen = []
+
+    def writer(req):
+        seen.append((req.temperature, req.seed))
+        return json.dumps({"texts": [f"text {2 + (req.seed or 0)}", "text 1"]})
+
+    llm, _ = scripted_llm(writer)
+    c = asyncio.run(reward("cand", 0, 10.0, llm, FakeOracle(), 2, repeats=3))
+    assert seen == [(0.7, 0), (0.7, 1), (0.7, 2)]  # sampled, one seed per repeat
+    assert c.rewards == [0.2, 0.3, 0.4] and c.reward == pytest.approx(0.3) and c.raw == pytest.approx(3.0)
+    assert reward_noise([c, Candidate("x", 0.5, rewards=[0.5])]) == pytest.approx(0.1)  # one-set candidates add nothing
+    assert reward_noise([Candidate("x", 0.5)]) is None
+    cfg = TrainConfig(reward_repeats=4, min_gap_sigmas=2.0, min_spread=0.0)
+    gap = 2.0 * 0.1 * (2 / 4) ** 0.5  # 0.141
+    pair, why = build_pair(7, _cands(0.9, 0.85, 0.8, 0.78), cfg, noise=0.1)
+    assert pair is None and "σ of the noise" in why  # 0.9 − 0.8 = 0.10 is within the noise
+    pair, _ = build_pair(7, _cands(0.9, 0.85, 0.8, 0.7), cfg, noise=0.1)
+    assert pair.rejected == "c3" and 0.9 - 0.7 > gap
+    # without a noise measure the relative margin rule applies (0.8 trails 0.9 by 11 % < 15 %; 0.78 by 13 %)
+    assert build_pair(7, _cands(0.9, 0.85, 0.8, 0.78), TrainConfig(min_spread=0.0))[0] is None
+
+
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
     p = tmp_path / "np.json"
     p.write_text(json.dumps([{"modelId": "gemma", "index": "3", "description": " fish "},

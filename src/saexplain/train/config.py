@@ -34,6 +34,12 @@ class TrainConfig(Config):
     candidates: int = Field(6, ge=2, description="candidate explanations per feature")
     candidate_temperature: float = Field(0.9, gt=0, description="sampling temperature of the candidates")
     reward_texts: int = Field(4, ge=1, description="texts the LLM writes from each candidate")
+    reward_repeats: int = Field(1, ge=1, description="independent sets of texts per candidate (sampled, seeded); "
+                                "the reward is their mean, and with 2 or more the round measures its reward noise "
+                                "and keeps only pairs whose gap is beyond it (--min-gap-sigmas)")
+    min_gap_sigmas: float = Field(2.0, ge=0, description="with --reward-repeats ≥ 2: the chosen candidate's reward "
+                                  "must beat the rejected one's by this many standard errors of a difference of "
+                                  "two mean rewards (the noise measured over the round's repeats)")
     min_reward: float = Field(0.1, ge=0, description="drop a feature whose best normalised reward is below")
     min_spread: float = Field(0.10, ge=0, description="drop a feature whose (best − worst) / best is ≤ this")
     min_margin: float = Field(0.15, ge=0, description="rejected trails the chosen by more than this (relative)")

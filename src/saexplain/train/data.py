@@ -152,20 +152,35 @@ def references_from_neuronpedia(path: str | Path, features: Sequence[int]) -> di
 @dataclass
 class Candidate:
     text: str
-    reward: float | None = None  # max activation over the texts / the feature's max
-    raw: float | None = None  # the max activation itself
+    reward: float | None = None  # max activation over the texts / the feature's max (the mean over repeats)
+    raw: float | None = None  # the max activation itself (the mean over repeats)
     texts: list[str] = field(default_factory=list)
     error: str | None = None
+    rewards: list[float] = field(default_factory=list)  # per repeat (one set of texts each)
 
 
-async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_texts: int) -> Candidate:
+async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_texts: int, repeats: int = 1
+                 ) -> Candidate:
+    """Texts written from the candidate (greedy; with `repeats` > 1, that many sets sampled at T 0.7 with seeds
+    0, 1, …), the feature measured on them: per set, the max activation relative to the feature's max."""
     messages = template(__file__, "reward").chat(explanation=candidate, n=n_texts)
-    obj, _ = await llm.generate_json(messages, sentences_schema(n_texts, "texts", max_chars=TEXT_CHARS),
-                                     max_tokens=(TEXT_CHARS // 3) * n_texts + 20, temperature=0.0,
-                                     feature=feature)
-    texts = obj["texts"]
-    raw = max(r.max(feature) for r in await oracle.aactivations(texts, [feature]))
-    return Candidate(candidate, raw / max_act if max_act > 0 else 0.0, raw, texts)
+    texts, raws = [], []
+    for i in range(repeats):
+        obj, _ = await llm.generate_json(messages, sentences_schema(n_texts, "texts", max_chars=TEXT_CHARS),
+                                         max_tokens=(TEXT_CHARS // 3) * n_texts + 20,
+                                         temperature=0.0 if repeats == 1 else 0.7,
+                                         seed=None if repeats == 1 else i, feature=feature)
+        texts += obj["texts"]
+        raws.append(max(r.max(feature) for r in await oracle.aactivations(obj["texts"], [feature])))
+    rel = [r / max_act if max_act > 0 else 0.0 for r in raws]
+    return Candidate(candidate, float(np.mean(rel)), float(np.mean(raws)), texts, rewards=rel)
+
+
+def reward_noise(candidates: Sequence[Candidate]) -> float | None:
+    """The reward's noise: the pooled standard deviation between repeats of one candidate (over every candidate
+    rewarded at least twice), None when none was."""
+    var = [np.var(c.rewards, ddof=1) for c in candidates if len(c.rewards) >= 2]
+    return float(np.sqrt(np.mean(var))) if var else None
 
 
 # ----------------------------------------------------------------------------------------- pairs
@@ -178,8 +193,12 @@ class Pair:
     rejected_reward: float
 
 
-def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig) -> tuple[Pair | None, str]:
-    """The pair of one feature, or None with the reason it was dropped."""
+def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None
+               ) -> tuple[Pair | None, str]:
+    """The pair of one feature, or None with the reason it was dropped. With the round's measured reward `noise`
+    (a standard deviation of one set's reward), the rejected candidate must trail the chosen one by more than
+    `min_gap_sigmas` standard errors of the difference of two means of `reward_repeats` sets, instead of the
+    relative `min_margin`."""
     scored = sorted((c for c in candidates if c.reward is not None), key=lambda c: -c.reward)
     if len(scored) < 2:
         return None, f"{len(scored)} scored candidates"
@@ -189,6 +208,12 @@ def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig) 
     if (best - worst) / best <= cfg.min_spread:
         return None, f"spread {(best - worst) / best:.3f} ≤ {cfg.min_spread}"
     lower = scored[(len(scored) + 1) // 2:]
+    if noise is not None:
+        gap = cfg.min_gap_sigmas * noise * float(np.sqrt(2 / cfg.reward_repeats))
+        for c in lower:
+            if best - c.reward > gap and c.text != scored[0].text:
+                return Pair(feature, scored[0].text, c.text, best, c.reward), "ok"
+        return None, f"no lower-half candidate trails the best by > {gap:.3f} ({cfg.min_gap_sigmas:g} σ of the noise)"
     for c in lower:  # best first
         if (best - c.reward) / best > cfg.min_margin and c.text != scored[0].text:
             return Pair(feature, scored[0].text, c.text, best, c.reward), "ok"

@@ -39,6 +39,7 @@ from saexplain.train.data import (
     references_from_store,
     references_from_top_tokens,
     reward,
+    reward_noise,
     save_pairs,
 )
 from saexplain.train.dpo import pair_margins, train_dpo
@@ -185,7 +186,8 @@ class Training:
                             by_text[text] = Candidate(text, error=EMPTY)
                             continue
                         try:
-                            by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle, self.cfg.reward_texts)
+                            by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle,
+                                                         self.cfg.reward_texts, self.cfg.reward_repeats)
                         except Exception as e:  # noqa: BLE001  recorded and retried by the next run
                             by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
                     cands = [asdict(by_text[t]) for t in texts]
@@ -202,9 +204,10 @@ class Training:
 
         asyncio.run(go())
         pairs, dropped = [], {}
+        noise = reward_noise([Candidate(**c) for f in self.features for c in done[f]["candidates"]])
         for f in self.features:
             cands = [Candidate(**c) for c in done[f]["candidates"]]
-            pair, why = build_pair(f, cands, self.cfg)
+            pair, why = build_pair(f, cands, self.cfg, noise)
             if pair:
                 pairs.append(pair)
             else:
@@ -222,6 +225,7 @@ class Training:
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in self.features if "seconds" in done[f]]
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
+                                                   "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
                                                    "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
