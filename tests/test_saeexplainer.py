@@ -542,3 +542,17 @@ def test_top_token_references_warm_up_every_feature_without_an_llm(ground_truth,
     assert res.exit_code == 0, res.output
     rows = {r["feature"]: r["completion"] for r in load_from_disk(str(tmp_path / "t" / "sft" / "data"))}
     assert rows == {0: ' the token "wife"', 1: ' the token "the"'}
+
+
+def test_pair_features_are_a_seeded_subset_of_the_training_features():
+    """SFT warms up on every training feature; the DPO rounds (LLM calls per candidate) on --pair-features of them."""
+    from saexplain.train.pipeline import Training
+
+    t = Training.__new__(Training)
+    t.features = list(range(100, 400, 3))
+    t.cfg = TrainConfig(pair_features=12)
+    first = t.pair_features()
+    assert len(first) == 12 and set(first) <= set(t.features) and first == sorted(first)
+    assert first == t.pair_features() and first != t.features[:12]  # seeded, not the first twelve
+    t.cfg = TrainConfig(pair_features=0)
+    assert t.pair_features() == t.features

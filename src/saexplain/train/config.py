@@ -31,6 +31,8 @@ class TrainConfig(Config):
     reference_run: int | None = Field(None, description="run holding explanations of the training features")
     reference_scorer: str = Field("generation", description="picks the best explanation per feature")
     # candidates and rewards
+    pair_features: int = Field(0, ge=0, description="training features that get candidates and pairs in the DPO "
+                               "rounds (0: all; else that many, seeded): SFT may warm up on thousands")
     candidates: int = Field(6, ge=2, description="candidate explanations per feature")
     candidate_temperature: float = Field(0.9, gt=0, description="sampling temperature of the candidates")
     reward_texts: int = Field(4, ge=1, description="texts the LLM writes from each candidate")

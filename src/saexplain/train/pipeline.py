@@ -159,16 +159,25 @@ class Training:
         return adapter
 
     # ------------------------------------------------------------------------------------- pairs
+    def pair_features(self) -> list[int]:
+        """The training features that get candidates and pairs: all, or `pair_features` of them (seeded) — SFT
+        may warm up on thousands of features while the rounds, which cost LLM calls, use fewer."""
+        n = self.cfg.pair_features
+        if not n or n >= len(self.features):
+            return list(self.features)
+        return sorted(int(f) for f in np.random.default_rng(self.cfg.feature_seed).permutation(self.features)[:n])
+
     def pairs(self, round_: int, llm) -> Path:
         """Candidates, rewards and pairs of a round (resumable per feature); closes `llm` when done."""
         out = self.dir / f"round{round_}"
         out.mkdir(parents=True, exist_ok=True)
+        feats = self.pair_features()
         lm = self.policy(STAGES[round_])  # round 1: the SFT model; round 2: SFT + round 1
         vectors = self.vectors()
         path = out / "candidates.jsonl"
         done = load_jsonl(path)
         # a feature is done when every candidate has a reward (empty candidates stay empty: not retried)
-        todo = [f for f in self.features if f not in done or any(c["reward"] is None and c["error"] != EMPTY
+        todo = [f for f in feats if f not in done or any(c["reward"] is None and c["error"] != EMPTY
                                                                   for c in done[f]["candidates"])]
 
         async def go():
@@ -204,8 +213,8 @@ class Training:
 
         asyncio.run(go())
         pairs, dropped = [], {}
-        noise = reward_noise([Candidate(**c) for f in self.features for c in done[f]["candidates"]])
-        for f in self.features:
+        noise = reward_noise([Candidate(**c) for f in feats for c in done[f]["candidates"]])
+        for f in feats:
             cands = [Candidate(**c) for c in done[f]["candidates"]]
             pair, why = build_pair(f, cands, self.cfg, noise)
             if pair:
@@ -213,9 +222,9 @@ class Training:
             else:
                 dropped[f] = why
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
-        failed = sum(c["error"] is not None for f in self.features for c in done[f]["candidates"])
-        rewards = [c["reward"] for f in self.features for c in done[f]["candidates"] if c["reward"] is not None]
-        best = [max(r) for f in self.features  # features with no reward at all (failed, empty) are left out
+        failed = sum(c["error"] is not None for f in feats for c in done[f]["candidates"])
+        rewards = [c["reward"] for f in feats for c in done[f]["candidates"] if c["reward"] is not None]
+        best = [max(r) for f in feats  # features with no reward at all (failed, empty) are left out
                 if (r := [c["reward"] for c in done[f]["candidates"] if c["reward"] is not None])]
         summary = {"candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
                    "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
@@ -223,13 +232,13 @@ class Training:
                    "best_mean": float(np.mean(best)) if best else None}
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
-        timed = [done[f]["seconds"] for f in self.features if "seconds" in done[f]]
+        timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
                                                    "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
                                                    "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
-        self.echo(f"round {round_}: {len(pairs)} pairs from {len(self.features)} features "
+        self.echo(f"round {round_}: {len(pairs)} pairs from {len(feats)} features "
                   f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
         return out / "pairs"
 
