@@ -8,8 +8,13 @@ evaluation on held-out features against one-shot and SAGE, every method judged b
 - Held-out features: those of bench/explainers.py's run (same store $SAEXPLAIN_HOME/bench.db, same preset, so
   its one-shot and SAGE explanations are reused and judged by the same LLM on the same score pools). The
   training features are drawn from the same density band minus those.
-- SFT references: one-shot explanations of the training features (a run named `saeexplainer-train`, scored by
-  generation: the best-scoring explanation per feature is the reference).
+- SFT references (`--references`): `top-tokens` (default: each training feature's most frequent peak tokens,
+  counted — no LLM, so the warm-up covers `--train-features` features, 1,024 by default) or `oneshot` (one-shot
+  explanations of the training features in a run named `saeexplainer-train`, scored by generation: the
+  best-scoring one per feature; the recipe of the first runs, 64 features).
+- DPO rounds on `--pair-features` of them (seeded; 64 by default): `--candidates` per feature (12), each rewarded
+  with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), `--dpo-preset` (lora:
+  up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings).
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench. Every stage resumes (store, SFT checkpoint, candidates
   file, TRL checkpoints), so a killed benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
@@ -38,10 +43,14 @@ STAGES = ("sft", "round1", "round2")
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-features", type=int, default=64)
+    ap.add_argument("--train-features", type=int, default=1024)
+    ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
+    ap.add_argument("--pair-features", type=int, default=64)
+    ap.add_argument("--reward-repeats", type=int, default=2)
+    ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
-    ap.add_argument("--candidates", type=int, default=6)
+    ap.add_argument("--candidates", type=int, default=12)
     ap.add_argument("--reward-texts", type=int, default=4)
     ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
     ap.add_argument("--skip-eval", action="store_true")
@@ -76,16 +85,20 @@ def main() -> None:
     heldout_id, heldout_features = runs[-1][0], runs[-1][1]["features"]  # evaluated on exactly these
     tdir = args.dir or str(home() / "saeexplainer" / "bench")
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
-                      sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts)
+                      sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
+                      references=args.references if args.references == "top-tokens" else "store",
+                      pair_features=args.pair_features, reward_repeats=args.reward_repeats,
+                      dpo_preset=args.dpo_preset)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
         return evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
-    t.close()
-    ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(
-        ",".join(map(str, t.features)), "oneshot", "generation", args.tokens, store=store, name="saeexplainer-train"),
-        echo=echo))
-    t = Training(cfg.model_copy(update={"reference_run": ref.run_id}), stages, echo=echo)
+    if args.references == "oneshot":
+        t.close()
+        ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(
+            ",".join(map(str, t.features)), "oneshot", "generation", args.tokens, store=store,
+            name="saeexplainer-train"), echo=echo))
+        t = Training(cfg.model_copy(update={"reference_run": ref.run_id}), stages, echo=echo)
     try:
         timed("sft", t.sft)
         for r in (1, 2):
@@ -110,9 +123,20 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
     h = timed("evaluation", lambda: run_all(ev, echo=echo))
     with Store(store, readonly=True) as db:
         s = summarize(db, h.run_id, baseline="saeexplainer@sft")
+        vs_oneshot = None if args.eval_name else summarize(db, h.run_id, baseline="oneshot")
     print(markdown(s))
+    sft_vs = vs_oneshot["paired"].get("saeexplainer@sft|generation") if vs_oneshot else None
     record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
-           {f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]}, s)
+           {**{f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]},
+            "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)}}, s)
+    for m in ("oneshot", "sage", *methods):
+        u = s["usage"].get(m)
+        if u:
+            print(f"cost per explanation: {m}: {u['seconds']:.2f} s, {u['llm_calls']:.1f} LLM calls, "
+                  f"{u['tokens']:.0f} tokens")
+    if sft_vs and sft_vs["n"]:
+        print(f"SFT - one-shot GEN delta: {100 * sft_vs['delta']:+.1f} [{100 * sft_vs['ci95'][0]:+.1f}, "
+              f"{100 * sft_vs['ci95'][1]:+.1f}] points (n={sft_vs['n']} held-out features)")
     for stage in stages[1:]:
         d = s["paired"].get(f"saeexplainer@{stage}|generation")
         if d and d["n"]:
