@@ -29,7 +29,7 @@ def step_of(req) -> str:
     for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
                       ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude"),
                       ("clear example of this", "measure_write"), ("as one phrase of at most 8 words", "shorten"),
-                      ("name the kind of word", "name_set")):
+                      ("have in common in meaning", "name_set")):
         if key in task:
             return step
     raise AssertionError(f"unknown step: {task[:80]}")

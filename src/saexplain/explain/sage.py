@@ -511,6 +511,9 @@ class SAGE(Explainer):
             try:
                 obj = await self._ask(llm, "name_set", schema, trace, f, words=", ".join(words[:4]))
                 kind = clean_text(obj["kind"])
+                if norm(kind) in _PARTS_OF_SPEECH:  # not a meaning: the members alone, listed
+                    trace("evidence_candidates", {"rejected_kind": kind})
+                    kind = "the words"
                 if kind and norm(kind) not in {norm(w) for w in words}:
                     out.append(f"{kind} ({', '.join(words[:4])})")
             except LLMError as e:
@@ -714,6 +717,8 @@ class SAGE(Explainer):
         return best, {c: v["score"] for c, v in scores.items()}
 
 
+_PARTS_OF_SPEECH = {"noun", "nouns", "verb", "verbs", "adjective", "adjectives", "adverb", "adverbs", "word", "words",
+                    "pronoun", "pronouns", "token", "tokens", "proper noun", "proper nouns"}
 _CUE_NAMES = {'"': "a quotation mark", "“": "a quotation mark", "'": "an apostrophe or quote", ".": "a full stop",
               "!": "an exclamation mark", "?": "a question mark", ",": "a comma", ":": "a colon", ";": "a semicolon",
               "(": "an opening bracket", "\\n": "a line break"}
