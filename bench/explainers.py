@@ -3,6 +3,8 @@ SAE, the same LLM judging every method on the same score-pool windows: generatio
 simulation r (with bootstrap 95 % CIs over features), LLM calls and tokens per feature.
 
     .venv/bin/python bench/explainers.py [--features 30] [--llm default] [--tokens 256k]
+    # issue 18's comparison: 60 features, one-shot vs SAGE, the scorers that rank them (about 3.5 min a feature)
+    .venv/bin/python bench/explainers.py --features 60 --methods oneshot,sage --scorers generation,detection,embedding
 
 Resumable: it is one `saexplain run` in its own store ($SAEXPLAIN_HOME/bench.db, so the demo's runs stay
 apart); killed, it continues where it stopped and may span sessions. Uses the CPU preset of `make demo` (pipeline/presets.py). Prints the report, then the
@@ -33,10 +35,12 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="store (default: $SAEXPLAIN_HOME/bench.db)")
     ap.add_argument("--report-only", action="store_true", help="print the figures so far (no LLM work)")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
+    ap.add_argument("--methods", default="oneshot,oneshot+logitlens,sage", help="explainers compared (one-shot is "
+                    "the baseline)")
+    ap.add_argument("--scorers", default="generation,detection,simulation,embedding")
     args = ap.parse_args()
     store = args.store or str(home() / "bench.db")
-    cfgs = cpu_preset(f"random:{args.features}", "oneshot,oneshot+logitlens,sage",
-                      "generation,detection,simulation,embedding", args.tokens, args.seed, llm=args.llm,
+    cfgs = cpu_preset(f"random:{args.features}", args.methods, args.scorers, args.tokens, args.seed, llm=args.llm,
                       store=store)
     if args.report_only:  # the run of exactly these settings (not the store's latest run)
         key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
