@@ -452,8 +452,9 @@ class ListSearch:
             r = FakeAfterNotOracle._Res(text)
             for t, tok in enumerate(r.tokens):
                 if tok.strip(".,").lower() == word:
-                    hits.append(Hit(c, t, float(r._acts[t]), float(r._acts[t + 1]) if t + 1 < len(r.tokens) else 0.0,
-                                    text))
+                    nxt = t + 1 < len(r.tokens)
+                    hits.append(Hit(c, t, float(r._acts[t]), float(r._acts[t + 1]) if nxt else 0.0, text,
+                                    r.tokens[t + 1] if nxt else ""))
         return SearchResult(pattern, len(hits), hits[:limit])
 
 
@@ -493,12 +494,13 @@ def test_a_cue_the_corpus_confirms_becomes_the_candidate_that_wins():
     llm, _ = scripted_llm(handler)
     agent = SAGE(SAGEConfig(output_side=False, evidence_candidates=True, max_rounds=1))
     exp = asyncio.run(agent.explain(record, llm, oracle))
-    assert exp.description == "the word right after 'not'", exp.description
+    cue = "the word right after 'not' (as in 'not sleep', 'not stay')"  # real examples from the corpus search
+    assert exp.description == cue, exp.description
     assert "token:not" in corpus.calls and "like" in corpus.calls
     searched = [t for h in exp.evidence["hypotheses"] for t in h["tests"] if t["kind"] == "search"]
     assert searched and all(t["probe"] == "like" and not t["consistent"] for t in searched)  # "like" never fires
     selection = [s["content"] for s in exp.trace if s["kind"] == "selection"][0]["scores"]
-    assert selection["the word right after 'not'"]["score"] > selection["the word like"]["score"]
+    assert selection[cue]["score"] > selection["the word like"]["score"]
 
 
 def test_the_analysis_step_sees_the_output_side(wife):
@@ -538,3 +540,28 @@ def test_a_tie_goes_to_the_candidate_the_corpus_counts_back():
 
         chosen, proxy = asyncio.run(go())
         assert proxy["a mother"] == proxy[backed] == 1.0 and chosen == backed
+
+
+def test_when_no_written_sentence_fires_the_candidate_the_corpus_backs_is_kept():
+    """All candidates measure 0 (the writer's sentences miss the pattern): the evidence candidate — the only one
+    measured on real text — is kept rather than the LLM's conclusion."""
+    from saexplain.explain.base import Tracer
+    from saexplain.explain.sage import Budget
+
+    oracle = FakeParentsOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", 0) for r in [oracle._Res("His mother wept.")]]
+    record = FeatureRecord(0, 8.0, 0.01, [], windows)
+    llm, _ = scripted_llm(lambda req: json.dumps({"sentences": ["A cat sat.", "Rain fell."]}))
+    agent = SAGE(SAGEConfig(selection="measured"))
+    trace = Tracer()
+    backed = "parents (mother, father)"
+
+    async def go():
+        from saexplain.llm import metered
+
+        with metered() as usage:
+            return await agent._measured_selection(record, llm, oracle, ["weeping", backed], "", trace,
+                                                   Budget(agent.cfg, usage), [], "weeping", backed={backed})
+
+    chosen, proxy = asyncio.run(go())
+    assert proxy == {"weeping": 0.0, backed: 0.0} and chosen == backed

@@ -474,7 +474,11 @@ class SAGE(Explainer):
             after, at = res.share(level, "after"), res.share(level, "at")
             # shown only when the corpus confirms it (an uninformative "after 'the'" line misleads a small LLM)
             if after >= 0.2 and after >= 10 * base and at <= after / 3:
-                cues.append(tok)
+                # with real examples of it firing after the cue (the writer of the selection's sentences gets
+                # "as in 'not stop', 'not say'" rather than inventing "Not a mistake.")
+                shown = list(dict.fromkeys(f"{tok} {h.following.strip()}" for h in res.hits
+                                           if h.after >= level and h.following.strip()))[:2]
+                cues.append((tok, shown))
                 lines.append(f"after '{tok}' ({res.matches} found): fires on the next token in {round(100 * after)}%, "
                              f"on '{tok}' itself in {round(100 * at)}% (on any token: {100 * record.frequency:.1f}%)")
         # a cue is the pattern when the tokens after it vary (the strongest one under half of the peaks)
@@ -502,7 +506,10 @@ class SAGE(Explainer):
         one short LLM call: "family relations (son, father, wife)")."""
         out = []
         if found.get("cues"):
-            out.append("the word right after " + " or ".join(_cue(t) for t in found["cues"][:2]))
+            cues = found["cues"][:2]
+            shown = [x for _, ex in cues for x in ex][:2]
+            out.append("the word right after " + " or ".join(_cue(t) for t, _ in cues)
+                       + (" (as in " + ", ".join(f"'{x}'" for x in shown) + ")" if shown else ""))
         words = found.get("words", [])
         keep = (self.cfg.max_candidates, 300 * self.cfg.max_candidates) if self.cfg.selection == "measured" else (0, 0)
         if len(words) >= 2 and budget.exhausted(reserve_calls=keep[0] - 2, reserve_tokens=keep[1]) is None:
@@ -709,8 +716,9 @@ class SAGE(Explainer):
                          "fire_relative": m["relative"], "covered": covered, "words": len(c.split()),
                          "backed": c in backed}
         best = max(scores, key=lambda c: (round(scores[c]["score"], 9), c in backed, -scores[c]["words"]))
-        if scores[best]["score"] == 0:  # nothing written from any candidate fired: no measurement to go by
-            best = conclusion if conclusion in scores else next(iter(scores))
+        if scores[best]["score"] == 0:  # nothing written from any candidate fired: no measurement here to go by,
+            # so the candidate the corpus counts back (the only one measured at all), else the conclusion
+            best = next((c for c in scores if c in backed), conclusion if conclusion in scores else next(iter(scores)))
         trace("selection", {"proxy": "measured: sentences written from each candidate, run through the oracle",
                             "pool_kinds": sorted(pool_kinds), "scores": scores, "chosen": best,
                             **({"left_out": skipped} if skipped else {})})

@@ -29,6 +29,7 @@ class Hit:
     at: float  # the feature's cached activation on that token
     after: float  # ... and on the token after it (0 at the context's end)
     snippet: str  # a few tokens around the match, the matched token in [brackets]
+    following: str = ""  # the token after the match ("" at the context's end)
 
 
 @dataclass
@@ -119,7 +120,7 @@ class CorpusSearch:
             lo, hi = max(0, t - 4), min(len(toks), t + 3)
             snippet = "".join(f"[{s}]" if i == t else s for i, s in zip(range(lo, hi), toks[lo:hi]))
             hits.append(Hit(c, t, float(row[t]), float(row[t + 1]) if t + 1 < len(row) else 0.0,
-                            " ".join(snippet.split())))
+                            " ".join(snippet.split()), toks[t + 1] if t + 1 < len(toks) else ""))
         return SearchResult(pattern, len(found), hits)
 
     def bind(self, feature: int) -> FeatureSearch:
