@@ -288,6 +288,9 @@ def test_explanations_are_clean_text_and_conclusions_follow_the_rules():
     assert any("does not fire" in p for p in conclusion_problems("The feature should not fire on words that rhyme", ex))
     assert any("words" in p for p in conclusion_problems(" ".join(["word"] * 16), ex))
     assert any("cut off" in p for p in conclusion_problems("names of family members such as the", ex))
+    assert any("cut off" in p for p in conclusion_problems("names with titles like 'Sir', 'Mr', 'Prince", ex))
+    assert any("cut off" in p for p in conclusion_problems("numbers (two, three", ex))
+    assert conclusion_problems("the word after 'not' (as in 'not stop'), don't, King's", ex) == []
     assert any("negative-case" in p for p in conclusion_problems("the word husband", ex, "The word husband."))
 
 

@@ -74,9 +74,18 @@ def conclusion_problems(text: str, exemplars: list[str], negative_case: str | No
         problems.append("says what the feature does not fire on (the negative case), not what it fires on")
     elif negative_case and norm(text) == norm(negative_case):
         problems.append("is the negative-case hypothesis")
-    if text.rstrip()[-1:] in (",", "-", "(", "/") or re.search(r"\b(and|or|the|a|an|of|to|with)$", text.strip(), re.IGNORECASE):
+    if text.rstrip()[-1:] in (",", "-", "(", "/") or re.search(r"\b(and|or|the|a|an|of|to|with)$", text.strip(), re.IGNORECASE) \
+            or _unclosed(text):
         problems.append("is cut off")
     return problems
+
+
+def _unclosed(text: str) -> bool:
+    """A quote or bracket opened and never closed ("titles like 'Sir', 'Prince"): apostrophes inside words
+    (n't, King's) are not quotes."""
+    opened = len(re.findall(r"(?<![\w'])['‘]", text)) + text.count('"') % 2 + text.count("“")
+    closed = len(re.findall(r"['’](?![\w'])", text)) + text.count("”")
+    return opened > closed or text.count("(") > text.count(")")
 
 
 def norm(text: str) -> str:
