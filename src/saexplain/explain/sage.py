@@ -465,8 +465,9 @@ class SAGE(Explainer):
                 fires_on.append((tok, res.share(level, "at"), res.matches))
         if fires_on:
             lines.append("fires on " + ", ".join(f"'{t}' in {round(100 * sh)}% ({n} found)" for t, sh, n in fires_on))
+        seen = 2 if len(wins) <= 8 else 3  # a cue seen once (or twice among many windows) is no pattern
         for tok, n in before.most_common(3):
-            if n < 3 or tok.startswith("'"):  # a cue seen once or twice is no pattern; whitespace is not searched
+            if n < seen or tok.startswith("'"):  # whitespace is not searched
                 continue
             res = record.search(f"token:{tok}", cfg.search_hits)
             if len(res.hits) < 3:
