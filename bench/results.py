@@ -15,17 +15,26 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=RESULTS.parent,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+# the code a benchmark runs is the code when it started (imported): commits made while it runs are not in it
+STARTED_AT = _git("rev-parse", "--short", "HEAD")
+STARTED_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "../src", "."))
+
+
 def record(name: str, figures: dict[str, Any], raw: Any = None) -> Path:
     """Write bench/results/<name>.json: the headline figures, the raw data they come from, the command line,
-    the commit and the machine. One file per benchmark (a rerun replaces it; git keeps the history)."""
+    the commit the benchmark started at (and whether src/ or bench/ had uncommitted changes then) and the machine. One file per benchmark (a rerun replaces it; git keeps the history)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=RESULTS.parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
     doc = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit,
+           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": STARTED_AT,
+           "uncommitted_changes_at_start": STARTED_DIRTY, "commit_at_finish": _git("rev-parse", "--short", "HEAD"),
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
            "figures": figures, "raw": raw}
     path = RESULTS / f"{name}.json"
