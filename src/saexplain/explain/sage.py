@@ -4,7 +4,12 @@ subject model + SAE.
 GET_EXEMPLARS → ANALYZE_EXEMPLARS (observation, 3 hypotheses — tokens, context, category — and a negative case) → rounds of
 DESIGN_TEST (probes + expected level, one short call per active hypothesis) → RUN_TEST (every probe of
 the round in one oracle batch) → ANALYZE_RESULT + UPDATE → REVIEW_ALL → FINAL_CONCLUSION (description + labels),
-then a final selection among the candidates by a cheap proxy on the explain pool.
+then a final selection among the candidates, measured on the subject model.
+
+Measured actions besides probes: corpus search over the explain half of the latent cache (counted evidence for the
+strongest tokens and the tokens before them; one search word per tested hypothesis), and the output side (logit
+lens, steering readout) for the analysis step. Candidates built from that evidence ("the word right after 'not'",
+the strongest tokens' kind) join the final selection.
 
 The LLM proposes hypotheses, probes and rewrites; by default the verdicts are computed from measurements
 (a probe is consistent when it measured what the LLM said it expected, relative to the feature's max):
@@ -12,8 +17,8 @@ CONFIRMED needs ≥ 2 consistent tests and none contradicting, REFUTED ≥ 2 con
 mixed results are REFINED (rewritten by the LLM, then tested afresh), and no hypothesis stays UNCHANGED after
 2 tests. `verdict="llm"` lets the LLM judge instead (for strong LLMs; an UNCHANGED after 2 tests is replaced by
 the measured verdict). Budgets (LLM calls, tokens, probes, seconds) are checked before every step; when one
-runs out the agent concludes with what it has and records why. Corpus text is data: the agent's only action
-is running probe sentences, and every reply must fit a JSON schema."""
+runs out the agent concludes with what it has and records why. Corpus text is data: the agent's actions are
+measurements (probes, searches), and every reply must fit a JSON schema."""
 
 from __future__ import annotations
 
@@ -144,9 +149,9 @@ def _message(step: str, **values) -> list[tuple[str, str]]:
 class Budget:
     def __init__(self, cfg: SAGEConfig, usage: Usage):
         self.cfg, self.usage, self.t0, self.probes = cfg, usage, time.perf_counter(), 0
-        # kept for after testing: the conclusion (~1.3k tokens) and its one redo (a short rewrite) and, for the measured
-        # selection, one short writing call per candidate (~300 tokens each: no exemplars in it)
-        # (and the one call naming the strongest tokens' kind, ~250 tokens)
+        # kept for after testing: the conclusion (~1.5k tokens), its one redo (a short rewrite), the call naming
+        # the strongest tokens' kind (~250 tokens) and, for the measured selection, one short writing call per
+        # candidate (~300 tokens each: no exemplars in it)
         base = CONCLUDE_TOKENS + SHORTEN_TOKENS
         self.reserve = (2 + cfg.max_candidates, base + 300 * cfg.max_candidates) if cfg.selection == "measured" \
             else (2, base)
@@ -179,7 +184,7 @@ class Budget:
         return None
 
     def step_tokens(self) -> int:
-        """The likely size of the next testing step: 1.25 × the largest mean per call so far (prompts grow as
+        """The likely size of the next testing step: 1.25 × the mean tokens per call so far (prompts grow as
         results accumulate), at least 1,000 tokens."""
         u = self.usage
         n = u.calls + u.cached
