@@ -568,3 +568,23 @@ def test_when_no_written_sentence_fires_the_candidate_the_corpus_backs_is_kept()
 
     chosen, proxy = asyncio.run(go())
     assert proxy == {"weeping": 0.0, backed: 0.0} and chosen == backed
+
+
+def test_a_sentence_end_cue_is_named_as_the_start_of_a_sentence():
+    """The cue '.' means a new sentence: the candidate says so (with the real examples), not 'a full stop'."""
+    import saexplain.explain.sage as sage
+
+    agent = SAGE(SAGEConfig(evidence_candidates=True))
+
+    async def go(cues):
+        from saexplain.explain.base import Tracer
+        from saexplain.llm import metered
+
+        llm, _ = scripted_llm(lambda req: pytest.fail("no LLM call without several words"))
+        with metered() as usage:
+            return await agent._evidence_candidates(llm, {"cues": cues, "words": []}, Tracer(), 0,
+                                                    sage.Budget(agent.cfg, usage), [])
+
+    assert asyncio.run(go([(".", [". The", ". He"])])) == ["the first word of a new sentence (after '.'; as in "
+                                                            "'. The', '. He')"]
+    assert asyncio.run(go([('"', ['" Hello'])])) == ["the word right after a quotation mark (\") (as in '\" Hello')"]

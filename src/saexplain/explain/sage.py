@@ -514,8 +514,13 @@ class SAGE(Explainer):
         if found.get("cues"):
             cues = found["cues"][:2]
             shown = [x for _, ex in cues for x in ex][:2]
-            out.append("the word right after " + " or ".join(_cue(t) for t, _ in cues)
-                       + (" (as in " + ", ".join(f"'{x}'" for x in shown) + ")" if shown else ""))
+            examples = ", ".join(f"'{x}'" for x in shown)
+            if all(t in _SENTENCE_END for t, _ in cues):  # what the cue means, not only its surface
+                out.append("the first word of a new sentence (after " + " or ".join(f"'{t}'" for t, _ in cues)
+                           + (f"; as in {examples}" if shown else "") + ")")
+            else:
+                out.append("the word right after " + " or ".join(_cue(t) for t, _ in cues)
+                           + (f" (as in {examples})" if shown else ""))
         words = found.get("words", [])
         keep = (self.cfg.max_candidates, 300 * self.cfg.max_candidates) if self.cfg.selection == "measured" else (0, 0)
         if len(words) >= 2 and budget.exhausted(reserve_calls=keep[0] - 2, reserve_tokens=keep[1]) is None:
@@ -736,6 +741,9 @@ _PARTS_OF_SPEECH = {"noun", "nouns", "verb", "verbs", "adjective", "adjectives",
 _CUE_NAMES = {'"': "a quotation mark", "“": "a quotation mark", "'": "an apostrophe or quote", ".": "a full stop",
               "!": "an exclamation mark", "?": "a question mark", ",": "a comma", ":": "a colon", ";": "a semicolon",
               "(": "an opening bracket", "\\n": "a line break"}
+
+
+_SENTENCE_END = {".", "!", "?"}
 
 
 def _cue(token: str) -> str:
