@@ -29,7 +29,7 @@ def step_of(req) -> str:
     for key, step in (("observation", "analyze"), ("probe sentences that test", "design"), ("to rewrite", "rewrite"),
                       ("propose up to", "review"), ("verdict", "judge"), ("final explanation", "conclude"),
                       ("clear example of this", "measure_write"), ("as one phrase of at most 8 words", "shorten"),
-                      ("have in common in meaning", "name_set")):
+                      ("examples of what?", "name_set")):
         if key in task:
             return step
     raise AssertionError(f"unknown step: {task[:80]}")
@@ -588,3 +588,25 @@ def test_a_sentence_end_cue_is_named_as_the_start_of_a_sentence():
     assert asyncio.run(go([(".", [". The", ". He"])])) == ["the first word of a new sentence (after '.'; as in "
                                                             "'. The', '. He')"]
     assert asyncio.run(go([('"', ['" Hello'])])) == ["the word right after a quotation mark (\") (as in '\" Hello')"]
+
+
+def test_the_strongest_words_kind_is_named_by_meaning_and_a_part_of_speech_is_not_a_kind():
+    import saexplain.explain.sage as sage
+
+    agent = SAGE(SAGEConfig(evidence_candidates=True))
+
+    async def go(answer):
+        from saexplain.explain.base import Tracer
+        from saexplain.llm import metered
+
+        def reply(req):
+            assert step_of(req) == "name_set" and "son, father, wife" in task_message(req)
+            return json.dumps({"category": answer})
+
+        llm, _ = scripted_llm(reply)
+        with metered() as usage:
+            return await agent._evidence_candidates(llm, {"cues": [], "words": ["son", "father", "wife"]}, Tracer(),
+                                                    0, sage.Budget(agent.cfg, usage), [])
+
+    assert asyncio.run(go("family members")) == ["family members (son, father, wife)"]
+    assert asyncio.run(go("Nouns")) == ["the words (son, father, wife)"]

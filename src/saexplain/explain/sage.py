@@ -524,11 +524,13 @@ class SAGE(Explainer):
         words = found.get("words", [])
         keep = (self.cfg.max_candidates, 300 * self.cfg.max_candidates) if self.cfg.selection == "measured" else (0, 0)
         if len(words) >= 2 and budget.exhausted(reserve_calls=keep[0] - 2, reserve_tokens=keep[1]) is None:
-            schema = {"type": "object", "required": ["kind"], "properties": {
-                "kind": {"type": "string", "minLength": 2, "maxLength": 40}}}
+            schema = {"type": "object", "required": ["category"], "properties": {
+                "category": {"type": "string", "minLength": 2, "maxLength": 40}}}
             try:
+                # asked as "examples of what?" with two worked examples: asked for "the kind of word", the 1.5B
+                # LLM answered "noun" or "adjectives"
                 obj = await self._ask(llm, "name_set", schema, trace, f, words=", ".join(words[:4]))
-                kind = clean_text(obj["kind"])
+                kind = clean_text(obj["category"])
                 if norm(kind) in _PARTS_OF_SPEECH:  # not a meaning: the members alone, listed
                     trace("evidence_candidates", {"rejected_kind": kind})
                     kind = "the words"
