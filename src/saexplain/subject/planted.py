@@ -98,7 +98,7 @@ CONCEPTS: list[Concept] = [
     Concept("after_negation", "context", "the word right after a negation (not, never, n't)",
             r"negat|after (the word )?[\"']?(not|never|n't)|following (a |the )?(not|never|negat)", _after_negation),
     Concept("after_title", "context", "a name right after a title (Mr., King, Lady …)",
-            r"title|honorific|after (mr|mrs|king|queen|lady|lord|sir|dr)", _after_title),
+            r"title|honorific|after (the word )?[\"']?(mr|mrs|king|queen|lady|lord|sir|dr)\b", _after_title),
     Concept("inside_quotes", "context", "words inside quotation marks (quoted speech)",
             r"quot|dialog|speech|spoken", _inside_quotes),
     Concept("sentence_start", "context", "the first word of a sentence",
