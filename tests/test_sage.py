@@ -611,3 +611,35 @@ def test_the_strongest_words_kind_is_named_by_meaning_and_a_part_of_speech_is_no
 
     assert asyncio.run(go("family members")) == ["family members (son, father, wife)"]
     assert asyncio.run(go("Nouns")) == ["the words (son, father, wife)"]
+
+
+@pytest.mark.parametrize("tolerance,expected", [(0.125, "parents"), (0.25, "mother (mother)")])
+def test_an_evidence_candidate_within_the_tolerance_of_the_best_score_is_chosen(tolerance, expected):
+    """Sentences written from "parents" fire on both kinds (score 1.0), those from the backed candidate on one
+    (0.75): a gap of one kind out of two is beyond the default tolerance, within a tolerance of 0.25."""
+    from saexplain.explain.base import Tracer
+    from saexplain.explain.sage import Budget
+
+    oracle = FakeParentsOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", i) for i, r in enumerate(
+        oracle._Res(t) for t in ("His mother wept.", "The father spoke."))]
+    record = FeatureRecord(0, 8.0, 0.01, [], windows)
+
+    def writer(req):
+        cand = re.search(r"clear example of this: (.*)", task_message(req)).group(1)
+        return json.dumps({"sentences": ["A mother came.", "A father left."] if cand == "parents"
+                           else ["A mother came.", "My mother left."]})
+
+    llm, _ = scripted_llm(writer)
+    agent = SAGE(SAGEConfig(selection="measured", selection_tolerance=tolerance))
+
+    async def go():
+        from saexplain.llm import metered
+
+        with metered() as usage:
+            return await agent._measured_selection(record, llm, oracle, ["parents", "mother (mother)"], "", Tracer(),
+                                                   Budget(agent.cfg, usage), [], "parents",
+                                                   backed={"mother (mother)"})
+
+    chosen, proxy = asyncio.run(go())
+    assert proxy == {"parents": 1.0, "mother (mother)": 0.75} and chosen == expected

@@ -67,6 +67,9 @@ class SAGEConfig(Config):
     selection_sentences: int = Field(3, ge=1, le=6, description="sentences written per candidate (measured "
                                      "selection)")
     max_candidates: int = Field(4, ge=2, le=6, description="candidates the measured selection compares")
+    selection_tolerance: float = Field(0.125, ge=0, le=1, description="an evidence candidate (backed by corpus "
+                                       "counts) within this much of the best measured score is chosen (0.125: one "
+                                       "kind of token out of four in the breadth half of the score)")
     corpus_search: bool = Field(True, description="search the explain half of the cached corpus: counted "
                                 "evidence for the strongest tokens and the tokens before them, and one search per "
                                 "tested hypothesis (never a score-pool context)")
@@ -729,6 +732,12 @@ class SAGE(Explainer):
                          "fire_relative": m["relative"], "covered": covered, "words": len(c.split()),
                          "backed": c in backed}
         best = max(scores, key=lambda c: (round(scores[c]["score"], 9), c in backed, -scores[c]["words"]))
+        # an evidence candidate's breadth was measured on real text (each listed word fires in most of its
+        # occurrences); three written sentences measure breadth to about one kind: within that, it wins
+        near = [c for c in scores if c in backed and scores[c]["score"] > 0
+                and scores[c]["score"] >= scores[best]["score"] - cfg.selection_tolerance]
+        if near and best not in backed:
+            best = max(near, key=lambda c: (round(scores[c]["score"], 9), -scores[c]["words"]))
         if scores[best]["score"] == 0:  # nothing written from any candidate fired: no measurement here to go by,
             # so the candidate the corpus counts back (the only one measured at all), else the conclusion
             best = next((c for c in scores if c in backed), conclusion if conclusion in scores else next(iter(scores)))
