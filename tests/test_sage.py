@@ -83,6 +83,8 @@ class Script:
                 else:
                     probes = [(f"Look at the {text.split()[-1]}.", "high"), ("A bird flew by.", "high")]
                 tests += [{"probe": p, "expected": e} for p, e in probes]
+            if '"search"' in task_message(req):  # with corpus search: a word of the (last) hypothesis to look up
+                return json.dumps({"probes": tests, "search": texts[active_ids(req)[-1]][1].split()[-1]})
             return json.dumps({"probes": tests})
         if step == "rewrite":
             return json.dumps({"rewrites": [{"hypothesis": h, "text": "a wife (at home or not)"}
@@ -93,6 +95,8 @@ class Script:
             return json.dumps({"verdicts": [{"hypothesis": h, "status": "UNCHANGED"} for h in active_ids(req, "to judge")]})
         if step == "measure_write":
             return measure(req)
+        if step == "name_set":
+            return json.dumps({"category": "spouses"})
         return json.dumps({"description": "the word \"wife\"", "labels": ["wife", "Wife!", "a wife"]})
 
 

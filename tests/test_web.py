@@ -125,6 +125,9 @@ def test_trace_events_are_structured(client, site):
     assert sel["chosen"] in sel["scores"] and all({"fire", "breadth", "covered"} <= set(v)
                                                    for v in sel["scores"].values())
     assert "Selection among candidates" in html and "breadth" in html
+    # SAGE's measured tools: corpus counts (explain half), its searches, the output side
+    assert {"corpus_evidence", "output_side", "evidence_candidates"} <= set(kinds)
+    assert "Counted in real text" in html and "Output side" in html and "Candidates from the counted evidence" in html
 
 
 def test_markup_is_escaped_everywhere(client, site):
