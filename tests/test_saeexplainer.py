@@ -243,6 +243,30 @@ def test_dpo_early_stopping_keeps_the_previous_stage_when_the_held_out_margin_fa
     assert _margin(fresh, prompt, b, a, vec) == pytest.approx(before, abs=1e-4)  # … the kept adapter did not
 
 
+def test_dpo_early_stopping_keeps_the_best_epoch_when_the_held_out_pairs_agree(tiny_model_dir, tmp_path):
+    """Held-out pairs that agree with the training pairs: their margin rises, the kept adapter is the best epoch's
+    (not epoch 0), and the margin after the round is that epoch's."""
+    from datasets import Dataset
+    from peft import PeftModel
+
+    lm = _lm(tiny_model_dir)
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    prompt, a, b = lm.prompt(), " the king and his wife", " stocks fell sharply"
+    cfg = TrainConfig(dpo_preset="lora", dpo_batch=2, lr1=2e-3, lora_dropout=0.0, dpo_epochs=2, dpo_holdout=0.25,
+                      save_steps=1000)
+    rows = [{"prompt": prompt, "chosen": a, "rejected": b, "feature": f} for f in (1, 2, 3, 4) for _ in range(2)]
+    before = _margin(lm, prompt, a, b, vec)
+    adapter = train_dpo(lm, Dataset.from_list(rows), dict.fromkeys((1, 2, 3, 4), vec), cfg, 1, tmp_path / "r1")
+    state = json.loads((tmp_path / "r1" / "early_stop.json").read_text())
+    margins = [e["heldout_margin"] for e in state["epochs"]]
+    assert [e["epoch"] for e in state["epochs"]] == [0, 1, 2] and margins[1] > margins[0]
+    assert state["best_epoch"] == max(range(3), key=lambda i: margins[i]) >= 1
+    fresh = _lm(tiny_model_dir)
+    fresh.model = PeftModel.from_pretrained(fresh.model, str(adapter))
+    kept = _margin(fresh, prompt, a, b, vec)
+    assert kept == pytest.approx(margins[state["best_epoch"]], abs=1e-4) and kept > before
+
+
 def test_killed_sft_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_dir, tmp_path):
     from peft import get_peft_model_state_dict
 
