@@ -647,3 +647,31 @@ def test_an_evidence_candidate_within_the_tolerance_of_the_best_score_is_chosen(
 
     chosen, proxy = asyncio.run(go())
     assert proxy == {"parents": 1.0, "mother (mother)": 0.75} and chosen == expected
+
+
+def test_a_conclusion_that_copies_the_counted_corpus_lines_is_rejected():
+    """The counted lines shown with the exemplars are not a description either (seen on the default SAE: the
+    conclusion "The feature fires on ';' in 0% (1478 found), …")."""
+    oracle = FakeAfterNotOracle()
+    windows = [Window(r.tokens, r.feature(0), "explain", "top", i) for i, r in enumerate(
+        oracle._Res(t) for t in ("I do not like it.", "We did not go home.", "They are not here."))]
+    corpus = ListSearch([f"She could not {w} today." for w in ("sleep", "stay", "see", "win")])
+    record = FeatureRecord(0, 8.0, 0.01, [], windows, search=corpus)
+    copied = "after 'not' (4 found): fires on the next token in 100%"
+
+    def handler(req):
+        step = step_of(req)
+        if step == "analyze":
+            return json.dumps({"observation": "o", "token": "the word like", "context": "verbs", "category": "acts",
+                               "negative_case": "the word table"})
+        if step == "design":
+            return json.dumps({"probes": [{"probe": "I do not sleep.", "expected": "high"}], "search": "not"})
+        if step in ("conclude", "shorten"):
+            return json.dumps({"description": copied, "labels": ["not"]})
+        return json.dumps({"sentences": ["I will not stop."]})
+
+    llm, _ = scripted_llm(handler)
+    exp = asyncio.run(SAGE(SAGEConfig(output_side=False, max_rounds=1)).explain(record, llm, oracle))
+    rejected = [s["content"] for s in exp.trace if s["kind"] == "conclusion_rejected"]
+    assert rejected and all("copies" in r["problems"][0] for r in rejected)
+    assert exp.description != copied

@@ -368,7 +368,9 @@ class SAGE(Explainer):
 
         # FINAL_CONCLUSION from tested hypotheses only, checked by rules (redone once, else the best measured
         # hypothesis that passes them)
-        exemplar_texts = [w.text for w in tops]
+        # what a conclusion must not copy: the exemplars, and the counted lines shown with them ("fires on ';' in
+        # 0% (1478 found)" came back as a conclusion)
+        exemplar_texts = [w.text for w in tops] + found.get("lines", [])
         description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts)
         negative = next((h.text for h in hyps if h.negative), None)
         # the conclusion first, then what the tests supported (confirmed first, most probes as predicted), then the
