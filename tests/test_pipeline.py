@@ -54,7 +54,8 @@ def test_run_end_to_end_then_resume_without_redoing(cfgs):
         assert len(scores) == 4 * 3
         gen = {(s["feature"], s["method"]): s["value"] for s in scores if s["scorer"] == "generation"}
         assert gen[(0, "oneshot")] == 1.0  # 'the word "wife"' on the feature that fires on "wife"
-        assert db.trace(h.run_id, 0, "sage")[0]["kind"] == "exemplars"
+        # the agent's trace starts with what it measured before any LLM call, then the exemplars it was shown
+        assert [s["kind"] for s in db.trace(h.run_id, 0, "sage")][:3] == ["corpus_evidence", "output_side", "exemplars"]
         calls = len(backend.requests)
     for name in ("report.md", "report.json", "report.png", "config.json"):
         assert (h.folder / name).stat().st_size > 0
