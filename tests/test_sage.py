@@ -675,3 +675,28 @@ def test_a_conclusion_that_copies_the_counted_corpus_lines_is_rejected():
     rejected = [s["content"] for s in exp.trace if s["kind"] == "conclusion_rejected"]
     assert rejected and all("copies" in r["problems"][0] for r in rejected)
     assert exp.description != copied
+
+
+def test_when_nothing_written_passes_the_rules_the_last_resort_is_the_counted_strongest_token():
+    """Hypotheses, labels and both conclusion attempts all copy the counted corpus line: the explanation is "the
+    token '…'" (counted, no LLM), not a rule-breaking text (seen on the default SAE before this rule)."""
+    from saexplain.explain.base import Tracer
+    from saexplain.explain.sage import Budget, Hypothesis, Test
+
+    line = "fires on ';' in 0% (1478 found), 'ishing' in 25% (4 found)"
+    copied = "The feature fires on ';' in 0% (1478 found), 'ishing' in 25%"
+    h = Hypothesis(1, copied, tests=[Test("a ; b", "high", 1.0, 1.0, True)])
+    llm, _ = scripted_llm(lambda req: json.dumps({"description": copied, "labels": [copied]}))
+    agent = SAGE(SAGEConfig())
+    trace = Tracer()
+
+    async def go():
+        from saexplain.llm import metered
+
+        with metered() as usage:
+            return await agent._conclude(llm, [h], "", trace, 0, Budget(agent.cfg, usage), [], [line],
+                                         last_resort="the token ';'")
+
+    description, _ = asyncio.run(go())
+    fallback = next(s["content"] for s in trace.steps if s["kind"] == "conclusion_fallback")
+    assert description == "the token ';'" and fallback["from"] == "strongest token"

@@ -371,7 +371,10 @@ class SAGE(Explainer):
         # what a conclusion must not copy: the exemplars, and the counted lines shown with them ("fires on ';' in
         # 0% (1478 found)" came back as a conclusion)
         exemplar_texts = [w.text for w in tops] + found.get("lines", [])
-        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts)
+        # the last resort when nothing passes the rules: the counted strongest token, not a rule-breaking text
+        strongest = Counter(_kind(w.tokens[w.peak]) for w in tops).most_common(1)[0][0]
+        description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts,
+                                                   last_resort=f"the token '{strongest}'")
         negative = next((h.text for h in hyps if h.negative), None)
         # the conclusion first, then what the tests supported (confirmed first, most probes as predicted), then the
         # conclusion's labels: the cap keeps the measured hypotheses before the labels
@@ -623,7 +626,7 @@ class SAGE(Explainer):
         return out
 
     async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget, faults: list[str],
-                        exemplar_texts: list[str]) -> tuple[str, list[str]]:
+                        exemplar_texts: list[str], last_resort: str | None = None) -> tuple[str, list[str]]:
         """FINAL_CONCLUSION: asked once, and once more with the reasons when the rules reject the reply (too long
         or cut off, a copied exemplar, the negative case); then the best measured hypothesis that passes them."""
         tested = [h for h in hyps if h.tested]
@@ -671,10 +674,13 @@ class SAGE(Explainer):
         joined = _join(labels)
         passing = [h.text for h in ranked if not conclusion_problems(h.text, exemplar_texts, negative)]
         options = ([joined] if joined and not conclusion_problems(joined, exemplar_texts, negative) else []) + passing
+        if last_resort and not conclusion_problems(last_resort, exemplar_texts, negative):
+            options.append(last_resort)
         pick = options[0] if options else (labels[0] if labels else ranked[0].text)
         trace("conclusion_fallback", {"description": pick, "why": "no conclusion that passes the rules",
                                       "from": "labels" if joined and pick == joined else
-                                      "hypothesis" if passing else "rules unmet"})
+                                      "hypothesis" if passing else
+                                      "strongest token" if pick == last_resort else "rules unmet"})
         return pick, labels or _dedupe([h.text for h in positives if h.status == CONFIRMED]) or [pick]
 
     async def _measured_selection(self, record, llm, oracle, candidates: list[str], exemplars, trace,
