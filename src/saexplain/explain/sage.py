@@ -468,7 +468,9 @@ class SAGE(Explainer):
         cfg = self.cfg
         wins = record.activating("explain")
         peaks: Counter[str] = Counter(_kind(w.tokens[w.peak]) for w in wins)
-        before: Counter[str] = Counter(_kind(w.tokens[w.peak - 1]) for w in wins if w.peak > 0)
+        # whitespace before a peak is no cue to search (its kind is a repr); an apostrophe or "'s" is
+        before: Counter[str] = Counter(_kind(w.tokens[w.peak - 1]) for w in wins
+                                       if w.peak > 0 and w.tokens[w.peak - 1].strip())
         level = cfg.low * record.max_act
         base = max(record.frequency, 1e-4)
         lines, fires_on, cues = [], [], []
@@ -480,7 +482,7 @@ class SAGE(Explainer):
             lines.append("fires on " + ", ".join(f"'{t}' in {round(100 * sh)}% ({n} found)" for t, sh, n in fires_on))
         seen = 2 if len(wins) <= 8 else 3  # a cue seen once (or twice among many windows) is no pattern
         for tok, n in before.most_common(3):
-            if n < seen or tok.startswith("'"):  # whitespace is not searched
+            if n < seen:
                 continue
             res = record.search(f"token:{tok}", cfg.search_hits)
             if len(res.hits) < 3:
@@ -651,7 +653,7 @@ class SAGE(Explainer):
             try:
                 if attempt == 1:
                     obj = await self._ask(llm, "conclude", schema, trace, f, exemplars=exemplars,
-                                          state=self._state(tested, "", []), feedback="")
+                                          state=self._state(tested, "", []))
                 else:
                     # the redo is a short rewrite of the rejected reply with the reasons (no exemplars: asked the
                     # whole question again, a small LLM repeats its long sentence word for word)
