@@ -1,0 +1,95 @@
+"""Carry a benchmark's store from one machine to the next: a long benchmark (bench/explainers.py at 60 features is
+about 3.3 h on 2 cores) outlives a session, and $SAEXPLAIN_HOME does not travel — the repository does.
+
+    .venv/bin/python bench/store_snapshot.py save    [--store $SAEXPLAIN_HOME/bench.db] [--to bench/state/bench.db.gz]
+    .venv/bin/python bench/store_snapshot.py restore [--store $SAEXPLAIN_HOME/bench.db] [--to bench/state/bench.db.gz]
+
+`save` copies the store with SQLite's online backup (safe while the benchmark keeps writing to it: the copy is one
+consistent state), then gzips it; the LLM request cache goes with it, so features remade after a code change cost
+only the requests that changed. `restore` refuses to overwrite an existing store (the one on this machine may be
+newer) unless --force. The benchmark then resumes from the restored store: its run is found by the run's identity
+(configs + the cache's key), which does not depend on the machine, and the latent cache is rebuilt on first use.
+Prints `snapshot: <path> <bytes>` at the end."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+from saexplain.paths import home
+
+DEFAULT_SNAPSHOT = Path(__file__).with_name("state") / "bench.db.gz"
+
+
+def save(store: Path, to: Path) -> int:
+    if not store.is_file():
+        raise SystemExit(f"{store}: no such store")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "copy.db"
+        src = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+        dst = sqlite3.connect(copy)
+        with dst:
+            src.backup(dst)
+        src.close()
+        dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        dst.execute("VACUUM")
+        dst.close()
+        part = to.with_name(to.name + ".part")
+        with open(copy, "rb") as f, gzip.open(part, "wb", compresslevel=9) as g:
+            shutil.copyfileobj(f, g)
+        part.replace(to)
+    return to.stat().st_size
+
+
+def restore(store: Path, snap: Path, force: bool) -> int:
+    if not snap.is_file():
+        raise SystemExit(f"{snap}: no such snapshot")
+    if store.exists() and not force:
+        raise SystemExit(f"{store} exists (it may hold newer results than {snap}): move it away or pass --force")
+    for extra in (Path(f"{store}-wal"), Path(f"{store}-shm")):
+        extra.unlink(missing_ok=True)
+    part = store.with_name(store.name + ".part")
+    try:
+        with gzip.open(snap, "rb") as g, open(part, "wb") as f:
+            shutil.copyfileobj(g, f)
+    except (OSError, EOFError) as e:
+        part.unlink(missing_ok=True)
+        raise SystemExit(f"{snap}: the snapshot is damaged ({e})") from None
+    try:
+        con = sqlite3.connect(part)
+        ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+        con.close()
+    except sqlite3.DatabaseError as e:
+        ok = str(e)
+    if ok != "ok":
+        part.unlink()
+        raise SystemExit(f"{snap}: the snapshot is damaged ({ok})")
+    part.replace(store)
+    return store.stat().st_size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("action", choices=["save", "restore"])
+    ap.add_argument("--store", default=None, help="the store (default: $SAEXPLAIN_HOME/bench.db)")
+    ap.add_argument("--to", default=str(DEFAULT_SNAPSHOT), help="the snapshot file (gzip)")
+    ap.add_argument("--force", action="store_true", help="restore over an existing store")
+    args = ap.parse_args()
+    store = Path(args.store) if args.store else home() / "bench.db"
+    snap = Path(args.to)
+    if args.action == "save":
+        size = save(store, snap)
+        print(f"snapshot: {snap} {size}")
+    else:
+        size = restore(store, snap, args.force)
+        print(f"snapshot: {snap} restored to {store} ({size} bytes)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""bench/store_snapshot.py: a store copied while a writer keeps writing, carried as one gzip file and restored."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from saexplain.store import Store
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "store_snapshot.py"
+
+
+@pytest.fixture(scope="module")
+def snapshot():
+    spec = importlib.util.spec_from_file_location("store_snapshot", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_save_while_writing_then_restore(tmp_path, snapshot):
+    src = tmp_path / "bench.db"
+    with Store(src) as db:
+        run = db.get_or_create_run("run", "abc", "{}")
+        db.llm_cache_put("k1", "llama", "m", {"text": "one"})
+        # a write transaction left open by the running benchmark: the copy holds the committed state only
+        db.conn.execute("BEGIN IMMEDIATE")
+        db.conn.execute("INSERT INTO llm_cache (key, backend, model, response, created) VALUES ('k2','b','m','{}',0)")
+        snap = tmp_path / "state" / "bench.db.gz"
+        assert snapshot.save(src, snap) == snap.stat().st_size
+        db.conn.execute("COMMIT")
+    dst = tmp_path / "other-home" / "bench.db"
+    dst.parent.mkdir()
+    snapshot.restore(dst, snap, force=False)
+    with Store(dst, readonly=True) as db:
+        assert db.find_run("run", "abc") == run
+        assert db.llm_cache_get("k1") is not None
+        assert db.llm_cache_get("k2") is None
+    assert not Path(f"{dst}-wal").exists() or Path(f"{dst}-wal").stat().st_size == 0
+
+
+def test_restore_keeps_an_existing_store_and_refuses_a_damaged_snapshot(tmp_path, snapshot):
+    src = tmp_path / "bench.db"
+    with Store(src) as db:
+        db.get_or_create_run("run", "abc", "{}")
+    snap = tmp_path / "bench.db.gz"
+    snapshot.save(src, snap)
+    with pytest.raises(SystemExit, match="exists"):
+        snapshot.restore(src, snap, force=False)
+    bad = tmp_path / "bad.db.gz"
+    raw = gzip.decompress(snap.read_bytes())
+    bad.write_bytes(gzip.compress(raw[:4096] + b"\x00" * 512 + raw[4608:]))
+    dst = tmp_path / "new.db"
+    with pytest.raises(SystemExit, match="bad.db.gz"):
+        snapshot.restore(dst, bad, force=False)
+    assert not dst.exists()
