@@ -9,6 +9,13 @@ consistent state), then gzips it; the LLM request cache goes with it, so feature
 only the requests that changed. `restore` refuses to overwrite an existing store (the one on this machine may be
 newer) unless --force. The benchmark then resumes from the restored store: its run is found by the run's identity
 (configs + the cache's key), which does not depend on the machine, and the latent cache is rebuilt on first use.
+
+A folder goes the same way (bench/saeexplainer.py's training folder: LoRA adapters, candidates, pairs — a few MB),
+saved while its benchmark is stopped:
+
+    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
+    .venv/bin/python bench/store_snapshot.py restore --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
+
 Prints `snapshot: <path> <bytes>` at the end."""
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import gzip
 import shutil
 import sqlite3
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -74,15 +82,57 @@ def restore(store: Path, snap: Path, force: bool) -> int:
     return store.stat().st_size
 
 
+def save_folder(folder: Path, to: Path) -> int:
+    if not folder.is_dir():
+        raise SystemExit(f"{folder}: no such folder")
+    to.parent.mkdir(parents=True, exist_ok=True)
+    part = to.with_name(to.name + ".part")
+    with tarfile.open(part, "w:gz", compresslevel=9) as tar:
+        for path in sorted(folder.rglob("*")):  # sorted: the same folder gives the same member order
+            if path.is_file() and not path.name.endswith((".lock", ".tmp")):
+                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+    part.replace(to)
+    return to.stat().st_size
+
+
+def restore_folder(folder: Path, snap: Path, force: bool) -> int:
+    if not snap.is_file():
+        raise SystemExit(f"{snap}: no such snapshot")
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise SystemExit(f"{folder} exists (it may hold newer results than {snap}): move it away or pass --force")
+    part = folder.with_name(folder.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    try:
+        with tarfile.open(snap, "r:gz") as tar:
+            tar.extractall(part, filter="data")  # no absolute paths, links or '..' out of the folder
+    except (OSError, EOFError, tarfile.TarError) as e:
+        shutil.rmtree(part, ignore_errors=True)
+        raise SystemExit(f"{snap}: the snapshot is damaged ({e})") from None
+    if folder.exists():
+        shutil.rmtree(folder)
+    part.replace(folder)
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("action", choices=["save", "restore"])
     ap.add_argument("--store", default=None, help="the store (default: $SAEXPLAIN_HOME/bench.db)")
-    ap.add_argument("--to", default=str(DEFAULT_SNAPSHOT), help="the snapshot file (gzip)")
+    ap.add_argument("--folder", default=None, help="carry this folder (tar.gz) instead of a store")
+    ap.add_argument("--to", default=None, help="the snapshot file (default: bench/state/bench.db.gz for the store)")
     ap.add_argument("--force", action="store_true", help="restore over an existing store")
     args = ap.parse_args()
     store = Path(args.store) if args.store else home() / "bench.db"
-    snap = Path(args.to)
+    if args.folder:
+        if not args.to:
+            raise SystemExit("--folder: give --to too (the snapshot file, e.g. bench/state/saeexplainer.tar.gz)")
+        folder, snap = Path(args.folder), Path(args.to)
+        if args.action == "save":
+            print(f"snapshot: {snap} {save_folder(folder, snap)}")
+        else:
+            print(f"snapshot: {snap} restored to {folder} ({restore_folder(folder, snap, args.force)} bytes)")
+        return
+    snap = Path(args.to or DEFAULT_SNAPSHOT)
     if args.action == "save":
         size = save(store, snap)
         print(f"snapshot: {snap} {size}")

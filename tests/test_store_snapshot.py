@@ -57,3 +57,26 @@ def test_restore_keeps_an_existing_store_and_refuses_a_damaged_snapshot(tmp_path
     with pytest.raises(SystemExit, match="bad.db.gz"):
         snapshot.restore(dst, bad, force=False)
     assert not dst.exists()
+
+
+def test_a_folder_travels_whole_and_an_existing_one_is_kept(tmp_path, snapshot):
+    src = tmp_path / "train"
+    (src / "sft" / "adapter").mkdir(parents=True)
+    (src / "sft" / "adapter" / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 40)
+    (src / "round1").mkdir()
+    (src / "round1" / "candidates.jsonl").write_text('{"feature": 3}\n')
+    snap = tmp_path / "state" / "train.tar.gz"
+    snapshot.save_folder(src, snap)
+    dst = tmp_path / "home" / "train"
+    dst.parent.mkdir()
+    snapshot.restore_folder(dst, snap, force=False)
+    assert sorted(p.relative_to(dst) for p in dst.rglob("*")) == sorted(p.relative_to(src) for p in src.rglob("*"))
+    assert (dst / "sft" / "adapter" / "adapter_model.safetensors").read_bytes() == bytes(range(256)) * 40
+    (dst / "round2").mkdir()
+    with pytest.raises(SystemExit, match="exists"):
+        snapshot.restore_folder(dst, snap, force=False)
+    assert (dst / "round2").is_dir()
+    snap.write_bytes(snap.read_bytes()[:100])
+    with pytest.raises(SystemExit, match="damaged"):
+        snapshot.restore_folder(tmp_path / "other", snap, force=False)
+    assert not (tmp_path / "other").exists()
