@@ -158,10 +158,16 @@ def test_structured_reply_that_stays_invalid_is_a_recorded_failure(tmp_path):
 
 
 @pytest.mark.parametrize("text,ok", [('{"label": "a", "score": 1}', True), ('```json\n{"label": "a", "score": 1}\n```', True),
-                                     ('{"label": "a", "score": 1', False), ('[1, 2]', False), ('', False)])
+                                     ('{"label": "a", "score": 1', False), ('[1, 2]', False), ('', False),
+                                     ('{"label": "a\tb\nc", "score": 1}', True), ('{"label": a, "score": 1}', False)])
 def test_parse_json(text, ok):
     obj, err = parse_json(text, SCHEMA)
     assert (err is None) == ok and (obj is not None) == ok
+
+
+def test_a_raw_line_break_inside_a_string_is_kept_as_text():
+    obj, err = parse_json('{"label": "The dog ran.\nThe cat sat.", "score": 2}', SCHEMA)
+    assert err is None and obj == {"label": "The dog ran.\nThe cat sat.", "score": 2}
 
 
 def test_templates_render_as_chat_or_completion_from_one_file(tmp_path):

@@ -257,7 +257,9 @@ class LLM:
 
 
 def parse_json(text: str, schema: dict) -> tuple[Any, str | None]:
-    """(object, None) or (None, one-line error). Tolerates a ```json fence around the object."""
+    """(object, None) or (None, one-line error). Tolerates a ```json fence around the object, and raw control
+    characters (a line break, a tab) inside a string: llama.cpp's JSON grammar lets the model write them, the
+    meaning is plain, and a strict parse turned such a reply into a failed step (seen in SAGE's selection)."""
     import jsonschema
     t = text.strip()
     if t.startswith("```"):
@@ -267,7 +269,7 @@ def parse_json(text: str, schema: dict) -> tuple[Any, str | None]:
     if start < 0 or end < start:
         return None, "no JSON object found"
     try:
-        obj = json.loads(t[start:end + 1])
+        obj = json.loads(t[start:end + 1], strict=False)
     except json.JSONDecodeError as e:
         return None, f"JSON syntax error: {e.msg} at character {e.pos}"
     try:
