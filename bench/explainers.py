@@ -68,6 +68,7 @@ def main() -> None:
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
               f"(n={d['n']} features)")
+        print(f"per feature: SAGE higher on {d['wins']}, lower on {d['losses']}, equal on {d['ties']}")
     else:
         print("SAGE - one-shot gen-acc delta: n/a (no feature scored by both yet)")
 

@@ -24,7 +24,6 @@ import argparse
 import gzip
 import shutil
 import sqlite3
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -60,8 +59,6 @@ def restore(store: Path, snap: Path, force: bool) -> int:
         raise SystemExit(f"{snap}: no such snapshot")
     if store.exists() and not force:
         raise SystemExit(f"{store} exists (it may hold newer results than {snap}): move it away or pass --force")
-    for extra in (Path(f"{store}-wal"), Path(f"{store}-shm")):
-        extra.unlink(missing_ok=True)
     part = store.with_name(store.name + ".part")
     try:
         with gzip.open(snap, "rb") as g, open(part, "wb") as f:
@@ -78,6 +75,8 @@ def restore(store: Path, snap: Path, force: bool) -> int:
     if ok != "ok":
         part.unlink()
         raise SystemExit(f"{snap}: the snapshot is damaged ({ok})")
+    for extra in (Path(f"{store}-wal"), Path(f"{store}-shm")):  # the replaced store's, only once the copy is good
+        extra.unlink(missing_ok=True)
     part.replace(store)
     return store.stat().st_size
 
@@ -142,4 +141,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

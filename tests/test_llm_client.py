@@ -159,7 +159,7 @@ def test_structured_reply_that_stays_invalid_is_a_recorded_failure(tmp_path):
 
 @pytest.mark.parametrize("text,ok", [('{"label": "a", "score": 1}', True), ('```json\n{"label": "a", "score": 1}\n```', True),
                                      ('{"label": "a", "score": 1', False), ('[1, 2]', False), ('', False),
-                                     ('{"label": "a\tb\nc", "score": 1}', True), ('{"label": a, "score": 1}', False)])
+                                     ('{"label": a, "score": 1}', False)])
 def test_parse_json(text, ok):
     obj, err = parse_json(text, SCHEMA)
     assert (err is None) == ok and (obj is not None) == ok

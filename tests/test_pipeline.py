@@ -126,6 +126,10 @@ def test_report_is_rebuilt_from_the_store_alone(cfgs, tmp_path):
     cell = s["table"]["oneshot|generation"]
     assert cell["n"] == 2 and cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
     assert "oneshot|generation" not in s["paired"] and s["paired"]["sage|generation"]["n"] == 2
+    p = s["paired"]["sage|generation"]  # per-feature signs of the paired differences, from the same values
+    diffs = [by["sage"]["scores"]["generation"] - by["oneshot"]["scores"]["generation"] for by in s["features"].values()]
+    assert (p["wins"], p["losses"], p["ties"]) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs),
+                                                   sum(d == 0 for d in diffs))
     res = CliRunner().invoke(app, ["report", "--run", str(h.run_id), "--store", cfgs.run.store,
                                    "--out", str(tmp_path / "again")])
     assert res.exit_code == 0, res.output

@@ -73,9 +73,11 @@ def summarize(store: Store, run_id: int, baseline: str | None = None,
             for sc in scorers:
                 a, b = value.get((m, sc), {}), value.get((baseline, sc), {})
                 common = sorted(set(a) & set(b))
-                mean, lo, hi = bootstrap_ci([a[f] - b[f] for f in common])
+                diffs = [a[f] - b[f] for f in common]
+                mean, lo, hi = bootstrap_ci(diffs)
                 paired[f"{m}|{sc}"] = {"method": m, "baseline": baseline, "scorer": sc, "delta": mean,
-                                       "ci95": [lo, hi], "n": len(common)}
+                                       "ci95": [lo, hi], "n": len(common), "wins": sum(d > 0 for d in diffs),
+                                       "losses": sum(d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
     usage: dict[str, dict[str, float]] = {}
     explanation_status = {m: {st: sum(1 for e in explanations if e["method"] == m and e["status"] == st)
                               for st in ("ok", "degraded", "failed")} for m in methods}
