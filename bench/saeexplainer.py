@@ -1,12 +1,13 @@
 """SAEExplainer at CPU scale on the default stack: SFT → pairs → DPO round 1 → pairs → DPO round 2, then the
-evaluation on held-out features against one-shot and SAGE, every method judged by the same LLM.
+evaluation on held-out features against one-shot, every method judged by the same LLM.
 
-    .venv/bin/python bench/saeexplainer.py [--train-features 64] [--sft-epochs 3]
+    .venv/bin/python bench/saeexplainer.py [--train-features 1024] [--sft-epochs 3]
     # another training folder's stages on the same held-out features, in a run of their own:
     .venv/bin/python bench/saeexplainer.py --eval-only --dir FOLDER --eval-stages sft,round1 --eval-name NAME
 
 - Held-out features: those of bench/explainers.py's run (same store $SAEXPLAIN_HOME/bench.db, same preset, so
-  its one-shot and SAGE explanations are reused and judged by the same LLM on the same score pools). The
+  its one-shot explanations are reused and judged by the same LLM on the same score pools; SAGE is not explained
+  again here: its comparison is bench/explainers.py's, and SAGE v7 would remake that run's v6 rows). The
   training features are drawn from the same density band minus those.
 - SFT references (`--references`): `top-tokens` (default: each training feature's most frequent peak tokens,
   counted — no LLM, so the warm-up covers `--train-features` features, 1,024 by default) or `oneshot` (one-shot
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true", help="evaluate the folder's trained stages, train nothing")
     ap.add_argument("--eval-stages", default=",".join(STAGES), help="stages to evaluate, e.g. sft,round1")
     ap.add_argument("--eval-name", default="", help="evaluate in a run of this name (its own identity): only the "
-                    "SAEExplainer stages, one-shot and SAGE are not explained again (default: the held-out run)")
+                    "SAEExplainer stages, one-shot is not explained again (default: the held-out run)")
     args = ap.parse_args()
     store = str(home() / "bench.db")
     echo = (lambda m: print(m, flush=True))
@@ -113,11 +114,11 @@ def main() -> None:
 
 
 def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, echo) -> None:
-    """The stages (and, in the held-out run, one-shot and SAGE) on the held-out run's features; paired deltas vs
+    """The stages (and, in the held-out run, one-shot) on the held-out run's features; paired deltas vs
     SFT. The feature list is the run's own (its identity leaves the list out, so this is the same run)."""
     methods = [f"saeexplainer@{s}" for s in stages]
     ev = cpu_preset(",".join(map(str, features)), ",".join(methods if args.eval_name else
-                                                           ["oneshot", "sage", *methods]),
+                                                           ["oneshot", *methods]),
                     "generation,contrast,detection", args.tokens, store=store,
                     name=args.eval_name, saeexplainer=SAEExplainerConfig(train_dir=tdir))
     h = timed("evaluation", lambda: run_all(ev, echo=echo))
@@ -129,7 +130,7 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
     record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
            {**{f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]},
             "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)}}, s)
-    for m in ("oneshot", "sage", *methods):
+    for m in ("oneshot", *methods):
         u = s["usage"].get(m)
         if u:
             print(f"cost per explanation: {m}: {u['seconds']:.2f} s, {u['llm_calls']:.1f} LLM calls, "

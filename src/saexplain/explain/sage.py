@@ -9,7 +9,9 @@ then a final selection among the candidates, measured on the subject model.
 Measured actions besides probes: corpus search over the explain half of the latent cache (counted evidence for the
 strongest tokens and the tokens before them; one search word per tested hypothesis), and the output side (logit
 lens, steering readout) for the analysis step. Candidates built from that evidence ("the word right after 'not'",
-the strongest tokens' kind) join the final selection.
+the strongest tokens' kind) join the final selection, and so does the one-shot explainer's reading of the top
+windows (asked first: one call), kept only where it measures best. A final text may quote only words the agent saw
+fire (exemplars, corpus lines, probes that fired).
 
 The LLM proposes hypotheses, probes and rewrites; by default the verdicts are computed from measurements
 (a probe is consistent when it measured what the LLM said it expected, relative to the feature's max):
@@ -23,6 +25,9 @@ measurements (probes, searches), and every reply must fit a JSON schema."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import inspect
+import re
 import time
 import tomllib
 from collections import Counter
@@ -36,6 +41,7 @@ from pydantic import Field
 
 from saexplain.config import Config
 from saexplain.explain.base import EXPLAINERS, Explainer, Explanation, Tracer, firing_tokens, format_window
+from saexplain.explain.oneshot import OneShot
 from saexplain.explain.rules import clean_text, conclusion_problems, norm
 from saexplain.llm import LLMError, Usage, metered
 from saexplain.llm.prompts import Template
@@ -79,6 +85,9 @@ class SAGEConfig(Config):
     evidence_candidates: bool = Field(True, description="add candidates built from the counted evidence to the "
                                       "final selection: the word after a cue the corpus confirms, and the kind of "
                                       "word the strongest tokens share (one short LLM call)")
+    reading: bool = Field(True, description="add the one-shot reading of the explain pool's top windows (the "
+                          "oneshot explainer's prompt and settings: one call) to the final selection, so the measured "
+                          "choice can keep it where the tested hypotheses describe the feature worse")
     max_llm_calls: int = Field(12, ge=2, description="budget: LLM calls per feature (retries count)")
     max_tokens: int = Field(40_000, ge=500, description="budget: prompt + reply tokens per feature")
     max_probes: int = Field(40, ge=1, description="budget: probe sentences per feature")
@@ -202,7 +211,13 @@ class Budget:
 class SAGE(Explainer):
     name = "sage"
     Config = SAGEConfig
-    prompts = ("sage",)
+    prompts = ("sage", "oneshot")  # oneshot: the reading candidate's prompt
+
+    def fingerprint(self) -> str:
+        """Its own, plus the one-shot explainer's code and settings (the reading candidate is that explainer's)."""
+        reader = OneShot()
+        return hashlib.sha256(f"{super().fingerprint()}:{reader.cfg.to_json()}".encode()
+                              + Path(inspect.getfile(OneShot)).read_bytes()).hexdigest()[:16]
 
     # ----------------------------------------------------------------------------------------- helpers
     def _state(self, hyps: list[Hypothesis], header: str, focus: list[Hypothesis]) -> str:
@@ -257,6 +272,9 @@ class SAGE(Explainer):
             exemplars += "\nIn other real texts: " + "\n".join(found["lines"])
         output_side = await self._output_side(record, oracle, trace) if cfg.output_side else ""
         trace("exemplars", exemplars)
+        faults: list[str] = []  # LLM faults worked around: the explanation is then degraded, not ok
+        reading = await self._reading(record, llm, oracle, trace, faults) \
+            if cfg.reading and cfg.selection != "none" else None
 
         # ANALYZE_EXEMPLARS (always runs: without it there is nothing to conclude from). Three named kinds of
         # hypothesis (the tokens, their context, their category) guide a small LLM better than examples,
@@ -272,7 +290,6 @@ class SAGE(Explainer):
 
         stop = None
         rounds = 0
-        faults: list[str] = []  # LLM faults worked around: the explanation is then degraded, not ok
         while rounds < cfg.max_rounds:
             active = [h for h in hyps if h.status == ACTIVE]
             if not active:
@@ -371,10 +388,15 @@ class SAGE(Explainer):
         # what a conclusion must not copy: the exemplars, and the counted lines shown with them ("fires on ';' in
         # 0% (1478 found)" came back as a conclusion)
         exemplar_texts = [w.text for w in tops] + found.get("lines", [])
+        # what a quoted word in a final text must have been seen in: real text where the feature fires (the
+        # exemplars as shown, the counted corpus lines and the matches read after a confirmed cue) and the probes
+        # that fired clearly
+        support = "\n".join([exemplars] + [x for _, shown in found.get("cues", []) for x in shown]
+                             + [t.probe for h in hyps for t in h.tests if t.kind != "search" and t.relative >= cfg.high])
         # the last resort when nothing passes the rules: the counted strongest token, not a rule-breaking text
         strongest = Counter(_kind(w.tokens[w.peak]) for w in tops).most_common(1)[0][0]
         description, labels = await self._conclude(llm, hyps, exemplars, trace, f, budget, faults, exemplar_texts,
-                                                   last_resort=f"the token '{strongest}'")
+                                                   last_resort=f"the token '{strongest}'", support=support)
         negative = next((h.text for h in hyps if h.negative), None)
         # the conclusion first, then what the tests supported (confirmed first, most probes as predicted), then the
         # conclusion's labels: the cap keeps the measured hypotheses before the labels
@@ -382,8 +404,11 @@ class SAGE(Explainer):
                            key=lambda h: (h.status == CONFIRMED, h.consistent - h.contradicting), reverse=True)
         measured = await self._evidence_candidates(llm, found, trace, f, budget, faults) \
             if cfg.evidence_candidates else []
-        candidates = [c for c in _dedupe([description] + measured + [h.text for h in supported] + labels)
-                      if not conclusion_problems(c, exemplar_texts, negative)] or [description]
+        # the reading second: with the conclusion, the two readings of the whole evidence, before the narrower
+        # evidence candidates and hypotheses
+        candidates = [c for c in _dedupe([description] + ([reading] if reading else []) + measured
+                                         + [h.text for h in supported] + labels)
+                      if not _problems(c, exemplar_texts, negative, support)] or [description]
         chosen, proxy = description, {}
         if cfg.selection == "measured" and len(candidates) > 1:
             chosen, proxy = await self._measured_selection(record, llm, oracle, candidates[: cfg.max_candidates],
@@ -474,10 +499,12 @@ class SAGE(Explainer):
         level = cfg.low * record.max_act
         base = max(record.frequency, 1e-4)
         lines, fires_on, cues = [], [], []
+        whole: dict[str, float] = {}  # share of the matches where the token is a whole word, not a word's start
         for tok, _ in peaks.most_common(4):
             res = record.search(f"token:{tok}", cfg.search_hits)
             if len(res.hits) >= 3:
                 fires_on.append((tok, res.share(level, "at"), res.matches))
+                whole[tok] = float(np.mean([not h.following[:1].isalnum() for h in res.hits]))
         if fires_on:
             lines.append("fires on " + ", ".join(f"'{t}' in {round(100 * sh)}% ({n} found)" for t, sh, n in fires_on))
         seen = 2 if len(wins) <= 8 else 3  # a cue seen once (or twice among many windows) is no pattern
@@ -499,8 +526,11 @@ class SAGE(Explainer):
                              f"on '{tok}' itself in {round(100 * at)}% (on any token: {100 * record.frequency:.1f}%)")
         # a cue is the pattern when the tokens after it vary (the strongest one under half of the peaks)
         varied = bool(wins) and peaks.most_common(1)[0][1] < len(wins) / 2
-        words = [t for t, share, _ in fires_on if share >= 0.5 and t.isalpha()]
-        out = {"lines": lines, "cues": cues if varied else [], "words": words}
+        # the words whose kind the naming call is asked for: whole words only ('sc' of "scandal", 'fl' of
+        # "Florida" were named "colors (sc, acc, flash)" on held-out features)
+        words = [t for t, share, _ in fires_on if share >= 0.5 and t.isalpha() and whole[t] >= 0.5]
+        out = {"lines": lines, "cues": cues if varied else [], "words": words,
+               "fragments": [t for t, _, _ in fires_on if whole[t] < 0.5]}
         trace("corpus_evidence", {"peaks": dict(peaks.most_common(8)), "before": dict(before.most_common(8)),
                                   **out})
         return out
@@ -514,6 +544,20 @@ class SAGE(Explainer):
                 + "; added to the model it makes these more likely: " + ", ".join(repr(t) for t, _ in raised))
         trace("output_side", {"logit_lens": lens.top, "steering_raised": raised})
         return text
+
+    async def _reading(self, record, llm, oracle, trace: Tracer, faults: list[str]) -> str | None:
+        """The one-shot explainer's reading of the top windows (its prompt and settings, one call): a candidate
+        for the final selection, measured like the others. A failed call is a fault (the explanation is then
+        degraded), not a stop."""
+        try:
+            exp = await OneShot().run(record, llm, oracle, trace)
+        except LLMError as e:
+            faults.append(f"reading: {e}")
+            trace("error", {"step": "reading", "error": str(e)})
+            return None
+        text = clean_text(exp.description)
+        trace("reading", text)
+        return text or None
 
     async def _evidence_candidates(self, llm, found: dict, trace: Tracer, f: int, budget: Budget,
                                    faults: list[str]) -> list[str]:
@@ -628,7 +672,8 @@ class SAGE(Explainer):
         return out
 
     async def _conclude(self, llm, hyps, exemplars, trace, f, budget: Budget, faults: list[str],
-                        exemplar_texts: list[str], last_resort: str | None = None) -> tuple[str, list[str]]:
+                        exemplar_texts: list[str], last_resort: str | None = None, support: str | None = None
+                        ) -> tuple[str, list[str]]:
         """FINAL_CONCLUSION: asked once, and once more with the reasons when the rules reject the reply (too long
         or cut off, a copied exemplar, the negative case); then the best measured hypothesis that passes them."""
         tested = [h for h in hyps if h.tested]
@@ -666,17 +711,17 @@ class SAGE(Explainer):
             description = clean_text(obj["description"])
             if attempt == 1:
                 labels = [x for x in _dedupe([clean_text(x) for x in obj["labels"]])
-                          if not conclusion_problems(x, exemplar_texts, negative)]
-            problems = conclusion_problems(description, exemplar_texts, negative)
+                          if not _problems(x, exemplar_texts, negative, support)]
+            problems = _problems(description, exemplar_texts, negative, support)
             if not problems:
                 return description, labels
             trace("conclusion_rejected", {"attempt": attempt, "description": description, "problems": problems})
         # the labels of a rejected conclusion often name the set its sentence was about ("son", "father",
         # "brother"): together they are a candidate; then the best measured hypothesis that passes the rules
         joined = _join(labels)
-        passing = [h.text for h in ranked if not conclusion_problems(h.text, exemplar_texts, negative)]
-        options = ([joined] if joined and not conclusion_problems(joined, exemplar_texts, negative) else []) + passing
-        if last_resort and not conclusion_problems(last_resort, exemplar_texts, negative):
+        passing = [h.text for h in ranked if not _problems(h.text, exemplar_texts, negative, support)]
+        options = ([joined] if joined and not _problems(joined, exemplar_texts, negative, support) else []) + passing
+        if last_resort and not _problems(last_resort, exemplar_texts, negative, support):
             options.append(last_resort)
         pick = options[0] if options else (labels[0] if labels else ranked[0].text)
         trace("conclusion_fallback", {"description": pick, "why": "no conclusion that passes the rules",
@@ -823,3 +868,26 @@ async def _select(record: FeatureRecord, candidates: list[str]) -> tuple[str, di
     scores = {cand: auroc(texts @ c[i], truth) for i, cand in enumerate(candidates)}
     best = max(candidates, key=lambda k: -1 if scores[k] is None else scores[k])
     return best, scores
+
+
+_QUOTED = re.compile(r"(?<![\w])['‘\"“](.+?)['’\"”](?![\w])")
+
+
+def unsupported_quotes(text: str, support: str) -> list[str]:
+    """The quoted words of `text` ('ago', "can't") found nowhere in `support` (case-insensitive, as a substring:
+    a marked piece of a word counts): a final text may only quote what the agent saw."""
+    seen = support.lower().replace("’", "'").replace("‘", "'")
+    return [q for q in (m.strip() for m in _QUOTED.findall(text.replace("’", "'").replace("‘", "'")))
+            if q and q.lower() not in seen]
+
+
+def _problems(text: str, exemplar_texts: list[str], negative: str | None, support: str | None) -> list[str]:
+    """The rules every final text passes (rules.conclusion_problems) and, when `support` is given, no quoted
+    word the agent never saw (the conclusion prompt's own example, 'only after "can't"', was copied onto
+    features whose texts hold no "can't")."""
+    problems = conclusion_problems(text, exemplar_texts, negative)
+    missing = unsupported_quotes(text, support) if support is not None else []
+    if missing:
+        problems.append("quotes " + ", ".join(f"'{q}'" for q in missing) + ", which appears in no exemplar, "
+                        "corpus line or probe that fired")
+    return problems
