@@ -55,6 +55,9 @@ def main() -> None:
     ap.add_argument("--reward-texts", type=int, default=4)
     ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--stop-after", choices=("sft", "round1"), default=None,
+                    help="train up to this stage, then evaluate only the stages trained (a session-sized step; "
+                    "the next call resumes from the folder)")
     ap.add_argument("--eval-only", action="store_true", help="evaluate the folder's trained stages, train nothing")
     ap.add_argument("--eval-stages", default=",".join(STAGES), help="stages to evaluate, e.g. sft,round1")
     ap.add_argument("--eval-name", default="", help="evaluate in a run of this name (its own identity): only the "
@@ -100,13 +103,16 @@ def main() -> None:
             ",".join(map(str, t.features)), "oneshot", "generation", args.tokens, store=store,
             name="saeexplainer-train"), echo=echo))
         t = Training(cfg.model_copy(update={"reference_run": ref.run_id}), stages, echo=echo)
+    rounds = {None: (1, 2), "round1": (1,), "sft": ()}[args.stop_after]
     try:
         timed("sft", t.sft)
-        for r in (1, 2):
+        for r in rounds:
             timed(f"pairs round {r}", lambda r=r: t.pairs(r, LLM(stages.llm, store=t.store)))
             timed(f"dpo round {r}", lambda r=r: t.dpo(r))
     finally:
         t.close()
+    if args.stop_after:
+        stages_ev = [s for s in stages_ev if STAGES.index(s) <= STAGES.index(args.stop_after)]
     for k, v in times.items():
         print(f"| {k} | {v:.0f} s |")
     if not args.skip_eval:
