@@ -808,3 +808,27 @@ def test_only_whole_words_are_named_as_a_kind():
     found = SAGE(SAGEConfig())._corpus_evidence(record, Tracer())
     assert found["words"] == ["red", "blue"] and found["fragments"] == ["sc", "acc"]
     assert "'sc' in 100%" in found["lines"][0]
+
+
+def test_the_reading_explainer_is_part_of_sages_fingerprint(monkeypatch):
+    """SAGE's explanations depend on the one-shot reading: another reader (code or settings) is another agent, so a
+    stored SAGE explanation is made again, as for an edit to SAGE itself."""
+    import saexplain.explain.sage as sage
+    from saexplain.explain.oneshot import OneShot, OneShotConfig
+
+    before = SAGE().fingerprint()
+    assert SAGE().fingerprint() == before and SAGE(SAGEConfig(reading=False)).fingerprint() != before
+
+    class OtherReader(OneShot):  # defined in this file: other code
+        pass
+
+    monkeypatch.setattr(sage, "OneShot", OtherReader)
+    other_code = SAGE().fingerprint()
+    assert other_code != before
+
+    class MoreExamples(OneShot):  # the same file as OtherReader: only the settings differ
+        def __init__(self, cfg=None):
+            super().__init__(OneShotConfig(examples=12))
+
+    monkeypatch.setattr(sage, "OneShot", MoreExamples)
+    assert SAGE().fingerprint() not in (before, other_code)
