@@ -785,6 +785,9 @@ def test_unsupported_quotes():
     assert unsupported_quotes("the word ‘fl’ and \"Ago\"", support) == []  # curly quotes, case, a marked piece
     assert unsupported_quotes("the word “paris”", support) == ["paris"]
     assert unsupported_quotes("it can't be the king's", support) == []  # apostrophes inside words are not quotes
+    # a phrase across marked tokens and a line break is still seen
+    assert unsupported_quotes("'Federal Communications' and 'long time ago'",
+                              "the <<Federal>> <<Communications>> Commission\na long time\n<<ago>>") == []
 
 
 def test_only_whole_words_are_named_as_a_kind():

@@ -875,8 +875,9 @@ _QUOTED = re.compile(r"(?<![\w])['‘\"“](.+?)['’\"”](?![\w])")
 
 def unsupported_quotes(text: str, support: str) -> list[str]:
     """The quoted words of `text` ('ago', "can't") found nowhere in `support` (case-insensitive, as a substring:
-    a marked piece of a word counts): a final text may only quote what the agent saw."""
-    seen = support.lower().replace("’", "'").replace("‘", "'")
+    a marked piece of a word counts; markers and runs of whitespace do not split a phrase): a final text may only
+    quote what the agent saw."""
+    seen = " ".join(support.lower().replace("’", "'").replace("‘", "'").replace("<<", "").replace(">>", "").split())
     return [q for q in (m.strip() for m in _QUOTED.findall(text.replace("’", "'").replace("‘", "'")))
             if q and q.lower() not in seen]
 
