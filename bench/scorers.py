@@ -103,10 +103,11 @@ def main() -> None:
 
         asyncio.run(go())
     print("\n| scorer | features | LLM calls / feature | tokens / feature | seconds / feature | failed | "
-          "seed-to-seed r (n) |\n|---|---|---|---|---|---|---|")
+          "seed-to-seed r (n) | mean seed 0 / seed 1 | mean abs. difference | n fresh |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     rs = []
     for name in names:
-        rows = [r for r in done.values() if r["scorer"] == name]
+        rows = [r for r in done.values() if r["scorer"] == name and r["feature"] in features]  # this run's only
         ok = [r for r in rows if r["error"] is None]
         by = {(r["feature"], r["seed"]): r["value"] for r in ok if r["value"] is not None}
         pairs = [(by[(f, 0)], by[(f, 1)]) for f in {k[0] for k in by} if (f, 0) in by and (f, 1) in by]
@@ -118,10 +119,14 @@ def main() -> None:
         # run made (the same score pool at temperature 0) and then costs nothing
         fresh = [x for x in ok if not x["cached"]]
         mean = (lambda k: np.mean([x[k] for x in fresh]) if fresh else float("nan"))
+        m0, m1 = (np.mean([p[i] for p in pairs]) if pairs else float("nan") for i in (0, 1))
+        diff = np.mean([abs(a - b) for a, b in pairs]) if pairs else float("nan")
         print(f"| {name} | {feats} | {mean('calls'):.1f} | {mean('tokens'):.0f} | {mean('seconds'):.1f} | "
-              f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) |")
+              f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) | "
+              f"{m0:.3f} / {m1:.3f} | {diff:.3f} | {len(fresh)} |")
     print("(costs: mean over the scores that made no cached call; r: Pearson over features, seed 0 vs seed 1)")
-    record("scorers", {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None}, list(done.values()))
+    record("scorers", {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None},
+           [r for r in done.values() if r["feature"] in features and r["scorer"] in names])
     print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
 
 
