@@ -125,7 +125,9 @@ def main() -> None:
               f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) | "
               f"{m0:.3f} / {m1:.3f} | {diff:.3f} | {len(fresh)} |")
     print("(costs: mean over the scores that made no cached call; r: Pearson over features, seed 0 vs seed 1)")
-    record("scorers", {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None},
+    # the default list writes bench/results/scorers.json; another list (e.g. steering alone) a file of its own
+    result = "scorers" if args.scorers == ALL else "scorers-" + "-".join(names)
+    record(result, {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None},
            [r for r in done.values() if r["feature"] in features and r["scorer"] in names])
     print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
 
