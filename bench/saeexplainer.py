@@ -13,9 +13,13 @@ evaluation on held-out features against one-shot, every method judged by the sam
   counted — no LLM, so the warm-up covers `--train-features` features, 1,024 by default) or `oneshot` (one-shot
   explanations of the training features in a run named `saeexplainer-train`, scored by generation: the
   best-scoring one per feature; the recipe of the first runs, 64 features).
-- DPO rounds on `--pair-features` of them (seeded; 64 by default): `--candidates` per feature (12), each rewarded
+- DPO rounds on `--pair-features` of them (seeded; 32 by default): `--candidates` per feature (12), each rewarded
   with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), `--dpo-preset` (lora:
-  up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings).
+  up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings). Cost on
+  this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
+  pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once);
+  SFT on 1,024 features × 3 epochs is 768 steps of 4 (≈ 4 s each, ≈ 50 min). `--stop-after sft` then
+  `--stop-after round1` then no option: each call resumes and evaluates the stages trained so far.
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench. Every stage resumes (store, SFT checkpoint, candidates
   file, TRL checkpoints), so a killed benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
@@ -46,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-features", type=int, default=1024)
     ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
-    ap.add_argument("--pair-features", type=int, default=64)
+    ap.add_argument("--pair-features", type=int, default=32)
     ap.add_argument("--reward-repeats", type=int, default=2)
     ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
     ap.add_argument("--tokens", default="262144")
