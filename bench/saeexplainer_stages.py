@@ -6,13 +6,15 @@ candidates + rewards (2 features × 3 candidates, 2 texts each), DPO round 1 (3 
 The SFT references and the DPO pairs are hand-written (named as such below): this measures the cost of the
 stages, not what training achieves (bench/saeexplainer.py does that). Held out: the latest run of the default
 store (`make demo`'s). Folder: $SAEXPLAIN_HOME/saeexplainer/stages (recreated). Last line:
-`dpo seconds per step: <value>`."""
+`dpo seconds per step: <value>`; raw: bench/results/saeexplainer_stages.json."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import time
+
+from results import record
 
 from saexplain.cache.pipeline import default_store_path
 from saexplain.llm import LLM
@@ -68,6 +70,8 @@ def main() -> None:
         t.close()
     for k, v in timings.items():
         print(f"| {k} | {v:.0f} s |")
+    record("saeexplainer_stages", {"seconds": timings, "dpo_seconds_per_step": runtime / 3},
+           {"dpo_log": log, "candidates": (folder / "round1" / "candidates.jsonl").read_text().splitlines()})
     print(f"dpo seconds per step: {runtime / 3:.1f}")
 
 
