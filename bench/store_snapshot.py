@@ -11,9 +11,10 @@ newer) unless --force. The benchmark then resumes from the restored store: its r
 (configs + the cache's key), which does not depend on the machine, and the latent cache is rebuilt on first use.
 
 A folder goes the same way (bench/saeexplainer.py's training folder: LoRA adapters, candidates, pairs — a few MB),
-saved while its benchmark is stopped:
+saved while its benchmark is stopped; `--exclude checkpoint.pt` leaves out the resume checkpoints (optimizer state)
+of stages whose adapter is written:
 
-    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
+    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz [--exclude checkpoint.pt]
     .venv/bin/python bench/store_snapshot.py restore --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
 
 Prints `snapshot: <path> <bytes>` at the end."""
@@ -81,14 +82,16 @@ def restore(store: Path, snap: Path, force: bool) -> int:
     return store.stat().st_size
 
 
-def save_folder(folder: Path, to: Path) -> int:
+def save_folder(folder: Path, to: Path, exclude: tuple[str, ...] = ()) -> int:
+    """tar.gz of the folder's files, leaving out lock/temp files and files whose name is in `exclude` (e.g. a
+    finished stage's resume checkpoint, which its adapter makes unnecessary)."""
     if not folder.is_dir():
         raise SystemExit(f"{folder}: no such folder")
     to.parent.mkdir(parents=True, exist_ok=True)
     part = to.with_name(to.name + ".part")
     with tarfile.open(part, "w:gz", compresslevel=9) as tar:
         for path in sorted(folder.rglob("*")):  # sorted: the same folder gives the same member order
-            if path.is_file() and not path.name.endswith((".lock", ".tmp")):
+            if path.is_file() and not path.name.endswith((".lock", ".tmp")) and path.name not in exclude:
                 tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
     part.replace(to)
     return to.stat().st_size
@@ -120,6 +123,8 @@ def main() -> None:
     ap.add_argument("--folder", default=None, help="carry this folder (tar.gz) instead of a store")
     ap.add_argument("--to", default=None, help="the snapshot file (default: bench/state/bench.db.gz for the store)")
     ap.add_argument("--force", action="store_true", help="restore over an existing store")
+    ap.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                    help="with --folder save: leave files of this name out (repeatable), e.g. checkpoint.pt")
     args = ap.parse_args()
     store = Path(args.store) if args.store else home() / "bench.db"
     if args.folder:
@@ -127,7 +132,7 @@ def main() -> None:
             raise SystemExit("--folder: give --to too (the snapshot file, e.g. bench/state/saeexplainer.tar.gz)")
         folder, snap = Path(args.folder), Path(args.to)
         if args.action == "save":
-            print(f"snapshot: {snap} {save_folder(folder, snap)}")
+            print(f"snapshot: {snap} {save_folder(folder, snap, tuple(args.exclude))}")
         else:
             print(f"snapshot: {snap} restored to {folder} ({restore_folder(folder, snap, args.force)} bytes)")
         return

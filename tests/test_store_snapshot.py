@@ -80,3 +80,17 @@ def test_a_folder_travels_whole_and_an_existing_one_is_kept(tmp_path, snapshot):
     with pytest.raises(SystemExit, match="damaged"):
         snapshot.restore_folder(tmp_path / "other", snap, force=False)
     assert not (tmp_path / "other").exists()
+
+
+def test_a_folder_snapshot_leaves_out_the_excluded_names_only(tmp_path, snapshot):
+    src = tmp_path / "train"
+    (src / "sft" / "adapter").mkdir(parents=True)
+    (src / "sft" / "adapter" / "adapter_config.json").write_text("{}")
+    (src / "sft" / "checkpoint.pt").write_bytes(b"optimizer state")
+    (src / "sft" / "log.jsonl").write_text("{}\n")
+    snap = tmp_path / "train.tar.gz"
+    snapshot.save_folder(src, snap, exclude=("checkpoint.pt",))
+    dst = tmp_path / "restored"
+    snapshot.restore_folder(dst, snap, force=False)
+    assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
+        "sft/adapter/adapter_config.json", "sft/log.jsonl"]
