@@ -99,7 +99,7 @@ def main() -> None:
                       dpo_preset=args.dpo_preset)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
-        return evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo)
+        return evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo, times)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
     if args.references == "oneshot":
         t.close()
@@ -120,10 +120,10 @@ def main() -> None:
     for k, v in times.items():
         print(f"| {k} | {v:.0f} s |")
     if not args.skip_eval:
-        evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo)
+        evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo, times)
 
 
-def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, echo) -> None:
+def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, echo, times) -> None:
     """The stages (and, in the held-out run, one-shot) on the held-out run's features; paired deltas vs
     SFT. The feature list is the run's own (its identity leaves the list out, so this is the same run)."""
     methods = [f"saeexplainer@{s}" for s in stages]
@@ -139,7 +139,8 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
     sft_vs = vs_oneshot["paired"].get("saeexplainer@sft|generation") if vs_oneshot else None
     record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
            {**{f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]},
-            "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)}}, s)
+            "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)},
+            "stage_seconds": dict(times)}, s)
     for m in ("oneshot", *methods):
         u = s["usage"].get(m)
         if u:
