@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 
 from results import record
@@ -44,6 +45,10 @@ from saexplain.train.config import TrainConfig
 from saexplain.train.pipeline import Training
 
 STAGES = ("sft", "round1", "round2")
+
+
+def echo(message: str) -> None:
+    print(message, flush=True)
 
 
 def main() -> None:
@@ -68,7 +73,6 @@ def main() -> None:
                     "SAEExplainer stages, one-shot is not explained again (default: the held-out run)")
     args = ap.parse_args()
     store = str(home() / "bench.db")
-    echo = (lambda m: print(m, flush=True))
     times: dict[str, float] = {}
 
     def timed(name, fn):
@@ -99,7 +103,7 @@ def main() -> None:
                       dpo_preset=args.dpo_preset)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
-        return evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo, times)
+        return evaluate(args, store, tdir, stages_ev, heldout_features, timed, times)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
     if args.references == "oneshot":
         t.close()
@@ -120,10 +124,39 @@ def main() -> None:
     for k, v in times.items():
         print(f"| {k} | {v:.0f} s |")
     if not args.skip_eval:
-        evaluate(args, store, tdir, stages_ev, heldout_features, timed, echo, times)
+        evaluate(args, store, tdir, stages_ev, heldout_features, timed, times)
 
 
-def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, echo, times) -> None:
+_FUNCTION_WORDS = (
+    "a an the and or but nor of to in on at by for with from as into onto over under about than then that this these "
+    "those it its is are was were be been being do does did have has had not no so if i you he she we they me him her "
+    "us them my your his our their who whom which what when where why how there here all any some each")
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+
+
+def text_forms(summary: dict, methods: list[str]) -> dict[str, dict[str, int]]:
+    """What the trained explainer's texts are, counted per stage over the held-out features: token lists
+    ('the tokens "a", "b"'), lists that repeat a quoted token, lists of function words only, and (for the DPO
+    rounds) texts that differ from SFT's on the same feature — the check that a round changed the greedy text."""
+    out = {}
+    for m in methods:
+        texts = {f: row[m]["description"] for f, row in summary["features"].items()
+                 if m in row and row[m]["status"] == "ok"}
+        quoted = {f: re.findall(r'"([^"]*)"', t) for f, t in texts.items()}
+        lists = {f: q for f, q in quoted.items() if q}
+        out[m] = {"explanations": len(texts), "token_lists": len(lists),
+                  "repeated_token": sum(len(set(q)) < len(q) for q in lists.values()),
+                  "function_words_only": sum(all(w.strip().lower() in FUNCTION_WORDS for w in q)
+                                             for q in lists.values())}
+        if m != "saeexplainer@sft":
+            sft = {f: row["saeexplainer@sft"]["description"] for f, row in summary["features"].items()
+                   if "saeexplainer@sft" in row and row["saeexplainer@sft"]["status"] == "ok"}
+            out[m]["differs_from_sft"] = sum(texts[f] != sft[f] for f in texts if f in sft)
+            out[m]["compared_with_sft"] = sum(f in sft for f in texts)
+    return out
+
+
+def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int], timed, times) -> None:
     """The stages (and, in the held-out run, one-shot) on the held-out run's features; paired deltas vs
     SFT. The feature list is the run's own (its identity leaves the list out, so this is the same run)."""
     methods = [f"saeexplainer@{s}" for s in stages]
@@ -137,10 +170,16 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
         vs_oneshot = None if args.eval_name else summarize(db, h.run_id, baseline="oneshot")
     print(markdown(s))
     sft_vs = vs_oneshot["paired"].get("saeexplainer@sft|generation") if vs_oneshot else None
+    forms = text_forms(s, methods)
     record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
            {**{f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]},
             "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)},
-            "stage_seconds": dict(times)}, s)
+            "stage_seconds": dict(times), "text_forms": forms}, s)
+    for m, c in forms.items():
+        print(f"text forms: {m}: {c['token_lists']} of {c['explanations']} token lists, {c['repeated_token']} "
+              f"repeat a quoted token, {c['function_words_only']} function words only"
+              + (f", {c['differs_from_sft']} of {c['compared_with_sft']} differ from SFT's text"
+                 if "differs_from_sft" in c else ""))
     for m in ("oneshot", *methods):
         u = s["usage"].get(m)
         if u:
