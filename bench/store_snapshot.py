@@ -14,7 +14,7 @@ A folder goes the same way (bench/saeexplainer.py's training folder: LoRA adapte
 saved while its benchmark is stopped; `--exclude checkpoint.pt` leaves out the resume checkpoints (optimizer state)
 of stages whose adapter is written:
 
-    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz [--exclude checkpoint.pt]
+    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz [--exclude checkpoint.pt] [--exclude round1/dpo]
     .venv/bin/python bench/store_snapshot.py restore --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
 
 Prints `snapshot: <path> <bytes>` at the end."""
@@ -83,16 +83,19 @@ def restore(store: Path, snap: Path, force: bool) -> int:
 
 
 def save_folder(folder: Path, to: Path, exclude: tuple[str, ...] = ()) -> int:
-    """tar.gz of the folder's files, leaving out lock/temp files and files whose name is in `exclude` (e.g. a
-    finished stage's resume checkpoint, which its adapter makes unnecessary)."""
+    """tar.gz of the folder's files, leaving out lock/temp files and what `exclude` names: a file name anywhere
+    (e.g. `checkpoint.pt`) or a path inside the folder with everything under it (e.g. `round1/dpo`: a finished
+    round's resume checkpoints, which its adapter makes unnecessary)."""
     if not folder.is_dir():
         raise SystemExit(f"{folder}: no such folder")
     to.parent.mkdir(parents=True, exist_ok=True)
     part = to.with_name(to.name + ".part")
     with tarfile.open(part, "w:gz", compresslevel=9) as tar:
         for path in sorted(folder.rglob("*")):  # sorted: the same folder gives the same member order
-            if path.is_file() and not path.name.endswith((".lock", ".tmp")) and path.name not in exclude:
-                tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            rel = path.relative_to(folder)
+            if (path.is_file() and not path.name.endswith((".lock", ".tmp")) and path.name not in exclude
+                    and not any(Path(x) in (rel, *rel.parents) for x in exclude)):
+                tar.add(path, arcname=str(rel), recursive=False)
     part.replace(to)
     return to.stat().st_size
 
@@ -124,7 +127,8 @@ def main() -> None:
     ap.add_argument("--to", default=None, help="the snapshot file (default: bench/state/bench.db.gz for the store)")
     ap.add_argument("--force", action="store_true", help="restore over an existing store")
     ap.add_argument("--exclude", action="append", default=[], metavar="NAME",
-                    help="with --folder save: leave files of this name out (repeatable), e.g. checkpoint.pt")
+                    help="with --folder save: leave out files of this name or this path inside the folder "
+                    "(repeatable), e.g. checkpoint.pt or round1/dpo")
     args = ap.parse_args()
     store = Path(args.store) if args.store else home() / "bench.db"
     if args.folder:

@@ -82,15 +82,19 @@ def test_a_folder_travels_whole_and_an_existing_one_is_kept(tmp_path, snapshot):
     assert not (tmp_path / "other").exists()
 
 
-def test_a_folder_snapshot_leaves_out_the_excluded_names_only(tmp_path, snapshot):
+def test_a_folder_snapshot_leaves_out_the_excluded_names_and_paths_only(tmp_path, snapshot):
     src = tmp_path / "train"
     (src / "sft" / "adapter").mkdir(parents=True)
     (src / "sft" / "adapter" / "adapter_config.json").write_text("{}")
     (src / "sft" / "checkpoint.pt").write_bytes(b"optimizer state")
     (src / "sft" / "log.jsonl").write_text("{}\n")
+    (src / "round1" / "dpo" / "checkpoint-8").mkdir(parents=True)
+    (src / "round1" / "dpo" / "checkpoint-8" / "adapter_config.json").write_text("{}")
+    (src / "round1" / "dpo_log.json").write_text("[]")
     snap = tmp_path / "train.tar.gz"
-    snapshot.save_folder(src, snap, exclude=("checkpoint.pt",))
+    snapshot.save_folder(src, snap, exclude=("checkpoint.pt", "round1/dpo"))
     dst = tmp_path / "restored"
     snapshot.restore_folder(dst, snap, force=False)
+    # a name anywhere, or a path with everything under it; a sibling sharing the path's prefix stays
     assert sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file()) == [
-        "sft/adapter/adapter_config.json", "sft/log.jsonl"]
+        "round1/dpo_log.json", "sft/adapter/adapter_config.json", "sft/log.jsonl"]
