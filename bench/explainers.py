@@ -63,7 +63,8 @@ def main() -> None:
     print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
           f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
     d = s["paired"].get("sage|generation")
-    record("explainers", {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens,
+    # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
+    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""), {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens,
                           "features": len(features)}, s)
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
