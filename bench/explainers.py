@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from results import record
 
 from saexplain.cache.pipeline import cache_key
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
-from saexplain.pipeline.runner import run_all
+from saexplain.pipeline.runner import choose_features, run_all
 from saexplain.report import markdown, summarize
 from saexplain.store import Store
 
@@ -42,13 +43,24 @@ def main() -> None:
     store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", args.methods, args.scorers, args.tokens, args.seed, llm=args.llm,
                       store=store)
-    if args.report_only:  # the run of exactly these settings (not the store's latest run)
-        key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
-        with Store(store, readonly=True) as db:
+    key, _ = cache_key(cfgs.subject, cfgs.corpus, cfgs.cache)
+    run_id, s = None, None
+    if Path(store).is_file():
+        with Store(store, readonly=True) as db:  # the run of exactly these settings (not the store's latest run)
             run_id = db.find_run("run", cfgs.identity(key))
-            if run_id is None:
-                raise SystemExit(f"no run with these settings in {store} yet: run without --report-only first")
-            s = summarize(db, run_id, baseline="oneshot")
+            if run_id is not None:
+                s = summarize(db, run_id, baseline="oneshot")
+                # a run's identity leaves the feature list out: the run found may hold another seed's features
+                cache_id = db.find_run("cache", key)
+                wanted = set(choose_features(cfgs.run.features, db.feature_stats(cache_id), cfgs.run))
+                have = {int(f) for f in s["features"]}
+                if have - wanted:
+                    raise SystemExit(f"the run in {store} holds features that --seed {args.seed} does not choose "
+                                     f"({len(have & wanted)} of {len(have)} in common): its figures are another "
+                                     f"draw's; give this seed's own --store")
+    if args.report_only:
+        if s is None:
+            raise SystemExit(f"no run with these settings in {store} yet: run without --report-only first")
         print(markdown(s))
     else:
         t0 = time.perf_counter()
