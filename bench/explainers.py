@@ -76,8 +76,8 @@ def main() -> None:
           f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
     d = s["paired"].get("sage|generation")
     # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
-    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""), {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens,
-                          "features": len(features)}, s)
+    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""),
+           {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens, "features": len(features)}, s)
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
               f"(n={d['n']} features)")

@@ -17,7 +17,8 @@ evaluation on held-out features against one-shot, every method judged by the sam
   with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), `--dpo-preset` (lora:
   up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings). Cost on
   this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
-  pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once);
+  pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once;
+  round 1 measured 7,739 s);
   SFT on 1,024 features × 3 epochs is 768 steps of 4 (≈ 4 s each, ≈ 50 min). `--stop-after sft` then
   `--stop-after round1` then no option: each call resumes and evaluates the stages trained so far.
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench. Every stage resumes (store, SFT checkpoint, candidates
@@ -138,10 +139,13 @@ def text_forms(summary: dict, methods: list[str]) -> dict[str, dict[str, int]]:
     """What the trained explainer's texts are, counted per stage over the held-out features: token lists
     ('the tokens "a", "b"'), lists that repeat a quoted token, lists of function words only, and (for the DPO
     rounds) texts that differ from SFT's on the same feature — the check that a round changed the greedy text."""
-    out = {}
+    def ok_texts(m: str) -> dict[str, str]:
+        return {f: row[m]["description"] for f, row in summary["features"].items()
+                if m in row and row[m]["status"] == "ok"}
+
+    out, sft = {}, ok_texts("saeexplainer@sft")
     for m in methods:
-        texts = {f: row[m]["description"] for f, row in summary["features"].items()
-                 if m in row and row[m]["status"] == "ok"}
+        texts = ok_texts(m)
         quoted = {f: re.findall(r'"([^"]*)"', t) for f, t in texts.items()}
         lists = {f: q for f, q in quoted.items() if q}
         out[m] = {"explanations": len(texts), "token_lists": len(lists),
@@ -149,8 +153,6 @@ def text_forms(summary: dict, methods: list[str]) -> dict[str, dict[str, int]]:
                   "function_words_only": sum(all(w.strip().lower() in FUNCTION_WORDS for w in q)
                                              for q in lists.values())}
         if m != "saeexplainer@sft":
-            sft = {f: row["saeexplainer@sft"]["description"] for f, row in summary["features"].items()
-                   if "saeexplainer@sft" in row and row["saeexplainer@sft"]["status"] == "ok"}
             out[m]["differs_from_sft"] = sum(texts[f] != sft[f] for f in texts if f in sft)
             out[m]["compared_with_sft"] = sum(f in sft for f in texts)
     return out
