@@ -14,15 +14,18 @@ evaluation on held-out features against one-shot, every method judged by the sam
   explanations of the training features in a run named `saeexplainer-train`, scored by generation: the
   best-scoring one per feature; the recipe of the first runs, 64 features).
 - DPO rounds on `--pair-features` of them (seeded; 32 by default): `--candidates` per feature (12), each rewarded
-  with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), `--dpo-preset` (lora:
+  with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), up to
+  `--pairs-per-feature` pairs from each feature's candidates (1), `--dpo-preset` (lora:
   up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings). Cost on
   this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
   pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once;
   round 1 measured 7,739 s);
   SFT on 1,024 features × 3 epochs is 768 steps of 4 (≈ 4 s each, ≈ 50 min). `--stop-after sft` then
   `--stop-after round1` then no option: each call resumes and evaluates the stages trained so far.
-- Training folder: $SAEXPLAIN_HOME/saeexplainer/bench. Every stage resumes (store, SFT checkpoint, candidates
-  file, TRL checkpoints), so a killed benchmark continues where it stopped.
+- Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
+  and round-1 candidates into it, for other pair rules or DPO settings on the same candidates). Every stage
+  resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed benchmark continues where it
+  stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
 `round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
 
@@ -58,6 +61,9 @@ def main() -> None:
     ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
     ap.add_argument("--pair-features", type=int, default=32)
     ap.add_argument("--reward-repeats", type=int, default=2)
+    ap.add_argument("--pairs-per-feature", type=int, default=1)
+    ap.add_argument("--reuse", default=None, metavar="FOLDER", help="copy FOLDER's SFT model and round-1 "
+                    "candidates into --dir first (FOLDER must agree on every setting but the pair rules and DPO's)")
     ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
@@ -101,11 +107,14 @@ def main() -> None:
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
                       references=args.references if args.references == "top-tokens" else "store",
                       pair_features=args.pair_features, reward_repeats=args.reward_repeats,
+                      pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
         return evaluate(args, store, tdir, stages_ev, heldout_features, timed, times)
     t = timed("split", lambda: Training(cfg, stages, echo=echo))
+    if args.reuse:
+        t.reuse(args.reuse)
     if args.references == "oneshot":
         t.close()
         ref = timed("references (one-shot + generation on training features)", lambda: run_all(cpu_preset(

@@ -161,6 +161,31 @@ def test_noise_aware_pairs_need_a_gap_beyond_the_measured_reward_noise():
     assert build_pair(7, _cands(0.9, 0.85, 0.8, 0.78), TrainConfig(min_spread=0.0))[0] is None
 
 
+def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
+    from saexplain.train.data import build_pairs
+
+    cfg = TrainConfig(min_reward=0.1, min_spread=0.10, min_margin=0.15, pairs_per_feature=3)
+    # upper half c0..c3 (0.9, 0.8, 0.7, 0.6), lower half c4..c7 (0.55, 0.5, 0.3, 0.2)
+    pairs, why = build_pairs(7, _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2), cfg)
+    assert why == "ok" and [(p.chosen, p.rejected) for p in pairs] == [("c0", "c4"), ("c1", "c5"), ("c2", "c6")]
+    assert build_pair(7, _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2), cfg)[0] == pairs[0]  # the first is the one
+    # each chosen text takes the closest unused lower-half one beyond the margin: c2 (0.62) skips c6 (0.54, 13 %
+    # behind) for c7; c3 (0.60) has none left beyond it, and one further down would not either
+    pairs, _ = build_pairs(7, _cands(1.0, 0.9, 0.62, 0.6, 0.58, 0.55, 0.54, 0.1),
+                           cfg.model_copy(update={"pairs_per_feature": 9}))
+    assert [(p.chosen, p.rejected) for p in pairs] == [("c0", "c4"), ("c1", "c5"), ("c2", "c7")]
+    # a text sampled several times is one candidate (one pair at most); b trails a by only 11 %
+    dup = [Candidate("a", 0.9), Candidate("a", 0.9), Candidate("a", 0.9), Candidate("b", 0.8), Candidate("c", 0.4),
+           Candidate("d", 0.3)]
+    pairs, _ = build_pairs(7, dup, cfg)
+    assert [(p.chosen, p.rejected) for p in pairs] == [("a", "c")]
+    # a noise gap the second-best cannot clear gives the best's pair only
+    cfg_n = cfg.model_copy(update={"reward_repeats": 2, "min_gap_sigmas": 2.0, "min_spread": 0.0})
+    pairs, _ = build_pairs(7, _cands(0.9, 0.5, 0.45, 0.4), cfg_n, noise=0.1)  # gap 0.2: 0.5 − 0.4 is not enough
+    assert [(p.chosen, p.rejected) for p in pairs] == [("c0", "c2")]
+    assert build_pairs(7, _cands(0.9, 0.88, 0.86, 0.85), cfg) == ([], "spread 0.056 ≤ 0.1")
+
+
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
     p = tmp_path / "np.json"
     p.write_text(json.dumps([{"modelId": "gemma", "index": "3", "description": " fish "},
@@ -380,6 +405,29 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     # another setting in the same folder is refused, not silently mixed
     with pytest.raises(ConfigError, match="was started with training.candidates=6"):
         Training(cfg.model_copy(update={"candidates": 4}), stages, echo=lambda m: None)
+    # other pair rules on the same candidates: --reuse copies the SFT model and round 1's candidates; no reward call
+    train3 = tmp_path / "train3"
+    t3 = Training(cfg.model_copy(update={"dir": str(train3), "pairs_per_feature": 3}), stages, echo=lambda m: None)
+    assert t3.reuse(tmp_path / "train") == ["sft", "round1/candidates.jsonl"]
+    assert t3.reuse(tmp_path / "train") == []  # it has its own now: nothing is replaced
+    assert t3.sft() == train3 / "sft" / "adapter"  # trained already: not again
+    llm3, writer3 = scripted_llm(reward_writer)
+    t3.pairs(1, llm3)
+    assert writer3.requests == []
+    pairs3 = load_from_disk(str(train3 / "round1" / "pairs"))
+    assert len(pairs3) >= n_pairs and set(pairs3["feature"]) == set(pairs["feature"])
+    firsts = {}
+    for f, c, r in zip(pairs3["feature"], pairs3["chosen"], pairs3["rejected"]):
+        firsts.setdefault(f, (c, r))
+    assert firsts == {f: (c, r) for f, c, r in zip(pairs["feature"], pairs["chosen"], pairs["rejected"])}
+    t3.close()
+    t4 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train4"), "candidates": 4}), stages,
+                  echo=lambda m: None)
+    with pytest.raises(ConfigError, match="trained with training.candidates=6, this folder has 4"):
+        t4.reuse(tmp_path / "train")
+    with pytest.raises(ConfigError, match="not a training folder"):
+        t4.reuse(tmp_path / "nowhere")
+    t4.close()
     # evaluation: the stages as explainers in the held-out run (same judge, same features)
     ev = _stages(ground_truth, tmp_path, SAEExplainerConfig(train_dir=str(tmp_path / "train"), max_new_tokens=8),
                  features="0", explainers="oneshot,saeexplainer@sft,saeexplainer@round2", scorers="")

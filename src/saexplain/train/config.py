@@ -44,6 +44,10 @@ class TrainConfig(Config):
                                   "two mean rewards (the noise measured over the round's repeats)")
     min_reward: float = Field(0.1, ge=0, description="drop a feature whose best normalised reward is below")
     min_spread: float = Field(0.10, ge=0, description="drop a feature whose (best − worst) / best is ≤ this")
+    pairs_per_feature: int = Field(1, ge=1, description="preference pairs a feature may give: the best candidate "
+                                   "against the closest lower-half one beyond the margin, then the next distinct "
+                                   "upper-half candidate against the next lower-half one, and so on (each text in "
+                                   "one pair at most)")
     min_margin: float = Field(0.15, ge=0, description="rejected trails the chosen by more than this (relative)")
     # LoRA
     lora_r: int = Field(16, ge=1, description="LoRA rank")

@@ -195,29 +195,63 @@ class Pair:
 
 def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None
                ) -> tuple[Pair | None, str]:
-    """The pair of one feature, or None with the reason it was dropped. With the round's measured reward `noise`
-    (a standard deviation of one set's reward), the rejected candidate must trail the chosen one by more than
+    """The feature's first pair (the best candidate against the closest lower-half one beyond the margin), or
+    None with the reason it was dropped."""
+    pairs, why = build_pairs(feature, candidates, cfg.model_copy(update={"pairs_per_feature": 1}), noise)
+    return (pairs[0] if pairs else None), why
+
+
+def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The first candidate of each text, in order (a text repeated by sampling is rewarded once)."""
+    seen: dict[str, Candidate] = {}
+    for c in candidates:
+        seen.setdefault(c.text, c)
+    return list(seen.values())
+
+
+def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None
+                ) -> tuple[list[Pair], str]:
+    """The pairs of one feature (up to `pairs_per_feature`), or none with the reason it was dropped. Chosen texts
+    come from the upper half (distinct, best first, each at least `min_reward`), rejected ones from the lower half
+    (distinct, each used once, the closest one beyond the margin first), so the first pair is the best candidate
+    against the closest lower-half one that trails it clearly. With the round's measured reward `noise` (a
+    standard deviation of one set's reward), a rejected candidate must trail its chosen one by more than
     `min_gap_sigmas` standard errors of the difference of two means of `reward_repeats` sets, instead of the
     relative `min_margin`."""
     scored = sorted((c for c in candidates if c.reward is not None), key=lambda c: -c.reward)
     if len(scored) < 2:
-        return None, f"{len(scored)} scored candidates"
+        return [], f"{len(scored)} scored candidates"
     best, worst = scored[0].reward, scored[-1].reward
     if best < cfg.min_reward:
-        return None, f"best reward {best:.3f} < {cfg.min_reward}"
+        return [], f"best reward {best:.3f} < {cfg.min_reward}"
     if (best - worst) / best <= cfg.min_spread:
-        return None, f"spread {(best - worst) / best:.3f} ≤ {cfg.min_spread}"
-    lower = scored[(len(scored) + 1) // 2:]
+        return [], f"spread {(best - worst) / best:.3f} ≤ {cfg.min_spread}"
+    half = (len(scored) + 1) // 2
+    upper = [c for c in _distinct(scored[:half]) if c.reward >= cfg.min_reward]
+    lower = _distinct(scored[half:])
     if noise is not None:
         gap = cfg.min_gap_sigmas * noise * float(np.sqrt(2 / cfg.reward_repeats))
-        for c in lower:
-            if best - c.reward > gap and c.text != scored[0].text:
-                return Pair(feature, scored[0].text, c.text, best, c.reward), "ok"
-        return None, f"no lower-half candidate trails the best by > {gap:.3f} ({cfg.min_gap_sigmas:g} σ of the noise)"
-    for c in lower:  # best first
-        if (best - c.reward) / best > cfg.min_margin and c.text != scored[0].text:
-            return Pair(feature, scored[0].text, c.text, best, c.reward), "ok"
-    return None, f"no lower-half candidate trails the best by > {cfg.min_margin:.0%}"
+
+        def beats(c: Candidate, r: Candidate) -> bool:
+            return c.reward - r.reward > gap
+        why = f"no lower-half candidate trails the best by > {gap:.3f} ({cfg.min_gap_sigmas:g} σ of the noise)"
+    else:
+        def beats(c: Candidate, r: Candidate) -> bool:
+            return (c.reward - r.reward) / c.reward > cfg.min_margin
+        why = f"no lower-half candidate trails the best by > {cfg.min_margin:.0%}"
+    pairs: list[Pair] = []
+    used: set[str] = set()  # a text is in one pair at most, as chosen or as rejected
+    for c in upper:
+        if c.text in used:
+            continue
+        r = next((r for r in lower if r.text not in used and r.text != c.text and beats(c, r)), None)
+        if r is None:  # a chosen text further down, with a lower reward, cannot beat any of those left either
+            break
+        used |= {c.text, r.text}
+        pairs.append(Pair(feature, c.text, r.text, c.reward, r.reward))
+        if len(pairs) >= cfg.pairs_per_feature:
+            break
+    return pairs, ("ok" if pairs else why)
 
 
 def save_pairs(pairs: Sequence[Pair], prompts: dict[int, str], path: Path) -> Path:

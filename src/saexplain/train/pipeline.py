@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,7 +32,7 @@ from saexplain.subject.oracle import Oracle
 from saexplain.train.config import TrainConfig
 from saexplain.train.data import (
     Candidate,
-    build_pair,
+    build_pairs,
     choose_train_features,
     heldout_features,
     load_jsonl,
@@ -50,6 +51,11 @@ from saexplain.train.sft import train_sft
 _FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
          "training.train_device"} | {
     f"{section}.{name}" for section, cls in StageConfigs.CLASSES.items() for name in cls.speed_fields}
+# training settings read only once a round's candidates are rewarded (the pair rules, DPO): two folders that agree on
+# everything else train the same SFT model and write the same round-1 candidates (`Training.reuse`)
+_AFTER_CANDIDATES = {f"training.{k}" for k in (
+    "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
+    "dpo_patience", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2")}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
@@ -92,14 +98,43 @@ class Training:
                "saeexplainer": json.loads(self.explainer.to_json())}
         path = self.dir / "config.json"
         if path.is_file():
-            saved = json.loads(path.read_text())
-            for section, values in now.items():
-                for k, v in values.items():
-                    key = f"{section}.{k}"
-                    if key not in _FREE and saved.get(section, {}).get(k, v) != v:
-                        raise ConfigError(f"{self.dir} was started with {key}={saved[section][k]!r}, not {v!r} "
-                                          f"(use another --dir for other settings)")
+            key, was, v = _first_difference(json.loads(path.read_text()), now, _FREE)
+            if key:
+                raise ConfigError(f"{self.dir} was started with {key}={was!r}, not {v!r} "
+                                  f"(use another --dir for other settings)")
         return now
+
+    def reuse(self, src: str | Path) -> list[str]:
+        """Copies folder `src`'s SFT model and round-1 candidates into this folder where it has none, so a
+        folder that differs only in its pair rules or DPO settings does not pay again for what it would
+        compute identically (the round-1 candidates cost an LLM call per reward). `src` must hold the same split
+        and agree on every other setting. Returns what was copied."""
+        src = Path(src).expanduser()
+        try:
+            saved = json.loads((src / "config.json").read_text())
+            split = json.loads((src / "split.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"--reuse {src}: not a training folder ({e})") from None
+        key, was, v = _first_difference(saved, self._check_config(), _FREE | _AFTER_CANDIDATES | {"training.dir"})
+        if key:
+            raise ConfigError(f"--reuse {src}: it was trained with {key}={was!r}, this folder has {v!r}")
+        if split.get("train") != self.features:
+            raise ConfigError(f"--reuse {src}: its training features ({src / 'split.json'}) are not this folder's")
+        copied = []
+        if not (self.dir / "sft" / "adapter" / "adapter_config.json").is_file():
+            if not (src / "sft" / "adapter" / "adapter_config.json").is_file():
+                raise ConfigError(f"--reuse {src}: it has no trained SFT adapter")
+            shutil.rmtree(self.dir / "sft", ignore_errors=True)  # an unfinished SFT of this folder
+            shutil.copytree(src / "sft", self.dir / "sft")
+            copied.append("sft")
+        # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from
+        cand = self.dir / "round1" / "candidates.jsonl"
+        if copied and (src / "round1" / "candidates.jsonl").is_file():
+            cand.parent.mkdir(exist_ok=True)
+            shutil.copyfile(src / "round1" / "candidates.jsonl", cand)
+            copied.append("round1/candidates.jsonl")
+        self.echo(f"reused from {src}: {', '.join(copied) or 'nothing (this folder has its own SFT model)'}")
+        return copied
 
     def close(self) -> None:
         self.store.close()
@@ -216,10 +251,9 @@ class Training:
         noise = reward_noise([Candidate(**c) for f in feats for c in done[f]["candidates"]])
         for f in feats:
             cands = [Candidate(**c) for c in done[f]["candidates"]]
-            pair, why = build_pair(f, cands, self.cfg, noise)
-            if pair:
-                pairs.append(pair)
-            else:
+            got, why = build_pairs(f, cands, self.cfg, noise)
+            pairs += got
+            if not got:
                 dropped[f] = why
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
         failed = sum(c["error"] is not None for f in feats for c in done[f]["candidates"])
@@ -233,12 +267,13 @@ class Training:
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
-        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
+        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "pair_features": len(feats) - len(dropped),
+                                                   "dropped": dropped, "failed": failed,
                                                    "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
                                                    "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
-        self.echo(f"round {round_}: {len(pairs)} pairs from {len(feats)} features "
+        self.echo(f"round {round_}: {len(pairs)} pairs from {len(feats) - len(dropped)} of {len(feats)} features "
                   f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
         return out / "pairs"
 
@@ -285,6 +320,17 @@ class Training:
         self.echo(f"dpo round {round_}: mean log p(chosen) − log p(rejected) on its {len(rows)} pairs "
                   f"{res['mean_before']:+.3f} → {res['mean_after']:+.3f} ({res['improved']} pairs raised)")
         return res
+
+
+def _first_difference(saved: dict, now: dict, free: set[str]) -> tuple[str | None, object, object]:
+    """The first setting (section.name, saved value, this value) where `now` differs from a saved config, but for
+    those in `free`; a setting the saved config lacks (added since) is taken as agreeing."""
+    for section, values in now.items():
+        for k, v in values.items():
+            key = f"{section}.{k}"
+            if key not in free and saved.get(section, {}).get(k, v) != v:
+                return key, saved[section][k], v
+    return None, None, None
 
 
 def _default_store():
