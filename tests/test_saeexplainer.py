@@ -186,6 +186,26 @@ def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
     assert build_pairs(7, _cands(0.9, 0.88, 0.86, 0.85), cfg) == ([], "spread 0.056 ≤ 0.1")
 
 
+def test_training_page_shows_the_pairs_the_round_built_with_its_measured_noise(tmp_path):
+    from saexplain.web.read import training_rounds
+
+    folder = tmp_path / "t"
+    (folder / "round1").mkdir(parents=True)
+    sub = {"model": "m", "sae": "s"}
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
+        "reward_repeats": 2, "min_gap_sigmas": 2.0, "pairs_per_feature": 2, "min_spread": 0.0}}))
+    (folder / "split.json").write_text(json.dumps({"train": [5, 6], "heldout": []}))
+    d = 0.1 * 2 ** 0.5 / 2  # two repeats x ± d: a standard deviation of 0.1, so the gap is 2 × 0.1 × 1 = 0.2
+
+    def row(f):
+        return {"feature": f, "candidates": [{"text": f"c{i}", "reward": x, "rewards": [x - d, x + d]}
+                                             for i, x in enumerate((0.9, 0.85, 0.72, 0.6))]}
+    (folder / "round1" / "candidates.jsonl").write_text("".join(json.dumps(row(f)) + "\n" for f in (5, 6)))
+    [r] = training_rounds([{"saeexplainer": {"train_dir": str(folder)}, "subject": sub}], 5)
+    # the noise rule: c2 trails c0 by 0.18 only, c1 beats nothing left (the 15 % rule would pair c0/c2, c1/c3)
+    assert [(p.chosen, p.rejected) for p in r.pairs] == [("c0", "c3")] and r.pair_reason == "ok"
+
+
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
     p = tmp_path / "np.json"
     p.write_text(json.dumps([{"modelId": "gemma", "index": "3", "description": " fish "},
@@ -448,11 +468,10 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     r1 = page.saeexplainer[0]
     assert sorted(c.text for c in r1.candidates) == sorted(c["text"] for r in rows if r["feature"] == 1
                                                            for c in r["candidates"])
-    by_feature = {f: (c, r) for f, c, r in zip(pairs["feature"], pairs["chosen"], pairs["rejected"])}
-    if 1 in by_feature:  # the dataset's texts carry a leading space (the completion after the prompt)
-        assert (" " + r1.chosen, " " + r1.rejected) == by_feature[1]
-    else:
-        assert r1.chosen is None and r1.pair_reason
+    trained = [(c, r) for f, c, r in zip(pairs["feature"], pairs["chosen"], pairs["rejected"]) if f == 1]
+    # the dataset's texts carry a leading space (the completion after the prompt)
+    assert [(" " + p.chosen, " " + p.rejected) for p in r1.pairs] == trained
+    assert trained or r1.pair_reason
     assert Reader(held.run.store).feature(h.run_id, 0).saeexplainer == []  # held out: never trained on
     from fastapi.testclient import TestClient
 

@@ -142,12 +142,16 @@ class CandidateView(BaseModel):
     texts: list[str]
 
 
+class PairView(BaseModel):
+    chosen: str
+    rejected: str
+
+
 class TrainingRound(BaseModel):
     folder: str
     round: int
     candidates: list[CandidateView]
-    chosen: str | None  # the DPO pair built from them (None: dropped, `pair_reason` says why)
-    rejected: str | None
+    pairs: list[PairView]  # the DPO pairs built from them, as the round built them (none: `pair_reason` says why)
     pair_reason: str
 
 
@@ -433,11 +437,11 @@ class Reader:
 
 
 def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
-    """SAEExplainer's candidates, rewards and DPO pair for `feature`, from the training folders of the runs
+    """SAEExplainer's candidates, rewards and DPO pairs for `feature`, from the training folders of the runs
     (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
     and SAE with this feature among their training features."""
     from saexplain.train.config import TrainConfig
-    from saexplain.train.data import Candidate, build_pair, load_jsonl
+    from saexplain.train.data import Candidate, build_pairs, load_jsonl, reward_noise
 
     folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
     root = home() / "saeexplainer"
@@ -460,10 +464,12 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
             if feature not in rows:
                 continue
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
-            pair, why = build_pair(feature, cands, tcfg)
+            # the rules the round applied: its reward noise is measured over all its features' candidates
+            noise = reward_noise([Candidate(**c) for r in rows.values() for c in r["candidates"]])
+            pairs, why = build_pairs(feature, cands, tcfg, noise)
             out.append(TrainingRound(
-                folder=str(folder), round=rnd, pair_reason=why, chosen=pair.chosen if pair else None,
-                rejected=pair.rejected if pair else None,
+                folder=str(folder), round=rnd, pair_reason=why,
+                pairs=[PairView(chosen=p.chosen, rejected=p.rejected) for p in pairs],
                 candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
                             sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
     return out
