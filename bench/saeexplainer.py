@@ -23,9 +23,9 @@ evaluation on held-out features against one-shot, every method judged by the sam
   SFT on 1,024 features × 3 epochs is 768 steps of 4 (≈ 4 s each, ≈ 50 min). `--stop-after sft` then
   `--stop-after round1` then no option: each call resumes and evaluates the stages trained so far.
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
-  and round-1 candidates into it, for other pair rules or DPO settings on the same candidates). Every stage
-  resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed benchmark continues where it
-  stopped.
+  and round-1 candidates into it, for other pair rules, DPO settings or more pair features on the same
+  candidates). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
+  benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
 `round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
 
@@ -63,7 +63,8 @@ def main() -> None:
     ap.add_argument("--reward-repeats", type=int, default=2)
     ap.add_argument("--pairs-per-feature", type=int, default=1)
     ap.add_argument("--reuse", default=None, metavar="FOLDER", help="copy FOLDER's SFT model and round-1 "
-                    "candidates into --dir first (FOLDER must agree on every setting but the pair rules and DPO's)")
+                    "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
+                    "--pair-features)")
     ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)

@@ -441,6 +441,15 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
         firsts.setdefault(f, (c, r))
     assert firsts == {f: (c, r) for f, c, r in zip(pairs["feature"], pairs["chosen"], pairs["rejected"])}
     t3.close()
+    # fewer (or more) pair features: their candidates are the same feature by feature; only missing ones are paid
+    t5 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train5"), "pair_features": 2}), stages,
+                  echo=lambda m: None)
+    assert t5.reuse(tmp_path / "train") == ["sft", "round1/candidates.jsonl"]
+    llm5, writer5 = scripted_llm(reward_writer)
+    t5.pairs(1, llm5)
+    assert writer5.requests == [] and json.loads((tmp_path / "train5" / "round1" / "pairs.json").read_text())[
+        "rewards"]["features_rewarded"] == 2
+    t5.close()
     t4 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train4"), "candidates": 4}), stages,
                   echo=lambda m: None)
     with pytest.raises(ConfigError, match="trained with training.candidates=6, this folder has 4"):

@@ -51,11 +51,12 @@ from saexplain.train.sft import train_sft
 _FREE = {"training.save_steps", "training.references", "training.reference_run", "training.reference_scorer",
          "training.train_device"} | {
     f"{section}.{name}" for section, cls in StageConfigs.CLASSES.items() for name in cls.speed_fields}
-# training settings read only once a round's candidates are rewarded (the pair rules, DPO): two folders that agree on
-# everything else train the same SFT model and write the same round-1 candidates (`Training.reuse`)
-_AFTER_CANDIDATES = {f"training.{k}" for k in (
+# training settings that do not change a feature's SFT model or round-1 candidates (`Training.reuse`): those read only
+# once the candidates are rewarded (the pair rules, DPO), and how many features get candidates — each feature's are
+# seeded by the feature alone, and a larger `pair_features` draw extends a smaller one (one seeded permutation)
+_REUSABLE = {f"training.{k}" for k in (
     "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
-    "dpo_patience", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2")}
+    "dpo_patience", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2", "pair_features")}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
@@ -106,16 +107,17 @@ class Training:
 
     def reuse(self, src: str | Path) -> list[str]:
         """Copies folder `src`'s SFT model and round-1 candidates into this folder where it has none, so a
-        folder that differs only in its pair rules or DPO settings does not pay again for what it would
-        compute identically (the round-1 candidates cost an LLM call per reward). `src` must hold the same split
-        and agree on every other setting. Returns what was copied."""
+        folder that differs only in its pair rules, DPO settings or number of pair features does not pay again
+        for what it would compute identically (the round-1 candidates cost an LLM call per reward; with more pair
+        features, only the new ones' are computed). `src` must hold the same split and agree on every other
+        setting. Returns what was copied."""
         src = Path(src).expanduser()
         try:
             saved = json.loads((src / "config.json").read_text())
             split = json.loads((src / "split.json").read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"--reuse {src}: not a training folder ({e})") from None
-        key, was, v = _first_difference(saved, self._check_config(), _FREE | _AFTER_CANDIDATES | {"training.dir"})
+        key, was, v = _first_difference(saved, self._check_config(), _FREE | _REUSABLE | {"training.dir"})
         if key:
             raise ConfigError(f"--reuse {src}: it was trained with {key}={was!r}, this folder has {v!r}")
         if split.get("train") != self.features:
