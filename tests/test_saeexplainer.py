@@ -192,18 +192,23 @@ def test_training_page_shows_the_pairs_the_round_built_with_its_measured_noise(t
     folder = tmp_path / "t"
     (folder / "round1").mkdir(parents=True)
     sub = {"model": "m", "sae": "s"}
+    # one pair feature of two (the seeded draw picks 5): 6's candidates are in the file, as in one copied from a
+    # folder with more pair features, but are not this round's — neither shown nor part of its noise
     (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
-        "reward_repeats": 2, "min_gap_sigmas": 2.0, "pairs_per_feature": 2, "min_spread": 0.0}}))
+        "reward_repeats": 2, "min_gap_sigmas": 2.0, "pairs_per_feature": 2, "min_spread": 0.0, "pair_features": 1}}))
     (folder / "split.json").write_text(json.dumps({"train": [5, 6], "heldout": []}))
-    d = 0.1 * 2 ** 0.5 / 2  # two repeats x ± d: a standard deviation of 0.1, so the gap is 2 × 0.1 × 1 = 0.2
 
-    def row(f):
+    def row(f, sd):  # two repeats x ± d: a standard deviation of sd
+        d = sd * 2 ** 0.5 / 2
         return {"feature": f, "candidates": [{"text": f"c{i}", "reward": x, "rewards": [x - d, x + d]}
                                              for i, x in enumerate((0.9, 0.85, 0.72, 0.6))]}
-    (folder / "round1" / "candidates.jsonl").write_text("".join(json.dumps(row(f)) + "\n" for f in (5, 6)))
-    [r] = training_rounds([{"saeexplainer": {"train_dir": str(folder)}, "subject": sub}], 5)
-    # the noise rule: c2 trails c0 by 0.18 only, c1 beats nothing left (the 15 % rule would pair c0/c2, c1/c3)
+    (folder / "round1" / "candidates.jsonl").write_text(json.dumps(row(5, 0.1)) + "\n" + json.dumps(row(6, 0.3)))
+    cfgs = [{"saeexplainer": {"train_dir": str(folder)}, "subject": sub}]
+    [r] = training_rounds(cfgs, 5)
+    # noise 0.1, gap 2 × 0.1 × 1 = 0.2: c2 trails c0 by 0.18 only, c1 beats nothing left (the 15 % rule would pair
+    # c0/c2 and c1/c3; feature 6's noise pooled in would make the gap 0.45 and drop the feature)
     assert [(p.chosen, p.rejected) for p in r.pairs] == [("c0", "c3")] and r.pair_reason == "ok"
+    assert training_rounds(cfgs, 6) == []
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):

@@ -184,6 +184,15 @@ def reward_noise(candidates: Sequence[Candidate]) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------- pairs
+def pair_features(features: Sequence[int], cfg: TrainConfig) -> list[int]:
+    """The training features that get candidates and pairs: all, or `pair_features` of them (one seeded
+    permutation, so a larger draw extends a smaller one)."""
+    n = cfg.pair_features
+    if not n or n >= len(features):
+        return list(features)
+    return sorted(int(f) for f in np.random.default_rng(cfg.feature_seed).permutation(list(features))[:n])
+
+
 @dataclass
 class Pair:
     feature: int

@@ -36,6 +36,7 @@ from saexplain.train.data import (
     choose_train_features,
     heldout_features,
     load_jsonl,
+    pair_features,
     references_from_neuronpedia,
     references_from_store,
     references_from_top_tokens,
@@ -199,10 +200,7 @@ class Training:
     def pair_features(self) -> list[int]:
         """The training features that get candidates and pairs: all, or `pair_features` of them (seeded) — SFT
         may warm up on thousands of features while the rounds, which cost LLM calls, use fewer."""
-        n = self.cfg.pair_features
-        if not n or n >= len(self.features):
-            return list(self.features)
-        return sorted(int(f) for f in np.random.default_rng(self.cfg.feature_seed).permutation(self.features)[:n])
+        return pair_features(self.features, self.cfg)
 
     def pairs(self, round_: int, llm) -> Path:
         """Candidates, rewards and pairs of a round (resumable per feature); closes `llm` when done."""

@@ -441,7 +441,7 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
     (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
     and SAE with this feature among their training features."""
     from saexplain.train.config import TrainConfig
-    from saexplain.train.data import Candidate, build_pairs, load_jsonl, reward_noise
+    from saexplain.train.data import Candidate, build_pairs, load_jsonl, pair_features, reward_noise
 
     folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
     root = home() / "saeexplainer"
@@ -459,13 +459,17 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
         sub = conf.get("subject", {})
         if feature not in split.get("train", []) or (sub.get("model"), sub.get("sae")) not in subjects:
             continue
+        feats = pair_features(split["train"], tcfg)
+        if feature not in feats:
+            continue  # SFT only: no candidates (a candidates file copied from another folder may hold it)
         for rnd in (1, 2):
             rows = load_jsonl(folder / f"round{rnd}" / "candidates.jsonl")
             if feature not in rows:
                 continue
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
-            # the rules the round applied: its reward noise is measured over all its features' candidates
-            noise = reward_noise([Candidate(**c) for r in rows.values() for c in r["candidates"]])
+            # the rules the round applied: its reward noise is measured over its pair features' candidates (a
+            # candidates file copied from another folder may hold more features)
+            noise = reward_noise([Candidate(**c) for f in feats if f in rows for c in rows[f]["candidates"]])
             pairs, why = build_pairs(feature, cands, tcfg, noise)
             out.append(TrainingRound(
                 folder=str(folder), round=rnd, pair_reason=why,
