@@ -399,6 +399,7 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
     pairs = load_from_disk(str(tmp_path / "train" / "round1" / "pairs"))
     assert summary["pairs"] == len(pairs) >= 1 and summary["failed"] == 0
+    assert summary["features_with_pairs"] == len(set(pairs["feature"])) == 4 - len(summary["dropped"])
     assert set(pairs["feature"]) <= set(t.features) and all(c > r for c, r in zip(pairs["chosen_reward"], pairs["rejected_reward"]))
     rows = [json.loads(x) for x in (tmp_path / "train" / "round1" / "candidates.jsonl").read_text().splitlines()]
     assert {r["feature"] for r in rows} == {1, 2, 3, 4} and all(len(r["candidates"]) == 6 for r in rows)

@@ -267,8 +267,8 @@ class Training:
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
-        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "pair_features": len(feats) - len(dropped),
-                                                   "dropped": dropped, "failed": failed,
+        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
+                                                   "features_with_pairs": len(feats) - len(dropped),
                                                    "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
                                                    "features_timed": len(timed)}, indent=1))
