@@ -21,7 +21,7 @@ from saexplain.store import Store
 from saexplain.subject.model import find_layers
 from saexplain.subject.oracle import SubjectConfig
 from saexplain.train.config import TrainConfig
-from saexplain.train.data import Candidate, build_pair, references_from_neuronpedia
+from saexplain.train.data import Candidate, build_pairs, references_from_neuronpedia
 from saexplain.train.dpo import train_dpo
 from saexplain.train.sft import train_sft
 from scripted_llm import ScriptedBackend, last_user, scripted_llm
@@ -108,19 +108,25 @@ def _cands(*rewards):
     return [Candidate(f"c{i}", r) for i, r in enumerate(rewards)]
 
 
+def _first(feature, candidates, cfg, noise=None):
+    """The feature's first pair (or None) and the reason, as a round with one pair per feature builds it."""
+    pairs, why = build_pairs(feature, candidates, cfg.model_copy(update={"pairs_per_feature": 1}), noise)
+    return (pairs[0] if pairs else None), why
+
+
 def test_pair_rules_on_hand_made_scores():
     cfg = TrainConfig(min_reward=0.1, min_spread=0.10, min_margin=0.15)
-    pair, why = build_pair(7, _cands(0.9, 0.8, 0.7, 0.6, 0.5, 0.2), cfg)
+    pair, why = _first(7, _cands(0.9, 0.8, 0.7, 0.6, 0.5, 0.2), cfg)
     assert (pair.chosen, pair.rejected, why) == ("c0", "c3", "ok")  # best of the lower half (0.6 trails 0.9 by 33 %)
     assert (pair.chosen_reward, pair.rejected_reward) == (0.9, 0.6)
-    pair, _ = build_pair(7, _cands(1.0, 0.95, 0.9, 0.88, 0.5, 0.4), cfg)
+    pair, _ = _first(7, _cands(1.0, 0.95, 0.9, 0.88, 0.5, 0.4), cfg)
     assert pair.rejected == "c4"  # 0.88 trails by only 12 %: the next one of the lower half
-    assert build_pair(7, _cands(0.05, 0.0, 0.0, 0.0, 0.0, 0.0), cfg)[0] is None  # best below the threshold
-    pair, why = build_pair(7, _cands(0.9, 0.88, 0.86, 0.85, 0.84, 0.82), cfg)
+    assert _first(7, _cands(0.05, 0.0, 0.0, 0.0, 0.0, 0.0), cfg)[0] is None  # best below the threshold
+    pair, why = _first(7, _cands(0.9, 0.88, 0.86, 0.85, 0.84, 0.82), cfg)
     assert pair is None and why.startswith("spread")  # (0.9 − 0.82) / 0.9 = 8.9 % ≤ 10 %
-    pair, why = build_pair(7, _cands(1.0, 0.95, 0.93, 0.9, 0.88, 0.87), cfg)
+    pair, why = _first(7, _cands(1.0, 0.95, 0.93, 0.9, 0.88, 0.87), cfg)
     assert pair is None and "trails" in why  # spread 13 %, but the lower half trails by 10–13 % only
-    assert build_pair(7, [Candidate("a", 0.9), Candidate("b", None, error="x")], cfg)[0] is None
+    assert _first(7, [Candidate("a", 0.9), Candidate("b", None, error="x")], cfg)[0] is None
 
 
 def test_noise_aware_pairs_need_a_gap_beyond_the_measured_reward_noise():
@@ -153,22 +159,20 @@ def test_noise_aware_pairs_need_a_gap_beyond_the_measured_reward_noise():
     assert reward_noise([Candidate("x", 0.5)]) is None
     cfg = TrainConfig(reward_repeats=4, min_gap_sigmas=2.0, min_spread=0.0)
     gap = 2.0 * 0.1 * (2 / 4) ** 0.5  # 0.141
-    pair, why = build_pair(7, _cands(0.9, 0.85, 0.8, 0.78), cfg, noise=0.1)
+    pair, why = _first(7, _cands(0.9, 0.85, 0.8, 0.78), cfg, noise=0.1)
     assert pair is None and "σ of the noise" in why  # 0.9 − 0.8 = 0.10 is within the noise
-    pair, _ = build_pair(7, _cands(0.9, 0.85, 0.8, 0.7), cfg, noise=0.1)
+    pair, _ = _first(7, _cands(0.9, 0.85, 0.8, 0.7), cfg, noise=0.1)
     assert pair.rejected == "c3" and 0.9 - 0.7 > gap
     # without a noise measure the relative margin rule applies (0.8 trails 0.9 by 11 % < 15 %; 0.78 by 13 %)
-    assert build_pair(7, _cands(0.9, 0.85, 0.8, 0.78), TrainConfig(min_spread=0.0))[0] is None
+    assert _first(7, _cands(0.9, 0.85, 0.8, 0.78), TrainConfig(min_spread=0.0))[0] is None
 
 
 def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
-    from saexplain.train.data import build_pairs
-
     cfg = TrainConfig(min_reward=0.1, min_spread=0.10, min_margin=0.15, pairs_per_feature=3)
     # upper half c0..c3 (0.9, 0.8, 0.7, 0.6), lower half c4..c7 (0.55, 0.5, 0.3, 0.2)
     pairs, why = build_pairs(7, _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2), cfg)
     assert why == "ok" and [(p.chosen, p.rejected) for p in pairs] == [("c0", "c4"), ("c1", "c5"), ("c2", "c6")]
-    assert build_pair(7, _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2), cfg)[0] == pairs[0]  # the first is the one
+    assert _first(7, _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2), cfg)[0] == pairs[0]  # the first is the one
     # each chosen text takes the closest unused lower-half one beyond the margin: c2 (0.62) skips c6 (0.54, 13 %
     # behind) for c7; c3 (0.60) has none left beyond it, and one further down would not either
     pairs, _ = build_pairs(7, _cands(1.0, 0.9, 0.62, 0.6, 0.58, 0.55, 0.54, 0.1),
@@ -186,29 +190,42 @@ def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
     assert build_pairs(7, _cands(0.9, 0.88, 0.86, 0.85), cfg) == ([], "spread 0.056 ≤ 0.1")
 
 
-def test_training_page_shows_the_pairs_the_round_built_with_its_measured_noise(tmp_path):
+def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
+    """The page reads what a round trained on (pairs/ and pairs.json's drop reasons), never a recomputation: a round
+    still rewarding shows its candidates and says so; a dataset left from an earlier build is not shown as this
+    round's; a candidates file copied from a folder with more pair features shows none of the others."""
+    from saexplain.train.data import Pair, save_pairs
     from saexplain.web.read import training_rounds
 
     folder = tmp_path / "t"
-    (folder / "round1").mkdir(parents=True)
     sub = {"model": "m", "sae": "s"}
-    # one pair feature of two (the seeded draw picks 5): 6's candidates are in the file, as in one copied from a
-    # folder with more pair features, but are not this round's — neither shown nor part of its noise
-    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
-        "reward_repeats": 2, "min_gap_sigmas": 2.0, "pairs_per_feature": 2, "min_spread": 0.0, "pair_features": 1}}))
-    (folder / "split.json").write_text(json.dumps({"train": [5, 6], "heldout": []}))
+    (folder / "config.json").parent.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {"pair_features": 1}}))
+    (folder / "split.json").write_text(json.dumps({"train": [5, 6], "heldout": []}))  # the seeded draw picks 5
 
-    def row(f, sd):  # two repeats x ± d: a standard deviation of sd
-        d = sd * 2 ** 0.5 / 2
-        return {"feature": f, "candidates": [{"text": f"c{i}", "reward": x, "rewards": [x - d, x + d]}
-                                             for i, x in enumerate((0.9, 0.85, 0.72, 0.6))]}
-    (folder / "round1" / "candidates.jsonl").write_text(json.dumps(row(5, 0.1)) + "\n" + json.dumps(row(6, 0.3)))
+    def row(f):
+        return {"feature": f, "candidates": [{"text": f"c{i}", "reward": x} for i, x in enumerate((0.9, 0.5, 0.1))]}
+    for rnd in (1, 2):
+        (folder / f"round{rnd}").mkdir()
+        (folder / f"round{rnd}" / "candidates.jsonl").write_text(json.dumps(row(5)) + "\n" + json.dumps(row(6)))
     cfgs = [{"saeexplainer": {"train_dir": str(folder)}, "subject": sub}]
-    [r] = training_rounds(cfgs, 5)
-    # noise 0.1, gap 2 × 0.1 × 1 = 0.2: c2 trails c0 by 0.18 only, c1 beats nothing left (the 15 % rule would pair
-    # c0/c2 and c1/c3; feature 6's noise pooled in would make the gap 0.45 and drop the feature)
-    assert [(p.chosen, p.rejected) for p in r.pairs] == [("c0", "c3")] and r.pair_reason == "ok"
-    assert training_rounds(cfgs, 6) == []
+    r1, r2 = training_rounds(cfgs, 5)
+    assert [c.text for c in r1.candidates] == ["c0", "c1", "c2"] and r1.pairs == []
+    assert "not built yet" in r1.pair_reason
+    # round 1 trained on c1 over c2 (whatever rules made it: the page shows the record, not the best candidate)
+    save_pairs([Pair(5, "c1", "c2", 0.5, 0.1)], {5: "prompt"}, folder / "round1" / "pairs")
+    (folder / "round1" / "pairs.json").write_text(json.dumps({"pairs": 1, "dropped": {}}))
+    (folder / "round2" / "pairs.json").write_text(json.dumps({"pairs": 0, "dropped": {"5": "spread 0.05 ≤ 0.1"}}))
+    r1, r2 = training_rounds(cfgs, 5)
+    assert [(p.chosen, p.rejected) for p in r1.pairs] == [("c1", "c2")] and r1.pair_reason == "ok"
+    assert r2.pairs == [] and r2.pair_reason == "spread 0.05 ≤ 0.1"
+    # pairs.json rewritten by a later build that counts 2 pairs, the dataset still the earlier one's
+    (folder / "round1" / "pairs.json").write_text(json.dumps({"pairs": 2, "dropped": {}}))
+    r1, _ = training_rounds(cfgs, 5)
+    assert r1.pairs == [] and "holds 1 pairs, pairs.json counts 2" in r1.pair_reason
+    (folder / "round1" / "pairs.json").write_text("{")
+    assert "does not read" in training_rounds(cfgs, 5)[0].pair_reason
+    assert training_rounds(cfgs, 6) == []  # not a pair feature of this folder
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):

@@ -202,14 +202,6 @@ class Pair:
     rejected_reward: float
 
 
-def build_pair(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None
-               ) -> tuple[Pair | None, str]:
-    """The feature's first pair (the best candidate against the closest lower-half one beyond the margin), or
-    None with the reason it was dropped."""
-    pairs, why = build_pairs(feature, candidates, cfg.model_copy(update={"pairs_per_feature": 1}), noise)
-    return (pairs[0] if pairs else None), why
-
-
 def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
     """The first candidate of each text, in order (a text repeated by sampling is rewarded once)."""
     seen: dict[str, Candidate] = {}

@@ -151,7 +151,7 @@ class TrainingRound(BaseModel):
     folder: str
     round: int
     candidates: list[CandidateView]
-    pairs: list[PairView]  # the DPO pairs built from them, as the round built them (none: `pair_reason` says why)
+    pairs: list[PairView]  # the DPO pairs the round trained on, from its record (none: `pair_reason` says why)
     pair_reason: str
 
 
@@ -441,7 +441,7 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
     (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
     and SAE with this feature among their training features."""
     from saexplain.train.config import TrainConfig
-    from saexplain.train.data import Candidate, build_pairs, load_jsonl, pair_features, reward_noise
+    from saexplain.train.data import Candidate, load_jsonl, pair_features
 
     folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
     root = home() / "saeexplainer"
@@ -459,24 +459,48 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
         sub = conf.get("subject", {})
         if feature not in split.get("train", []) or (sub.get("model"), sub.get("sae")) not in subjects:
             continue
-        feats = pair_features(split["train"], tcfg)
-        if feature not in feats:
+        if feature not in pair_features(split["train"], tcfg):
             continue  # SFT only: no candidates (a candidates file copied from another folder may hold it)
         for rnd in (1, 2):
             rows = load_jsonl(folder / f"round{rnd}" / "candidates.jsonl")
             if feature not in rows:
                 continue
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
-            # the rules the round applied: its reward noise is measured over its pair features' candidates (a
-            # candidates file copied from another folder may hold more features)
-            noise = reward_noise([Candidate(**c) for f in feats if f in rows for c in rows[f]["candidates"]])
-            pairs, why = build_pairs(feature, cands, tcfg, noise)
+            pairs, why = round_pairs(folder / f"round{rnd}", feature)
             out.append(TrainingRound(
-                folder=str(folder), round=rnd, pair_reason=why,
-                pairs=[PairView(chosen=p.chosen, rejected=p.rejected) for p in pairs],
+                folder=str(folder), round=rnd, pair_reason=why, pairs=pairs,
                 candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
                             sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
     return out
+
+
+def round_pairs(round_dir: Path, feature: int) -> tuple[list[PairView], str]:
+    """The DPO pairs a training round built for `feature`, read from the round's record — pairs.json (counts
+    and why each dropped feature gave none) and pairs/, the dataset DPO trained on — or none with the reason."""
+    summary_path = round_dir / "pairs.json"
+    if not summary_path.is_file():
+        return [], "the round's pairs are not built yet (its candidates are still being rewarded)"
+    try:
+        summary = json.loads(summary_path.read_text())
+        total, dropped = int(summary["pairs"]), summary["dropped"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return [], f"{summary_path} does not read ({type(e).__name__}: {e})"
+    if str(feature) in dropped:
+        return [], str(dropped[str(feature)])
+    if total == 0 or not (round_dir / "pairs").is_dir():
+        return [], f"{round_dir / 'pairs'} is missing (pairs.json counts {total} pairs)"
+    from datasets import load_from_disk
+
+    try:
+        data = load_from_disk(str(round_dir / "pairs"))
+    except (OSError, ValueError) as e:
+        return [], f"{round_dir / 'pairs'} does not load ({type(e).__name__}: {e})"
+    if len(data) != total:  # a dataset left from an earlier build of the round
+        return [], f"{round_dir / 'pairs'} holds {len(data)} pairs, pairs.json counts {total}: not this round's"
+    # the dataset's texts are completions after the prompt: a leading space each
+    pairs = [PairView(chosen=c.removeprefix(" "), rejected=r.removeprefix(" "))
+             for f, c, r in zip(data["feature"], data["chosen"], data["rejected"]) if f == feature]
+    return pairs, ("ok" if pairs else "not among the round's pair features")
 
 
 def trace_events(steps: list[dict]) -> list[TraceEvent]:
