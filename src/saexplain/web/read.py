@@ -487,7 +487,9 @@ def round_pairs(round_dir: Path, feature: int) -> tuple[list[PairView], str]:
         return [], f"{summary_path} does not read ({type(e).__name__}: {e})"
     if str(feature) in dropped:
         return [], str(dropped[str(feature)])
-    if total == 0 or not (round_dir / "pairs").is_dir():
+    if total == 0:
+        return [], "not among the round's pair features (pairs.json: no pair, and this feature not dropped)"
+    if not (round_dir / "pairs").is_dir():
         return [], f"{round_dir / 'pairs'} is missing (pairs.json counts {total} pairs)"
     from datasets import load_from_disk
 
