@@ -427,7 +427,30 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
     assert summary["features_timed"] == 4 and summary["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))
     assert all(r["seconds"] > 0 for r in rows)
+    # a failed reward is retried by the next invocation, alone: the feature's other candidates keep their rewards
+    cand_path = tmp_path / "train" / "round1" / "candidates.jsonl"
+    lines = cand_path.read_text().splitlines()
+    broken = json.loads(lines[0])
+    lost = broken["candidates"][0]["text"]
+    for c in broken["candidates"]:
+        if c["text"] == lost:
+            c.update(reward=None, raw=None, texts=[], rewards=[], error="LLMParseError: no JSON object found")
+    cand_path.write_text("\n".join([json.dumps(broken), *lines[1:]]) + "\n")
+    llm_r, writer_r = scripted_llm(reward_writer)
+    t.pairs(1, llm_r)
+    assert len(writer_r.requests) == 1 and f"Description: {lost}\n" in last_user(writer_r.requests[0])
+    retried = [json.loads(x) for x in cand_path.read_text().splitlines()][-1]
+    assert retried["feature"] == broken["feature"] and retried["candidates"] == rows[0]["candidates"]
     t.dpo(1, max_steps=1)
+    # DPO trained on the round's pairs: they are its record; a later invocation retries nothing and keeps them
+    record = {p.name: p.read_bytes() for p in (tmp_path / "train" / "round1").glob("pairs*") if p.is_file()}
+    record |= {p.name: p.read_bytes() for p in (tmp_path / "train" / "round1" / "pairs").iterdir()}
+    cand_path.write_text(cand_path.read_text() + json.dumps(broken) + "\n")  # a failure left in the record
+    llm_s, writer_s = scripted_llm(reward_writer)
+    assert t.pairs(1, llm_s) == tmp_path / "train" / "round1" / "pairs" and writer_s.requests == []
+    assert record == {p.name: p.read_bytes() for p in (tmp_path / "train" / "round1").glob("pairs*") if p.is_file()} | {
+        p.name: p.read_bytes() for p in (tmp_path / "train" / "round1" / "pairs").iterdir()}
+    cand_path.write_text("".join(x + "\n" for x in cand_path.read_text().splitlines()[:-1]))
     margins = json.loads((tmp_path / "train" / "round1" / "margins.json").read_text())
     summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
     n_pairs = summary["pairs"]

@@ -205,6 +205,13 @@ class Training:
     def pairs(self, round_: int, llm) -> Path:
         """Candidates, rewards and pairs of a round (resumable per feature); closes `llm` when done."""
         out = self.dir / f"round{round_}"
+        if (out / "adapter" / "adapter_config.json").is_file() and (out / "pairs").is_dir():
+            # DPO of this round trained on these pairs: they are its record (the web page shows them as what it
+            # trained on), so a resumed command neither retries a failed reward nor rebuilds them
+            asyncio.run(llm.aclose())
+            self.echo(f"pairs round {round_}: DPO round {round_} trained on {out / 'pairs'}: kept as they are "
+                      f"(failed rewards not retried)")
+            return out / "pairs"
         out.mkdir(parents=True, exist_ok=True)
         feats = self.pair_features()
         lm = self.policy(STAGES[round_])  # round 1: the SFT model; round 2: SFT + round 1
@@ -219,13 +226,20 @@ class Training:
             with open(path, "a") as fh:
                 for i, f in enumerate(todo):
                     t_f = time.perf_counter()
-                    texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
-                                        n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
-                                        max_new_tokens=self.explainer.max_new_tokens,
-                                        seed=self.cfg.train_seed + 1000 * round_ + f)[0]
-                    rec = self.records[f]
                     by_text: dict[str, Candidate] = {}
+                    if f in done:  # a retry: the same candidates, only the failed rewards are asked again
+                        texts = [c["text"] for c in done[f]["candidates"]]
+                        by_text = {c["text"]: Candidate(**c) for c in done[f]["candidates"]
+                                   if c["reward"] is not None or c["error"] == EMPTY}
+                    else:
+                        texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
+                                            n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
+                                            max_new_tokens=self.explainer.max_new_tokens,
+                                            seed=self.cfg.train_seed + 1000 * round_ + f)[0]
+                    rec = self.records[f]
                     for text in dict.fromkeys(texts):  # each distinct candidate is rewarded once
+                        if text in by_text:
+                            continue
                         if not text:
                             by_text[text] = Candidate(text, error=EMPTY)
                             continue
