@@ -22,9 +22,13 @@ evaluation on held-out features against one-shot, every method judged by the sam
   round 1 measured 7,739 s);
   SFT on 1,024 features × 3 epochs is 768 steps of 4 (≈ 4 s each, ≈ 50 min). `--stop-after sft` then
   `--stop-after round1` then no option: each call resumes and evaluates the stages trained so far.
+- `--reward-source corpus`: no LLM call for rewards — each candidate's quoted words are looked up in the
+  feature's explain-pool contexts of the latent cache, the reward the mean share of their occurrences where the
+  feature reaches half its max (exact, so one set: `--reward-repeats 1`, pairs by `min_margin`); a round then
+  costs the candidates' generation only, so `--pair-features` can be hundreds.
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
   and round-1 candidates into it, for other pair rules, DPO settings or more pair features on the same
-  candidates). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
+  candidates; only the SFT model when the candidates or their reward differ, e.g. `--reward-source corpus`). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
   benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
 `round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
@@ -60,7 +64,11 @@ def main() -> None:
     ap.add_argument("--train-features", type=int, default=1024)
     ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
     ap.add_argument("--pair-features", type=int, default=32)
-    ap.add_argument("--reward-repeats", type=int, default=2)
+    ap.add_argument("--reward-source", choices=("llm", "corpus"), default="llm",
+                    help="llm: the LLM writes texts from each candidate, the oracle measures them; corpus: no LLM "
+                    "call, the candidate's quoted words looked up in the latent cache (cheap: more pair features)")
+    ap.add_argument("--reward-repeats", type=int, default=None, help="sets of reward texts per candidate "
+                    "(default 2 with --reward-source llm; the corpus reward is exact: 1)")
     ap.add_argument("--pairs-per-feature", type=int, default=1)
     ap.add_argument("--reuse", default=None, metavar="FOLDER", help="copy FOLDER's SFT model and round-1 "
                     "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
@@ -107,7 +115,8 @@ def main() -> None:
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
                       references=args.references if args.references == "top-tokens" else "store",
-                      pair_features=args.pair_features, reward_repeats=args.reward_repeats,
+                      pair_features=args.pair_features, reward_source=args.reward_source,
+                      reward_repeats=args.reward_repeats or (2 if args.reward_source == "llm" else 1),
                       pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset)
     stages = cpu_preset("", "", "", args.tokens, store=store)

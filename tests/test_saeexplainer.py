@@ -21,7 +21,7 @@ from saexplain.store import Store
 from saexplain.subject.model import find_layers
 from saexplain.subject.oracle import SubjectConfig
 from saexplain.train.config import TrainConfig
-from saexplain.train.data import Candidate, build_pairs, references_from_neuronpedia
+from saexplain.train.data import Candidate, build_pairs, corpus_reward, references_from_neuronpedia
 from saexplain.train.dpo import train_dpo
 from saexplain.train.sft import train_sft
 from scripted_llm import ScriptedBackend, last_user, scripted_llm
@@ -496,9 +496,35 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert writer5.requests == [] and json.loads((tmp_path / "train5" / "round1" / "pairs.json").read_text())[
         "rewards"]["features_rewarded"] == 2
     t5.close()
-    t4 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train4"), "candidates": 4}), stages,
+    # the corpus reward: SFT reused, candidates its own (another reward), no LLM call; the words are looked up
+    t6 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train6"), "reward_source": "corpus"}), stages,
                   echo=lambda m: None)
-    with pytest.raises(ConfigError, match="trained with training.candidates=6, this folder has 4"):
+    assert t6.reuse(tmp_path / "train") == ["sft"]
+    llm6, writer6 = scripted_llm(reward_writer)
+    t6.pairs(1, llm6)
+    assert writer6.requests == []
+    rows6 = [json.loads(x) for x in (tmp_path / "train6" / "round1" / "candidates.jsonl").read_text().splitlines()]
+    assert {r["feature"] for r in rows6} == {1, 2, 3, 4}
+    for c in (c for r in rows6 for c in r["candidates"]):
+        assert (c["error"] is None and 0 <= c["reward"] <= 1 and c["rewards"] == [c["reward"]]) or c["error"]
+    assert json.loads((tmp_path / "train6" / "round1" / "pairs.json").read_text())["reward_source"] == "corpus"
+    the = t6.records[1]  # feature 1 fires on " the" and nowhere else
+    right, wrong = corpus_reward('the tokens "the"', the, 0.5), corpus_reward('the tokens "forest"', the, 0.5)
+    assert right.reward > 0.5 and wrong.reward == 0.0 and right.raw == pytest.approx(the.max_act, rel=1e-4)
+    both = corpus_reward('the tokens "the", "forest", "The"', the, 0.5)  # "The" is the same word (any case)
+    assert both.reward == pytest.approx(right.reward / 2) and len(both.texts) == 2
+    with pytest.raises(SaexplainError, match="names no word"):
+        corpus_reward('the tokens ""', the, 0.5)
+    t6.close()
+    # a folder whose config predates a training setting ran with its default: another value is refused
+    saved = json.loads((tmp_path / "train" / "config.json").read_text())
+    del saved["training"]["reward_source"]
+    (tmp_path / "train" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match="was started with training.reward_source='llm', not 'corpus'"):
+        Training(cfg.model_copy(update={"reward_source": "corpus"}), stages, echo=lambda m: None)
+    t4 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train4"), "sft_epochs": 2}), stages,
+                  echo=lambda m: None)
+    with pytest.raises(ConfigError, match="trained with training.sft_epochs=1, this folder has 2"):
         t4.reuse(tmp_path / "train")
     with pytest.raises(ConfigError, match="not a training folder"):
         t4.reuse(tmp_path / "nowhere")

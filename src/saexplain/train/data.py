@@ -12,6 +12,7 @@ Pair rules, per feature, on the normalised rewards of its candidates (relative d
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,6 +175,45 @@ async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_te
         raws.append(max(r.max(feature) for r in await oracle.aactivations(obj["texts"], [feature])))
     rel = [r / max_act if max_act > 0 else 0.0 for r in raws]
     return Candidate(candidate, float(np.mean(rel)), float(np.mean(raws)), texts, rewards=rel)
+
+
+QUOTED = re.compile(r'"([^"]+)"')
+# the framing words of a candidate without quotes ("the tokens ... and ..."): not looked up
+FRAMING = {"the", "token", "tokens", "word", "words", "and", "or", "of", "in", "as", "such", "like", "e.g"}
+MAX_WORDS = 8
+
+
+def candidate_words(candidate: str) -> list[str]:
+    """The words a candidate names: its quoted items (stripped, case-insensitively distinct, at most
+    `MAX_WORDS`), or without quotes its words of two or more characters but for the framing words."""
+    items = [q.strip() for q in QUOTED.findall(candidate)]
+    if not any(items):
+        items = [w for w in re.findall(r"[\w'-]{2,}", candidate) if w.lower() not in FRAMING]
+    return list({w.lower(): w for w in items if w}.values())[:MAX_WORDS]
+
+
+def corpus_reward(candidate: str, record, fraction: float, limit: int = 60) -> Candidate:
+    """The corpus reward of a candidate (`reward_source` 'corpus'): for each word it names, the share of its
+    occurrences in the feature's explain-pool contexts (up to `limit` read, spread over all) where the feature
+    reaches `fraction` × its max on that token; the reward is the mean over the words (a word that never occurs
+    counts 0). No LLM call: the latent cache answers. `texts` records each word's count, `raw` the highest
+    activation read. A candidate naming no word is an error (recorded, not rewarded)."""
+    words = candidate_words(candidate)
+    if not words:
+        raise SaexplainError("names no word to look up")
+    if record.search is None:
+        raise SaexplainError(f"feature {record.feature}: the record has no corpus search")
+    threshold = fraction * record.max_act
+    shares, lines, top = [], [], 0.0
+    for w in words:
+        res = record.search(w, limit)
+        share = res.share(threshold, "at") if record.max_act > 0 else 0.0
+        shares.append(share)
+        top = max([top, *(h.at for h in res.hits)])
+        lines.append(f"{w!r}: fires on {round(share * len(res.hits))} of {len(res.hits)} occurrences read "
+                     f"({res.matches} in the explain pool)")
+    r = float(np.mean(shares))
+    return Candidate(candidate, r, top, lines, rewards=[r])
 
 
 def reward_noise(candidates: Sequence[Candidate]) -> float | None:

@@ -34,6 +34,7 @@ from saexplain.train.data import (
     Candidate,
     build_pairs,
     choose_train_features,
+    corpus_reward,
     heldout_features,
     load_jsonl,
     pair_features,
@@ -58,6 +59,9 @@ _FREE = {"training.save_steps", "training.references", "training.reference_run",
 _REUSABLE = {f"training.{k}" for k in (
     "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
     "dpo_patience", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2", "pair_features")}
+# settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
+_CANDIDATE_SETTINGS = {f"training.{k}" for k in (
+    "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats")}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
@@ -111,16 +115,19 @@ class Training:
         folder that differs only in its pair rules, DPO settings or number of pair features does not pay again
         for what it would compute identically (the round-1 candidates cost an LLM call per reward; with more pair
         features, only the new ones' are computed). `src` must hold the same split and agree on every other
-        setting. Returns what was copied."""
+        setting but the candidates' (`_CANDIDATE_SETTINGS`: where those differ, only the SFT model is copied).
+        Returns what was copied."""
         src = Path(src).expanduser()
         try:
             saved = json.loads((src / "config.json").read_text())
             split = json.loads((src / "split.json").read_text())
         except (OSError, ValueError) as e:
             raise ConfigError(f"--reuse {src}: not a training folder ({e})") from None
-        key, was, v = _first_difference(saved, self._check_config(), _FREE | _REUSABLE | {"training.dir"})
+        now = self._check_config()
+        key, was, v = _first_difference(saved, now, _FREE | _REUSABLE | _CANDIDATE_SETTINGS | {"training.dir"})
         if key:
             raise ConfigError(f"--reuse {src}: it was trained with {key}={was!r}, this folder has {v!r}")
+        other_candidates, *_ = _first_difference(saved, now, _FREE | _REUSABLE | {"training.dir"})
         if split.get("train") != self.features:
             raise ConfigError(f"--reuse {src}: its training features ({src / 'split.json'}) are not this folder's")
         copied = []
@@ -132,7 +139,7 @@ class Training:
             copied.append("sft")
         # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from
         cand = self.dir / "round1" / "candidates.jsonl"
-        if copied and (src / "round1" / "candidates.jsonl").is_file():
+        if copied and not other_candidates and (src / "round1" / "candidates.jsonl").is_file():
             cand.parent.mkdir(exist_ok=True)
             shutil.copyfile(src / "round1" / "candidates.jsonl", cand)
             copied.append("round1/candidates.jsonl")
@@ -244,8 +251,11 @@ class Training:
                             by_text[text] = Candidate(text, error=EMPTY)
                             continue
                         try:
-                            by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle,
-                                                         self.cfg.reward_texts, self.cfg.reward_repeats)
+                            if self.cfg.reward_source == "corpus":
+                                by_text[text] = corpus_reward(text, rec, self.cfg.reward_fraction)
+                            else:
+                                by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle,
+                                                             self.cfg.reward_texts, self.cfg.reward_repeats)
                         except Exception as e:  # noqa: BLE001  recorded and retried by the next run
                             by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
                     cands = [asdict(by_text[t]) for t in texts]
@@ -281,7 +291,8 @@ class Training:
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
-        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "dropped": dropped, "failed": failed,
+        (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "reward_source": self.cfg.reward_source,
+                                                   "dropped": dropped, "failed": failed,
                                                    "features_with_pairs": len(feats) - len(dropped),
                                                    "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
@@ -338,12 +349,15 @@ class Training:
 
 def _first_difference(saved: dict, now: dict, free: set[str]) -> tuple[str | None, object, object]:
     """The first setting (section.name, saved value, this value) where `now` differs from a saved config, but for
-    those in `free`; a setting the saved config lacks (added since) is taken as agreeing."""
+    those in `free`; a training setting the saved config lacks (added since) takes its default, which is what that
+    folder ran with; another section's missing setting is taken as agreeing."""
+    defaults = {"training": json.loads(TrainConfig().to_json())}
     for section, values in now.items():
         for k, v in values.items():
             key = f"{section}.{k}"
-            if key not in free and saved.get(section, {}).get(k, v) != v:
-                return key, saved[section][k], v
+            was = saved.get(section, {}).get(k, defaults.get(section, {}).get(k, v))
+            if key not in free and was != v:
+                return key, was, v
     return None, None, None
 
 
