@@ -226,6 +226,10 @@ def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
     (folder / "round1" / "pairs.json").write_text("{")
     assert "does not read" in training_rounds(cfgs, 5)[0].pair_reason
     assert training_rounds(cfgs, 6) == []  # not a pair feature of this folder
+    assert "texts an LLM wrote" in r2.reward  # the folder predates reward_source: the LLM reward
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {"pair_features": 1,
+                                                                                "reward_source": "corpus"}}))
+    assert all("corpus reward" in r.reward for r in training_rounds(cfgs, 5))
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):

@@ -150,6 +150,7 @@ class PairView(BaseModel):
 class TrainingRound(BaseModel):
     folder: str
     round: int
+    reward: str  # what the reward measures (the folder's `reward_source`)
     candidates: list[CandidateView]
     pairs: list[PairView]  # the DPO pairs the round trained on, from its record (none: `pair_reason` says why)
     pair_reason: str
@@ -468,10 +469,15 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
             pairs, why = round_pairs(folder / f"round{rnd}", feature)
             out.append(TrainingRound(
-                folder=str(folder), round=rnd, pair_reason=why, pairs=pairs,
+                folder=str(folder), round=rnd, pair_reason=why, pairs=pairs, reward=REWARDS[tcfg.reward_source],
                 candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
                             sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
     return out
+
+
+REWARDS = {"llm": "the feature's highest activation on texts an LLM wrote from the candidate, as a share of its max",
+           "corpus": "the share of the candidate's quoted words' occurrences in the feature's explain pool where it "
+                     "reaches half its max (corpus reward, no LLM)"}
 
 
 def round_pairs(round_dir: Path, feature: int) -> tuple[list[PairView], str]:
