@@ -469,15 +469,18 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
             pairs, why = round_pairs(folder / f"round{rnd}", feature)
             out.append(TrainingRound(
-                folder=str(folder), round=rnd, pair_reason=why, pairs=pairs, reward=REWARDS[tcfg.reward_source],
+                folder=str(folder), round=rnd, pair_reason=why, pairs=pairs, reward=reward_text(tcfg),
                 candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
                             sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
     return out
 
 
-REWARDS = {"llm": "the feature's highest activation on texts an LLM wrote from the candidate, as a share of its max",
-           "corpus": "the share of the candidate's quoted words' occurrences in the feature's explain pool where it "
-                     "reaches half its max (corpus reward, no LLM)"}
+def reward_text(cfg) -> str:
+    """What a training folder's reward measures (its `reward_source`), for the page."""
+    if cfg.reward_source == "corpus":
+        return (f"the share of the candidate's quoted words' occurrences in the feature's explain pool where it "
+                f"reaches {cfg.reward_fraction:g} × its max (corpus reward, no LLM)")
+    return "the feature's highest activation on texts an LLM wrote from the candidate, as a share of its max"
 
 
 def round_pairs(round_dir: Path, feature: int) -> tuple[list[PairView], str]:
