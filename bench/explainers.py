@@ -13,6 +13,7 @@ headline line `SAGE - one-shot gen-acc delta: <value> [<lo>, <hi>]`."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -35,11 +36,18 @@ def main() -> None:
     ap.add_argument("--tokens", default="262144", help="tokens to cache (the demo's 256k cache is reused)")
     ap.add_argument("--store", default=None, help="store (default: $SAEXPLAIN_HOME/bench.db)")
     ap.add_argument("--report-only", action="store_true", help="print the figures so far (no LLM work)")
+    ap.add_argument("--from-raw", default=None, metavar="JSON", help="print the report and headline of a committed "
+                    "raw record (bench/results/explainers*.json) instead of a store's run: nothing is run or written")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
     ap.add_argument("--methods", default="oneshot,oneshot+logitlens,sage", help="explainers compared (one-shot is "
                     "the baseline)")
     ap.add_argument("--scorers", default="generation,detection,simulation,embedding")
     args = ap.parse_args()
+    if args.from_raw:
+        s = json.loads(Path(args.from_raw).read_text())["raw"]
+        print(markdown(s))
+        headline(s)
+        return
     store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", args.methods, args.scorers, args.tokens, args.seed, llm=args.llm,
                       store=store)
@@ -69,15 +77,25 @@ def main() -> None:
         print((h.folder / "report.md").read_text())
         with Store(store, readonly=True) as db:
             s = summarize(db, h.run_id, baseline="oneshot")
+    features, sage_tokens = both_explained(s)
+    # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
+    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""),
+           {"sage_minus_oneshot_gen_acc": s["paired"].get("sage|generation"), "sage_tokens_per_feature": sage_tokens,
+            "features": len(features)}, s)
+    headline(s)
+
+
+def both_explained(s: dict) -> tuple[set[str], float]:
     features = {f for f, by in s["features"].items() if all(m in by for m in ("oneshot", "sage"))}
+    return features, s["usage"].get("sage", {}).get("tokens", float("nan"))
+
+
+def headline(s: dict) -> None:
+    features, sage_tokens = both_explained(s)
     print(f"features explained by one-shot and SAGE so far: {len(features)}")
-    sage_tokens = s["usage"].get("sage", {}).get("tokens", float("nan"))
     print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
           f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
     d = s["paired"].get("sage|generation")
-    # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
-    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""),
-           {"sage_minus_oneshot_gen_acc": d, "sage_tokens_per_feature": sage_tokens, "features": len(features)}, s)
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
               f"(n={d['n']} features)")
