@@ -44,8 +44,12 @@ def main() -> None:
     ap.add_argument("--scorers", default="generation,detection,simulation,embedding")
     args = ap.parse_args()
     if args.from_raw:
-        s = json.loads(Path(args.from_raw).read_text())["raw"]
-        print(markdown(s))
+        try:
+            s = json.loads(Path(args.from_raw).read_text())["raw"]
+            report = markdown(s)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--from-raw {args.from_raw}: not a bench/explainers.py raw record ({e!r})") from None
+        print(report)
         headline(s)
         return
     store = args.store or str(home() / "bench.db")
