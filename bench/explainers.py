@@ -43,14 +43,14 @@ def main() -> None:
                     "the baseline)")
     ap.add_argument("--scorers", default="generation,detection,simulation,embedding")
     args = ap.parse_args()
-    if args.from_raw:
+    if args.from_raw:  # a committed record: its report and its own headline figures, nothing run or written
         try:
-            s = json.loads(Path(args.from_raw).read_text())["raw"]
-            report = markdown(s)
+            doc = json.loads(Path(args.from_raw).read_text())
+            report, figs = markdown(doc["raw"]), doc["figures"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--from-raw {args.from_raw}: not a bench/explainers.py raw record ({e!r})") from None
         print(report)
-        headline(s)
+        headline(figs)
         return
     store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", args.methods, args.scorers, args.tokens, args.seed, llm=args.llm,
@@ -81,25 +81,27 @@ def main() -> None:
         print((h.folder / "report.md").read_text())
         with Store(store, readonly=True) as db:
             s = summarize(db, h.run_id, baseline="oneshot")
-    features, sage_tokens = both_explained(s)
+    figs = figures(s)
     # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
-    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""),
-           {"sage_minus_oneshot_gen_acc": s["paired"].get("sage|generation"), "sage_tokens_per_feature": sage_tokens,
-            "features": len(features)}, s)
-    headline(s)
+    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""), figs, s)
+    headline(figs)
 
 
-def both_explained(s: dict) -> tuple[set[str], float]:
-    features = {f for f, by in s["features"].items() if all(m in by for m in ("oneshot", "sage"))}
-    return features, s["usage"].get("sage", {}).get("tokens", float("nan"))
+def figures(s: dict) -> dict:
+    """The headline figures of a summary: SAGE − one-shot on generation, SAGE's tokens per feature (None without
+    SAGE rows) and the features both explained."""
+    return {"sage_minus_oneshot_gen_acc": s["paired"].get("sage|generation"),
+            "sage_tokens_per_feature": s["usage"].get("sage", {}).get("tokens"),
+            "features": sum(all(m in by for m in ("oneshot", "sage")) for by in s["features"].values())}
 
 
-def headline(s: dict) -> None:
-    features, sage_tokens = both_explained(s)
-    print(f"features explained by one-shot and SAGE so far: {len(features)}")
-    print(f"SAGE tokens per feature: {sage_tokens:.0f} = {sage_tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
-          f"{sage_tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
-    d = s["paired"].get("sage|generation")
+def headline(figs: dict) -> None:
+    print(f"features explained by one-shot and SAGE so far: {figs['features']}")
+    tokens = figs["sage_tokens_per_feature"]
+    if tokens is not None:
+        print(f"SAGE tokens per feature: {tokens:.0f} = {tokens / SAGE_REFERENCE_TOKENS[0]:.3f}–"
+              f"{tokens / SAGE_REFERENCE_TOKENS[1]:.3f}× the reference code's 0.35–0.75M")
+    d = figs["sage_minus_oneshot_gen_acc"]
     if d and d["n"]:
         print(f"SAGE - one-shot gen-acc delta: {d['delta']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] "
               f"(n={d['n']} features)")
