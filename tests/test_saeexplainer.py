@@ -5,8 +5,10 @@ arithmetic, not explanation quality)."""
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,6 +192,18 @@ def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
     assert build_pairs(7, _cands(0.9, 0.88, 0.86, 0.85), cfg) == ([], "spread 0.056 ≤ 0.1")
 
 
+def test_set_reward_max_and_share_on_hand_made_activations():
+    from saexplain.train.data import measured, set_reward
+
+    acts = [0.0, 9.0, 4.0, 5.0]  # the feature's max activation on each of 4 texts; its corpus max is 10
+    assert set_reward(acts, 10.0, "max", 0.5) == pytest.approx(0.9)  # one text near the max: nearly full reward
+    assert set_reward(acts, 10.0, "share", 0.5) == 0.5  # 9 and 5 reach half the max, 0 and 4 do not
+    assert set_reward(acts, 10.0, "share", 0.3) == 0.75
+    assert set_reward(acts, 0.0, "share", 0.5) == set_reward([], 10.0, "max", 0.5) == 0.0
+    c = measured("x", [["a", "b"], ["c", "d"]], [[10.0, 0.0], [2.0, 1.0]], 10.0, "share", 0.5)
+    assert (c.reward, c.rewards, c.raw, c.texts) == (0.25, [0.5, 0.0], 6.0, ["a", "b", "c", "d"])
+
+
 def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
     """The page reads what a round trained on (pairs/ and pairs.json's drop reasons), never a recomputation: a round
     still rewarding shows its candidates and says so; a dataset left from an earlier build is not shown as this
@@ -230,6 +244,10 @@ def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
     (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {"pair_features": 1,
                                                                                 "reward_source": "corpus"}}))
     assert all("corpus reward" in r.reward for r in training_rounds(cfgs, 5))
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
+        "pair_features": 1, "reward_source": "share", "reward_fraction": 0.25}}))
+    assert all("share of the texts an LLM wrote" in r.reward and "0.25 × its max" in r.reward
+               for r in training_rounds(cfgs, 5))
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
@@ -500,6 +518,39 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert writer5.requests == [] and json.loads((tmp_path / "train5" / "round1" / "pairs.json").read_text())[
         "rewards"]["features_rewarded"] == 2
     t5.close()
+    # the share reward: the same candidates and reward texts, measured again by the oracle (no LLM call) — equal
+    # to what a fresh round computes, which writes the same texts (seeded candidates, the same scripted LLM)
+    share = cfg.model_copy(update={"dir": str(tmp_path / "train7"), "reward_source": "share"})
+    t7 = Training(share, stages, echo=lambda m: None)
+    assert t7.reuse(tmp_path / "train") == ["sft", "round1/candidates.jsonl (rewards re-measured: share)"]
+    llm7, writer7 = scripted_llm(reward_writer)
+    t7.pairs(1, llm7)
+    assert writer7.requests == []
+    rows7 = {r["feature"]: r for r in map(json.loads, (tmp_path / "train7" / "round1" / "candidates.jsonl")
+                                              .read_text().splitlines())}
+    for r in rows:
+        for c, c7 in zip(r["candidates"], rows7[r["feature"]]["candidates"]):
+            assert (c7["text"], c7["texts"], c7["raw"]) == (c["text"], c["texts"], c["raw"])
+            if c["reward"] is None:
+                assert c7 == c
+                continue
+            acts = [a.max(r["feature"]) for a in t7.oracle.activations(c["texts"], [r["feature"]])]
+            assert c7["reward"] == pytest.approx(np.mean([r["max_act"] > 0 and a >= 0.5 * r["max_act"]
+                                                          for a in acts]))  # a dead feature rewards nothing
+    assert any(c["reward"] not in (0.0, 1.0) for r in rows for c in r["candidates"] if c["reward"] is not None)
+    assert all(c["reward"] in (0.0, 1.0) for r in rows7.values() for c in r["candidates"] if c["reward"] is not None)
+    t7.close()
+    t8 = Training(share.model_copy(update={"dir": str(tmp_path / "train8")}), stages, echo=lambda m: None)
+    shutil.copytree(tmp_path / "train" / "sft", tmp_path / "train8" / "sft")
+    llm8, writer8 = scripted_llm(reward_writer)
+    t8.pairs(1, llm8)
+    assert len(writer8.requests) == calls  # rewarded afresh: one LLM call per distinct candidate
+    rows8 = {r["feature"]: r for r in map(json.loads, (tmp_path / "train8" / "round1" / "candidates.jsonl")
+                                              .read_text().splitlines())}
+    strip = ("seconds",)
+    assert {f: {k: v for k, v in r.items() if k not in strip} for f, r in rows8.items()} == {
+        f: {k: v for k, v in r.items() if k not in strip} for f, r in rows7.items()}
+    t8.close()
     # the corpus reward: SFT reused, candidates its own (another reward), no LLM call; the words are looked up
     t6 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train6"), "reward_source": "corpus"}), stages,
                   echo=lambda m: None)

@@ -1,8 +1,9 @@
 """SAEExplainer training data: the feature split, SFT references, candidate rewards and preference pairs.
 
 Rewards (SAEExplainer): an LLM writes `reward_texts` texts of 15–30 words from a candidate; the oracle measures
-the feature on them; reward = the max activation over the texts / the feature's corpus max (so features are
-comparable; the raw value is kept too).
+the feature on them; reward (`reward_source` 'llm') = the max activation over the texts / the feature's corpus max
+(so features are comparable; the raw value is kept too), or ('share') the share of the texts on which the feature
+reaches `reward_fraction` × its max — the generation score's own count. ('corpus' looks words up instead.)
 
 Pair rules, per feature, on the normalised rewards of its candidates (relative differences are to the best):
 - chosen = the best candidate; drop the feature when best < `min_reward`, or (best − worst) / best ≤ `min_spread`;
@@ -153,28 +154,62 @@ def references_from_neuronpedia(path: str | Path, features: Sequence[int]) -> di
 @dataclass
 class Candidate:
     text: str
-    reward: float | None = None  # max activation over the texts / the feature's max (the mean over repeats)
+    reward: float | None = None  # the reward of its texts (`set_reward`; the mean over repeats)
     raw: float | None = None  # the max activation itself (the mean over repeats)
     texts: list[str] = field(default_factory=list)
     error: str | None = None
     rewards: list[float] = field(default_factory=list)  # per repeat (one set of texts each)
 
 
-async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_texts: int, repeats: int = 1
-                 ) -> Candidate:
+def set_reward(acts: Sequence[float], max_act: float, measure: str, fraction: float) -> float:
+    """The reward of one set of texts from the feature's max activation on each text: 'max' (`reward_source`
+    'llm') the highest of them relative to the feature's max; 'share' the share of the texts on which the feature
+    reaches `fraction` × its max (generation's own count on its texts)."""
+    if max_act <= 0 or not acts:
+        return 0.0
+    if measure == "share":
+        return float(np.mean([a >= fraction * max_act for a in acts]))
+    return max(acts) / max_act
+
+
+def measured(candidate: str, sets: Sequence[Sequence[str]], acts: Sequence[Sequence[float]], max_act: float,
+             measure: str, fraction: float) -> Candidate:
+    """A candidate rewarded on its sets of texts, given the feature's max activation on each text."""
+    rel = [set_reward(a, max_act, measure, fraction) for a in acts]
+    return Candidate(candidate, float(np.mean(rel)), float(np.mean([max(a) for a in acts])),
+                     [x for s in sets for x in s], rewards=rel)
+
+
+async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_texts: int, repeats: int = 1,
+                 measure: str = "max", fraction: float = 0.5) -> Candidate:
     """Texts written from the candidate (greedy; with `repeats` > 1, that many sets sampled at T 0.7 with seeds
-    0, 1, …), the feature measured on them: per set, the max activation relative to the feature's max."""
+    0, 1, …), the feature measured on them: per set, `set_reward` ('max': the max activation relative to the
+    feature's max; 'share': the share of texts reaching `fraction` × the max)."""
     messages = template(__file__, "reward").chat(explanation=candidate, n=n_texts)
-    texts, raws = [], []
+    sets, acts = [], []
     for i in range(repeats):
         obj, _ = await llm.generate_json(messages, sentences_schema(n_texts, "texts", max_chars=TEXT_CHARS),
                                          max_tokens=(TEXT_CHARS // 3) * n_texts + 20,
                                          temperature=0.0 if repeats == 1 else 0.7,
                                          seed=None if repeats == 1 else i, feature=feature)
-        texts += obj["texts"]
-        raws.append(max(r.max(feature) for r in await oracle.aactivations(obj["texts"], [feature])))
-    rel = [r / max_act if max_act > 0 else 0.0 for r in raws]
-    return Candidate(candidate, float(np.mean(rel)), float(np.mean(raws)), texts, rewards=rel)
+        sets.append(obj["texts"])
+        acts.append([r.max(feature) for r in await oracle.aactivations(obj["texts"], [feature])])
+    return measured(candidate, sets, acts, max_act, measure, fraction)
+
+
+def remeasure(c: Candidate, feature: int, max_act: float, oracle, n_texts: int, repeats: int, measure: str,
+              fraction: float) -> Candidate:
+    """A rewarded candidate's stored texts (`repeats` sets of `n_texts`, as `reward` wrote them) measured again
+    by the oracle under another measure — what `reward` would return with the same texts, no LLM call. A
+    candidate without a reward is returned as it is (an empty one stays empty, a failed one is retried); stored
+    texts that are not `repeats` × `n_texts` are an error row, so the next run rewards it afresh."""
+    if c.reward is None:
+        return c
+    if len(c.texts) != n_texts * repeats:
+        return Candidate(c.text, error=f"stored reward texts: {len(c.texts)}, not {repeats} × {n_texts}")
+    sets = [c.texts[i * n_texts:(i + 1) * n_texts] for i in range(repeats)]
+    acts = dict(zip(c.texts, (r.max(feature) for r in oracle.activations(list(c.texts), [feature]))))
+    return measured(c.text, sets, [[acts[x] for x in s] for s in sets], max_act, measure, fraction)
 
 
 QUOTED = re.compile(r'"([^"]+)"')

@@ -41,6 +41,7 @@ from saexplain.train.data import (
     references_from_neuronpedia,
     references_from_store,
     references_from_top_tokens,
+    remeasure,
     reward,
     reward_noise,
     save_pairs,
@@ -62,6 +63,8 @@ _REUSABLE = {f"training.{k}" for k in (
 # settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
 _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
     "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats")}
+# the LLM-text rewards: the same texts (same prompt, seeds), measured two ways (`data.set_reward`)
+_MEASURES = {"llm": "max", "share": "share"}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 EMPTY = "empty candidate"
@@ -115,8 +118,10 @@ class Training:
         folder that differs only in its pair rules, DPO settings or number of pair features does not pay again
         for what it would compute identically (the round-1 candidates cost an LLM call per reward; with more pair
         features, only the new ones' are computed). `src` must hold the same split and agree on every other
-        setting but the candidates' (`_CANDIDATE_SETTINGS`: where those differ, only the SFT model is copied).
-        Returns what was copied."""
+        setting but the candidates' (`_CANDIDATE_SETTINGS`: where those differ, only the SFT model is copied —
+        unless only the measure of the LLM's reward texts differs, 'llm' ↔ 'share' or `reward_fraction`: then the
+        candidates are copied with their stored texts measured again by the oracle, no LLM call, the rewards a
+        fresh round would compute from the same texts). Returns what was copied."""
         src = Path(src).expanduser()
         try:
             saved = json.loads((src / "config.json").read_text())
@@ -128,6 +133,8 @@ class Training:
         if key:
             raise ConfigError(f"--reuse {src}: it was trained with {key}={was!r}, this folder has {v!r}")
         other_candidates, *_ = _first_difference(saved, now, _FREE | _REUSABLE | {"training.dir"})
+        # the same texts under another measure ('llm' ↔ 'share', or another fraction): copied, re-measured
+        measure_only = other_candidates is not None and _measure_only(saved["training"], now["training"])
         if split.get("train") != self.features:
             raise ConfigError(f"--reuse {src}: its training features ({src / 'split.json'}) are not this folder's")
         copied = []
@@ -139,12 +146,31 @@ class Training:
             copied.append("sft")
         # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from
         cand = self.dir / "round1" / "candidates.jsonl"
-        if copied and not other_candidates and (src / "round1" / "candidates.jsonl").is_file():
+        if copied and (not other_candidates or measure_only) and (src / "round1" / "candidates.jsonl").is_file():
             cand.parent.mkdir(exist_ok=True)
-            shutil.copyfile(src / "round1" / "candidates.jsonl", cand)
-            copied.append("round1/candidates.jsonl")
+            if measure_only:
+                self._remeasure(src / "round1" / "candidates.jsonl", cand)
+                copied.append(f"round1/candidates.jsonl (rewards re-measured: {self.cfg.reward_source})")
+            else:
+                shutil.copyfile(src / "round1" / "candidates.jsonl", cand)
+                copied.append("round1/candidates.jsonl")
         self.echo(f"reused from {src}: {', '.join(copied) or 'nothing (this folder has its own SFT model)'}")
         return copied
+
+    def _remeasure(self, src: Path, dst: Path) -> None:
+        """`src`'s candidates (each feature's last line), their stored reward texts measured again by the oracle
+        under this folder's reward, written to `dst` (through a temporary file: a killed copy leaves none)."""
+        tmp = dst.with_suffix(".tmp")
+        t0 = time.perf_counter()
+        with open(tmp, "w") as fh:
+            for f, row in load_jsonl(src).items():
+                cands = [remeasure(Candidate(**c), f, row["max_act"], self.oracle, self.cfg.reward_texts,
+                                   self.cfg.reward_repeats, _MEASURES[self.cfg.reward_source],
+                                   self.cfg.reward_fraction) for c in row["candidates"]]
+                fh.write(json.dumps({**row, "candidates": [asdict(c) for c in cands]}) + "\n")
+        tmp.replace(dst)
+        self.echo(f"round 1 candidates of {src.parent.parent}: rewards re-measured as '{self.cfg.reward_source}' "
+                  f"({time.perf_counter() - t0:.0f}s, no LLM call)")
 
     def close(self) -> None:
         self.store.close()
@@ -255,7 +281,9 @@ class Training:
                                 by_text[text] = corpus_reward(text, rec, self.cfg.reward_fraction)
                             else:
                                 by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle,
-                                                             self.cfg.reward_texts, self.cfg.reward_repeats)
+                                                             self.cfg.reward_texts, self.cfg.reward_repeats,
+                                                             _MEASURES[self.cfg.reward_source],
+                                                             self.cfg.reward_fraction)
                         except Exception as e:  # noqa: BLE001  recorded and retried by the next run
                             by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
                     cands = [asdict(by_text[t]) for t in texts]
@@ -359,6 +387,16 @@ def _first_difference(saved: dict, now: dict, free: set[str]) -> tuple[str | Non
             if key not in free and was != v:
                 return key, was, v
     return None, None, None
+
+
+def _measure_only(saved: dict, now: dict) -> bool:
+    """Whether two training configs' candidate settings differ only in how the LLM's reward texts are measured
+    (`reward_source` 'llm' ↔ 'share', `reward_fraction`): the same candidates and texts, other rewards."""
+    defaults = json.loads(TrainConfig().to_json())
+    diff = {k for k in (s.split(".", 1)[1] for s in _CANDIDATE_SETTINGS)
+            if saved.get(k, defaults[k]) != now.get(k, defaults[k])}
+    return diff <= {"reward_source", "reward_fraction"} and {saved.get("reward_source", "llm"),
+                                                             now.get("reward_source", "llm")} <= set(_MEASURES)
 
 
 def _default_store():

@@ -480,6 +480,9 @@ def reward_text(cfg) -> str:
     if cfg.reward_source == "corpus":
         return (f"the share of the candidate's quoted words' occurrences in the feature's explain pool where it "
                 f"reaches {cfg.reward_fraction:g} × its max (corpus reward, no LLM)")
+    if cfg.reward_source == "share":
+        return (f"the share of the texts an LLM wrote from the candidate on which the feature reaches "
+                f"{cfg.reward_fraction:g} × its max")
     return "the feature's highest activation on texts an LLM wrote from the candidate, as a share of its max"
 
 
