@@ -1,0 +1,47 @@
+"""Two small figures of SAEExplainer training folders, read from their files (no model, no LLM):
+- the mean reward of two rounds' candidates over the features both have rewarded (e.g. round 1 = the SFT model's
+  candidates, round 2 = the round-1 model's, under the same reward), and the mean per-feature best;
+- how many preference pairs two folders' rounds share (same feature, chosen and rejected text).
+
+    .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER_FOLDER]
+
+Last line: `round2 - round1 mean reward: <delta> (n=<features>)`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from saexplain.train.data import load_jsonl
+
+
+def rewards(row: dict) -> list[float]:
+    return [c["reward"] for c in row["candidates"] if c["reward"] is not None]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--pairs-of", default=None, help="another folder: count round-1 pairs the two share")
+    a = ap.parse_args()
+    folder = Path(a.dir).expanduser()
+    if a.pairs_of:
+        from datasets import load_from_disk
+
+        def pairs(d: Path) -> set:
+            return {(r["feature"], r["chosen"], r["rejected"]) for r in load_from_disk(str(d / "round1" / "pairs"))}
+        mine, other = pairs(folder), pairs(Path(a.pairs_of).expanduser())
+        print(f"round-1 pairs: {len(mine)} here, {len(other)} in {a.pairs_of}, {len(mine & other)} the same")
+    r1, r2 = (load_jsonl(folder / f"round{i}" / "candidates.jsonl") for i in (1, 2))
+    feats = [f for f in r2 if f in r1 and rewards(r1[f]) and rewards(r2[f])]
+    means = {k: float(np.mean([x for f in feats for x in rewards(r[f])])) for k, r in (("round1", r1), ("round2", r2))}
+    best = {k: float(np.mean([max(rewards(r[f])) for f in feats])) for k, r in (("round1", r1), ("round2", r2))}
+    print(f"over {len(feats)} features: mean reward round1 {means['round1']:.3f}, round2 {means['round2']:.3f}; "
+          f"per-feature best {best['round1']:.3f}, {best['round2']:.3f}")
+    print(f"round2 - round1 mean reward: {means['round2'] - means['round1']:+.3f} (n={len(feats)})")
+
+
+if __name__ == "__main__":
+    main()
