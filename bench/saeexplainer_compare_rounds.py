@@ -21,6 +21,16 @@ def rewards(row: dict) -> list[float]:
     return [c["reward"] for c in row["candidates"] if c["reward"] is not None]
 
 
+def compare_rounds(r1: dict, r2: dict) -> dict:
+    """Over the features both rounds have rewarded (each feature's last line, as `load_jsonl` returns them): the
+    mean reward of all their candidates and the mean of each feature's best, per round."""
+    feats = [f for f in r2 if f in r1 and rewards(r1[f]) and rewards(r2[f])]
+    rounds = (("round1", r1), ("round2", r2))
+    return {"features": len(feats),
+            "mean": {k: float(np.mean([x for f in feats for x in rewards(r[f])])) for k, r in rounds},
+            "best": {k: float(np.mean([max(rewards(r[f])) for f in feats])) for k, r in rounds}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True)
@@ -35,12 +45,10 @@ def main() -> None:
         mine, other = pairs(folder), pairs(Path(a.pairs_of).expanduser())
         print(f"round-1 pairs: {len(mine)} here, {len(other)} in {a.pairs_of}, {len(mine & other)} the same")
     r1, r2 = (load_jsonl(folder / f"round{i}" / "candidates.jsonl") for i in (1, 2))
-    feats = [f for f in r2 if f in r1 and rewards(r1[f]) and rewards(r2[f])]
-    means = {k: float(np.mean([x for f in feats for x in rewards(r[f])])) for k, r in (("round1", r1), ("round2", r2))}
-    best = {k: float(np.mean([max(rewards(r[f])) for f in feats])) for k, r in (("round1", r1), ("round2", r2))}
-    print(f"over {len(feats)} features: mean reward round1 {means['round1']:.3f}, round2 {means['round2']:.3f}; "
-          f"per-feature best {best['round1']:.3f}, {best['round2']:.3f}")
-    print(f"round2 - round1 mean reward: {means['round2'] - means['round1']:+.3f} (n={len(feats)})")
+    fig = compare_rounds(r1, r2)
+    print(f"over {fig['features']} features: mean reward round1 {fig['mean']['round1']:.3f}, round2 "
+          f"{fig['mean']['round2']:.3f}; per-feature best {fig['best']['round1']:.3f}, {fig['best']['round2']:.3f}")
+    print(f"round2 - round1 mean reward: {fig['mean']['round2'] - fig['mean']['round1']:+.3f} (n={fig['features']})")
 
 
 if __name__ == "__main__":

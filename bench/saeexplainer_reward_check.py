@@ -24,7 +24,7 @@ from saexplain.errors import SaexplainError
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.score.generative import GenerationConfig
 from saexplain.train.config import TrainConfig
-from saexplain.train.data import Candidate, build_pairs, corpus_reward, load_jsonl
+from saexplain.train.data import Candidate, build_pairs, corpus_reward, load_jsonl, set_reward
 from saexplain.train.pipeline import Training
 
 
@@ -57,7 +57,7 @@ def check_round(folder: Path, rnd: str, t: Training, fraction: float) -> dict:
         uniq = list({c.text: c for c in cands}.values())  # each distinct candidate counted once
         texts = sorted({x for c in uniq for x in c.texts})
         acts = dict(zip(texts, (r.max(f) for r in t.oracle.activations(texts, [f])))) if texts else {}
-        by = {"share": {c.text: float(np.mean([acts[x] >= fraction * mx for x in c.texts]))
+        by = {"share": {c.text: set_reward([acts[x] for x in c.texts], mx, "share", fraction)
                         for c in uniq if c.texts},
               "corpus": {}}
         for c in uniq:

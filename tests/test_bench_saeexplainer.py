@@ -1,4 +1,5 @@
-"""bench/saeexplainer.py's text-form counts: what the trained explainer writes, counted from a report summary."""
+"""bench/saeexplainer.py's text-form counts (what the trained explainer writes, counted from a report summary) and
+bench/saeexplainer_compare_rounds.py's round figures."""
 
 from __future__ import annotations
 
@@ -11,16 +12,21 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCH))  # the script imports bench/results.py as `results`
+def _bench_module(name: str):
+    """bench/<name>.py as a module (the scripts import bench/results.py as `results`)."""
+    sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("bench_saeexplainer", BENCH / "saeexplainer.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        yield mod
+        return mod
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _bench_module("saeexplainer")
 
 
 def _row(text: str, status: str = "ok") -> dict:
@@ -44,3 +50,17 @@ def test_text_forms_counts_lists_repeats_function_words_and_changes(bench):
     assert forms["saeexplainer@round1"] == {"explanations": 2, "token_lists": 2, "repeated_token": 0,
                                             "function_words_only": 1, "differs_from_sft": 1,
                                             "compared_with_sft": 2}
+
+
+def _line(feature: int, *rewards) -> dict:
+    return {"feature": feature, "candidates": [{"text": f"c{i}", "reward": r} for i, r in enumerate(rewards)]}
+
+
+def test_compare_rounds_counts_only_features_both_rounds_rewarded():
+    mod = _bench_module("saeexplainer_compare_rounds")
+    r1 = {1: _line(1, 0.2, 0.4), 2: _line(2, 0.0, None), 3: _line(3, None, None), 4: _line(4, 0.9)}
+    r2 = {1: _line(1, 0.6, 0.8), 2: _line(2, 0.5), 3: _line(3, 1.0)}  # 3: round 1 has no reward; 4: no round 2
+    fig = mod.compare_rounds(r1, r2)
+    assert fig["features"] == 2
+    assert fig["mean"] == pytest.approx({"round1": (0.2 + 0.4 + 0.0) / 3, "round2": (0.6 + 0.8 + 0.5) / 3})
+    assert fig["best"] == pytest.approx({"round1": (0.4 + 0.0) / 2, "round2": (0.8 + 0.5) / 2})
