@@ -204,6 +204,23 @@ def test_set_reward_max_and_share_on_hand_made_activations():
     assert (c.reward, c.rewards, c.raw, c.texts) == (0.25, [0.5, 0.0], 6.0, ["a", "b", "c", "d"])
 
 
+def test_reuse_tells_same_candidates_from_remeasured_from_other():
+    from saexplain.train.pipeline import _candidates_differ
+
+    llm = {"reward_source": "llm", "reward_fraction": 0.5}
+    # 'llm' takes the max: a fraction it does not read leaves the candidates as they are (a plain copy)
+    assert _candidates_differ(llm, {**llm, "reward_fraction": 0.3}) is None
+    assert _candidates_differ({}, llm) is None  # a saved config without the settings ran with the defaults
+    # the same texts measured another way: re-measured
+    assert _candidates_differ(llm, {**llm, "reward_source": "share"}) == "measure"
+    assert _candidates_differ({"reward_source": "share", "reward_fraction": 0.5},
+                              {"reward_source": "share", "reward_fraction": 0.3}) == "measure"
+    # other texts or candidates: only the SFT model is reused
+    assert _candidates_differ(llm, {**llm, "reward_source": "corpus"}) == "other"
+    assert _candidates_differ(llm, {**llm, "reward_source": "share", "reward_repeats": 3}) == "other"
+    assert _candidates_differ(llm, {**llm, "candidates": 12}) == "other"
+
+
 def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
     """The page reads what a round trained on (pairs/ and pairs.json's drop reasons), never a recomputation: a round
     still rewarding shows its candidates and says so; a dataset left from an earlier build is not shown as this

@@ -132,9 +132,8 @@ class Training:
         key, was, v = _first_difference(saved, now, _FREE | _REUSABLE | _CANDIDATE_SETTINGS | {"training.dir"})
         if key:
             raise ConfigError(f"--reuse {src}: it was trained with {key}={was!r}, this folder has {v!r}")
-        other_candidates, *_ = _first_difference(saved, now, _FREE | _REUSABLE | {"training.dir"})
-        # the same texts under another measure ('llm' ↔ 'share', or another fraction): copied, re-measured
-        measure_only = other_candidates is not None and _measure_only(saved["training"], now["training"])
+        # the other settings agree: the candidates differ only where the candidate settings do
+        differ = _candidates_differ(saved.get("training", {}), now["training"])
         if split.get("train") != self.features:
             raise ConfigError(f"--reuse {src}: its training features ({src / 'split.json'}) are not this folder's")
         copied = []
@@ -146,9 +145,9 @@ class Training:
             copied.append("sft")
         # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from
         cand = self.dir / "round1" / "candidates.jsonl"
-        if copied and (not other_candidates or measure_only) and (src / "round1" / "candidates.jsonl").is_file():
+        if copied and differ != "other" and (src / "round1" / "candidates.jsonl").is_file():
             cand.parent.mkdir(exist_ok=True)
-            if measure_only:
+            if differ == "measure":  # the same texts under another measure: copied, re-measured
                 self._remeasure(src / "round1" / "candidates.jsonl", cand)
                 copied.append(f"round1/candidates.jsonl (rewards re-measured: {self.cfg.reward_source})")
             else:
@@ -389,14 +388,21 @@ def _first_difference(saved: dict, now: dict, free: set[str]) -> tuple[str | Non
     return None, None, None
 
 
-def _measure_only(saved: dict, now: dict) -> bool:
-    """Whether two training configs' candidate settings differ only in how the LLM's reward texts are measured
-    (`reward_source` 'llm' ↔ 'share', `reward_fraction`): the same candidates and texts, other rewards."""
+def _candidates_differ(saved: dict, now: dict) -> str | None:
+    """How two training configs' round-1 candidates differ, from their candidate settings: None when they are the
+    same (the settings agree, but for a `reward_fraction` that neither's reward reads: 'llm' takes the max);
+    'measure' when they are the same candidates and LLM reward texts measured another way (`reward_source` 'llm'
+    ↔ 'share', or another `reward_fraction` of 'share'); 'other' otherwise."""
     defaults = json.loads(TrainConfig().to_json())
     diff = {k for k in (s.split(".", 1)[1] for s in _CANDIDATE_SETTINGS)
             if saved.get(k, defaults[k]) != now.get(k, defaults[k])}
-    return diff <= {"reward_source", "reward_fraction"} and {saved.get("reward_source", "llm"),
-                                                             now.get("reward_source", "llm")} <= set(_MEASURES)
+    sources = {saved.get("reward_source", defaults["reward_source"]),
+               now.get("reward_source", defaults["reward_source"])}
+    if sources == {"llm"}:
+        diff.discard("reward_fraction")  # not read by the 'max' measure
+    if not diff:
+        return None
+    return "measure" if diff <= {"reward_source", "reward_fraction"} and sources <= set(_MEASURES) else "other"
 
 
 def _default_store():
