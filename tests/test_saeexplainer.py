@@ -193,7 +193,7 @@ def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
 
 
 def test_set_reward_max_and_share_on_hand_made_activations():
-    from saexplain.train.data import measured, set_reward
+    from saexplain.train.data import measured, remeasure, set_reward
 
     acts = [0.0, 9.0, 4.0, 5.0]  # the feature's max activation on each of 4 texts; its corpus max is 10
     assert set_reward(acts, 10.0, "max", 0.5) == pytest.approx(0.9)  # one text near the max: nearly full reward
@@ -202,6 +202,14 @@ def test_set_reward_max_and_share_on_hand_made_activations():
     assert set_reward(acts, 0.0, "share", 0.5) == set_reward([], 10.0, "max", 0.5) == 0.0
     c = measured("x", [["a", "b"], ["c", "d"]], [[10.0, 0.0], [2.0, 1.0]], 10.0, "share", 0.5)
     assert (c.reward, c.rewards, c.raw, c.texts) == (0.25, [0.5, 0.0], 6.0, ["a", "b", "c", "d"])
+    # the same stored texts measured again under 'max': no LLM, the activations given per text
+    acts = {"a": 10.0, "b": 0.0, "c": 2.0, "d": 1.0}
+    m = remeasure(c, acts, 10.0, 2, 2, "max", 0.5)
+    assert (m.reward, m.rewards, m.texts) == (pytest.approx(0.6), [1.0, 0.2], c.texts)
+    failed = Candidate("y", error="timeout")
+    assert remeasure(failed, acts, 10.0, 2, 2, "max", 0.5) is failed  # retried by the next run, as it was
+    short = remeasure(Candidate("z", 0.5, 1.0, ["a", "b", "c"], rewards=[0.5]), acts, 10.0, 2, 2, "max", 0.5)
+    assert short.reward is None and short.error == "stored reward texts: 3, not 2 × 2"
 
 
 def test_reuse_tells_same_candidates_from_remeasured_from_other():

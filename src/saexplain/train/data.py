@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,18 +197,18 @@ async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_te
     return measured(candidate, sets, acts, max_act, measure, fraction)
 
 
-def remeasure(c: Candidate, feature: int, max_act: float, oracle, n_texts: int, repeats: int, measure: str,
+def remeasure(c: Candidate, acts: Mapping[str, float], max_act: float, n_texts: int, repeats: int, measure: str,
               fraction: float) -> Candidate:
     """A rewarded candidate's stored texts (`repeats` sets of `n_texts`, as `reward` wrote them) measured again
-    by the oracle under another measure — what `reward` would return with the same texts, no LLM call. A
-    candidate without a reward is returned as it is (an empty one stays empty, a failed one is retried); stored
-    texts that are not `repeats` × `n_texts` are an error row, so the next run rewards it afresh."""
+    under another measure, given the feature's max activation on each text (`acts`, from the oracle) — what
+    `reward` would return with the same texts, no LLM call. A candidate without a reward is returned as it is (an
+    empty one stays empty, a failed one is retried); stored texts that are not `repeats` × `n_texts` are an error
+    row, so the next run rewards it afresh."""
     if c.reward is None:
         return c
     if len(c.texts) != n_texts * repeats:
         return Candidate(c.text, error=f"stored reward texts: {len(c.texts)}, not {repeats} × {n_texts}")
     sets = [c.texts[i * n_texts:(i + 1) * n_texts] for i in range(repeats)]
-    acts = dict(zip(c.texts, (r.max(feature) for r in oracle.activations(list(c.texts), [feature]))))
     return measured(c.text, sets, [[acts[x] for x in s] for s in sets], max_act, measure, fraction)
 
 

@@ -163,9 +163,11 @@ class Training:
         t0 = time.perf_counter()
         with open(tmp, "w") as fh:
             for f, row in load_jsonl(src).items():
-                cands = [remeasure(Candidate(**c), f, row["max_act"], self.oracle, self.cfg.reward_texts,
-                                   self.cfg.reward_repeats, _MEASURES[self.cfg.reward_source],
-                                   self.cfg.reward_fraction) for c in row["candidates"]]
+                rows = [Candidate(**c) for c in row["candidates"]]
+                texts = sorted({x for c in rows if c.reward is not None for x in c.texts})  # one oracle call
+                acts = dict(zip(texts, (r.max(f) for r in self.oracle.activations(texts, [f])))) if texts else {}
+                cands = [remeasure(c, acts, row["max_act"], self.cfg.reward_texts, self.cfg.reward_repeats,
+                                   _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction) for c in rows]
                 fh.write(json.dumps({**row, "candidates": [asdict(c) for c in cands]}) + "\n")
         tmp.replace(dst)
         self.echo(f"round 1 candidates of {src.parent.parent}: rewards re-measured as '{self.cfg.reward_source}' "
