@@ -80,6 +80,8 @@ def main() -> None:
                     "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
                     "--pair-features)")
     ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
+    ap.add_argument("--dpo-epochs", type=int, default=None,
+                    help="DPO's most epochs per round (default: the preset's; the best held-out epoch is kept)")
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
     ap.add_argument("--candidates", type=int, default=12)
@@ -124,7 +126,7 @@ def main() -> None:
                       pair_features=args.pair_features, reward_source=args.reward_source,
                       reward_repeats=args.reward_repeats or (1 if args.reward_source == "corpus" else 2),
                       pairs_per_feature=args.pairs_per_feature,
-                      dpo_preset=args.dpo_preset)
+                      dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
         return evaluate(args, store, tdir, stages_ev, heldout_features, timed, times)
