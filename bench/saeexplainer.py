@@ -16,7 +16,8 @@ evaluation on held-out features against one-shot, every method judged by the sam
 - DPO rounds on `--pair-features` of them (seeded; 32 by default): `--candidates` per feature (12), each rewarded
   with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), up to
   `--pairs-per-feature` pairs from each feature's candidates (1), `--dpo-preset` (lora:
-  up to 4 epochs, 20 % of the pairs held out, the best epoch kept; `paper` = SAEExplainer's settings). Cost on
+  up to 4 epochs — `--dpo-epochs` to change —, 20 % of the pairs held out, the best epoch kept; `paper` =
+  SAEExplainer's settings). Cost on
   this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
   pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once;
   round 1 measured 7,739 s);
