@@ -1,15 +1,19 @@
-"""Two small figures of SAEExplainer training folders, read from their files (no model, no LLM):
+"""Small figures of SAEExplainer training folders, read from their files (no model, no LLM):
+- per round, its pairs record (`pairs.json`): pairs, features giving pairs, rewards, and why features gave none;
 - the mean reward of two rounds' candidates over the features both have rewarded (e.g. round 1 = the SFT model's
   candidates, round 2 = the round-1 model's, under the same reward), and the mean per-feature best;
 - how many preference pairs two folders' rounds share (same feature, chosen and rejected text).
 
     .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER_FOLDER]
 
-Last line: `round2 - round1 mean reward: <delta> (n=<features>)`."""
+Last line, where the folder has both rounds' candidates: `round2 - round1 mean reward: <delta> (n=<features>)`."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +35,26 @@ def compare_rounds(r1: dict, r2: dict) -> dict:
             "best": {k: float(np.mean([max(rewards(r[f])) for f in feats])) for k, r in rounds}}
 
 
+def dropped_reasons(dropped: dict[str, str]) -> Counter:
+    """Why features gave no pair (`pairs.json` `dropped`: feature → reason), counted by the reason's words (its
+    figures left out: 'best reward 0.000 < 0.1' and 'best reward 0.050 < 0.1' are one reason)."""
+    return Counter(re.split(r"\s[-+]?\d", reason, maxsplit=1)[0] for reason in dropped.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--pairs-of", default=None, help="another folder: count round-1 pairs the two share")
     a = ap.parse_args()
     folder = Path(a.dir).expanduser()
+    for rnd in ("round1", "round2"):
+        if (folder / rnd / "pairs.json").is_file():
+            p = json.loads((folder / rnd / "pairs.json").read_text())
+            r = p["rewards"]
+            why = "; ".join(f"{k}: {n}" for k, n in dropped_reasons(p["dropped"]).most_common())
+            print(f"{rnd}: {p['pairs']} pairs from {p['features_with_pairs']} features; rewards non-zero "
+                  f"{r['nonzero']} of {r['candidates']}, mean {r['mean_reward']:.3f}, per-feature best mean "
+                  f"{r['best_mean']:.3f}; {p.get('failed', 0)} failed; no pair: {why}")
     if a.pairs_of:
         from datasets import load_from_disk
 
@@ -44,6 +62,8 @@ def main() -> None:
             return {(r["feature"], r["chosen"], r["rejected"]) for r in load_from_disk(str(d / "round1" / "pairs"))}
         mine, other = pairs(folder), pairs(Path(a.pairs_of).expanduser())
         print(f"round-1 pairs: {len(mine)} here, {len(other)} in {a.pairs_of}, {len(mine & other)} the same")
+    if not all((folder / f"round{i}" / "candidates.jsonl").is_file() for i in (1, 2)):
+        return
     r1, r2 = (load_jsonl(folder / f"round{i}" / "candidates.jsonl") for i in (1, 2))
     fig = compare_rounds(r1, r2)
     print(f"over {fig['features']} features: mean reward round1 {fig['mean']['round1']:.3f}, round2 "

@@ -24,7 +24,7 @@ from saexplain.errors import SaexplainError
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.score.generative import GenerationConfig
 from saexplain.train.config import TrainConfig
-from saexplain.train.data import Candidate, build_pairs, corpus_reward, load_jsonl, set_reward
+from saexplain.train.data import Candidate, build_pairs, corpus_reward, load_jsonl, max_by_text, set_reward
 from saexplain.train.pipeline import Training
 
 
@@ -55,8 +55,7 @@ def check_round(folder: Path, rnd: str, t: Training, fraction: float) -> dict:
         f, mx = row["feature"], row["max_act"]
         cands = [Candidate(**c) for c in row["candidates"]]  # as the round's rules saw them
         uniq = list({c.text: c for c in cands}.values())  # each distinct candidate counted once
-        texts = sorted({x for c in uniq for x in c.texts})
-        acts = dict(zip(texts, (r.max(f) for r in t.oracle.activations(texts, [f])))) if texts else {}
+        acts = max_by_text(t.oracle, [x for c in uniq for x in c.texts], f)
         by = {"share": {c.text: set_reward([acts[x] for x in c.texts], mx, "share", fraction)
                         for c in uniq if c.texts},
               "corpus": {}}

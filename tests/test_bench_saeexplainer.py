@@ -64,3 +64,11 @@ def test_compare_rounds_counts_only_features_both_rounds_rewarded():
     assert fig["features"] == 2
     assert fig["mean"] == pytest.approx({"round1": (0.2 + 0.4 + 0.0) / 3, "round2": (0.6 + 0.8 + 0.5) / 3})
     assert fig["best"] == pytest.approx({"round1": (0.4 + 0.0) / 2, "round2": (0.8 + 0.5) / 2})
+
+
+def test_dropped_reasons_count_a_reason_whatever_its_figures():
+    mod = _bench_module("saeexplainer_compare_rounds")
+    dropped = {"1": "best reward 0.000 < 0.1", "2": "best reward 0.050 < 0.1", "3": "spread 0.000 ≤ 0.1",
+               "4": "no lower-half candidate trails the best by > 0.311 (2 σ of the noise)"}
+    assert mod.dropped_reasons(dropped) == {"best reward": 2, "spread": 1,
+                                            "no lower-half candidate trails the best by >": 1}

@@ -197,10 +197,16 @@ async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_te
     return measured(candidate, sets, acts, max_act, measure, fraction)
 
 
+def max_by_text(oracle, texts: Sequence[str], feature: int) -> dict[str, float]:
+    """The feature's max activation on each distinct text, in one oracle call (none for no text)."""
+    texts = sorted(set(texts))
+    return dict(zip(texts, (r.max(feature) for r in oracle.activations(texts, [feature])))) if texts else {}
+
+
 def remeasure(c: Candidate, acts: Mapping[str, float], max_act: float, n_texts: int, repeats: int, measure: str,
               fraction: float) -> Candidate:
     """A rewarded candidate's stored texts (`repeats` sets of `n_texts`, as `reward` wrote them) measured again
-    under another measure, given the feature's max activation on each text (`acts`, from the oracle) — what
+    under another measure, given the feature's max activation on each text (`acts`: `max_by_text`) — what
     `reward` would return with the same texts, no LLM call. A candidate without a reward is returned as it is (an
     empty one stays empty, a failed one is retried); stored texts that are not `repeats` × `n_texts` are an error
     row, so the next run rewards it afresh."""

@@ -37,6 +37,7 @@ from saexplain.train.data import (
     corpus_reward,
     heldout_features,
     load_jsonl,
+    max_by_text,
     pair_features,
     references_from_neuronpedia,
     references_from_store,
@@ -164,8 +165,7 @@ class Training:
         with open(tmp, "w") as fh:
             for f, row in load_jsonl(src).items():
                 rows = [Candidate(**c) for c in row["candidates"]]
-                texts = sorted({x for c in rows if c.reward is not None for x in c.texts})  # one oracle call
-                acts = dict(zip(texts, (r.max(f) for r in self.oracle.activations(texts, [f])))) if texts else {}
+                acts = max_by_text(self.oracle, [x for c in rows if c.reward is not None for x in c.texts], f)
                 cands = [remeasure(c, acts, row["max_act"], self.cfg.reward_texts, self.cfg.reward_repeats,
                                    _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction) for c in rows]
                 fh.write(json.dumps({**row, "candidates": [asdict(c) for c in cands]}) + "\n")
