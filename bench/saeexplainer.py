@@ -81,6 +81,14 @@ def main() -> None:
                     "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
                     "--pair-features)")
     ap.add_argument("--dpo-preset", choices=("lora", "paper"), default="lora")
+    ap.add_argument("--dpo-check", choices=("margin", "reward"), default="margin",
+                    help="what picks DPO's best epoch: the held-out pairs' margin, or the greedy explanations of "
+                    "16 training features outside the pair features rewarded after each epoch (the LLM reward "
+                    "texts: ≈ 17 s per feature)")
+    ap.add_argument("--dpo-holdout", type=float, default=None,
+                    help="share of the pairs' features held out of DPO (default: the preset's; 0 with "
+                    "--dpo-check reward trains on every pair)")
+    ap.add_argument("--dpo-patience", type=int, default=1, help="epochs without a better check before stopping")
     ap.add_argument("--dpo-epochs", type=int, default=None,
                     help="DPO's most epochs per round (default: the preset's; the best held-out epoch is kept)")
     ap.add_argument("--tokens", default="262144")
@@ -127,7 +135,8 @@ def main() -> None:
                       pair_features=args.pair_features, reward_source=args.reward_source,
                       reward_repeats=args.reward_repeats or (1 if args.reward_source == "corpus" else 2),
                       pairs_per_feature=args.pairs_per_feature,
-                      dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs)
+                      dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
+                      dpo_holdout=args.dpo_holdout, dpo_patience=args.dpo_patience)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
         return evaluate(args, store, tdir, stages_ev, heldout_features, timed, times)
@@ -145,7 +154,7 @@ def main() -> None:
         timed("sft", t.sft)
         for r in rounds:
             timed(f"pairs round {r}", lambda r=r: t.pairs(r, LLM(stages.llm, store=t.store)))
-            timed(f"dpo round {r}", lambda r=r: t.dpo(r))
+            timed(f"dpo round {r}", lambda r=r: t.dpo(r, lambda: LLM(stages.llm, store=t.store)))
     finally:
         t.close()
     if args.stop_after:

@@ -4,6 +4,7 @@ arithmetic, not explanation quality)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import zlib
@@ -23,7 +24,7 @@ from saexplain.store import Store
 from saexplain.subject.model import find_layers
 from saexplain.subject.oracle import SubjectConfig
 from saexplain.train.config import TrainConfig
-from saexplain.train.data import Candidate, build_pairs, corpus_reward, references_from_neuronpedia
+from saexplain.train.data import Candidate, build_pairs, corpus_reward, references_from_neuronpedia, reward
 from saexplain.train.dpo import train_dpo
 from saexplain.train.sft import train_sft
 from scripted_llm import ScriptedBackend, last_user, scripted_llm
@@ -357,6 +358,39 @@ def test_dpo_early_stopping_keeps_the_previous_stage_when_the_held_out_margin_fa
     assert _margin(fresh, prompt, b, a, vec) == pytest.approx(before, abs=1e-4)  # … the kept adapter did not
 
 
+def test_dpo_reward_check_decides_the_kept_epoch_instead_of_held_out_pairs(tiny_model_dir, tmp_path):
+    """With a check (the reward check's shape: lm → {"value", …}), every pair is trained on and the check's value
+    picks the epoch: a check that falls after epoch 1 keeps epoch 0 (a zero adapter: the margin is the previous
+    stage's) although the pairs were learnt; the check's other fields are stored with each epoch."""
+    from datasets import Dataset
+    from peft import PeftModel
+
+    lm = _lm(tiny_model_dir)
+    vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
+    prompt, a, b = lm.prompt(), " the king and his wife", " stocks fell sharply"
+    cfg = TrainConfig(dpo_preset="lora", dpo_batch=2, lr1=5e-3, lora_dropout=0.0, dpo_epochs=3, dpo_holdout=0.0,
+                      save_steps=1000)
+    rows = [{"prompt": prompt, "chosen": a, "rejected": b, "feature": f} for f in (1, 2) for _ in range(2)]
+    before = _margin(lm, prompt, a, b, vec)
+    values, seen = iter([0.5, 0.2, 0.9]), []
+
+    def check(model_lm):
+        seen.append(model_lm is lm and not model_lm.model.training)  # the policy being trained, in eval mode
+        return {"value": next(values), "texts": ["x"]}
+
+    adapter = train_dpo(lm, Dataset.from_list(rows), dict.fromkeys((1, 2), vec), cfg, 1, tmp_path / "r1",
+                        check=check)
+    state = json.loads((tmp_path / "r1" / "early_stop.json").read_text())
+    assert state["check"] == "check_reward" and state["heldout_pairs"] == 0 and seen == [True, True]
+    assert [(e["epoch"], e["check_reward"], e["texts"]) for e in state["epochs"]] == [(0, 0.5, ["x"]),
+                                                                                       (1, 0.2, ["x"])]
+    assert state["best_epoch"] == 0 and state["stopped_after_epoch"] == 1
+    assert _margin(lm, prompt, a, b, vec) > before  # the pairs were learnt …
+    fresh = _lm(tiny_model_dir)
+    fresh.model = PeftModel.from_pretrained(fresh.model, str(adapter))
+    assert _margin(fresh, prompt, a, b, vec) == pytest.approx(before, abs=1e-4)  # … the kept epoch is 0
+
+
 def test_dpo_early_stopping_keeps_the_best_epoch_when_the_held_out_pairs_agree(tiny_model_dir, tmp_path):
     """Held-out pairs that agree with the training pairs: their margin rises, the kept adapter is the best epoch's
     (not epoch 0), and the margin after the round is that epoch's."""
@@ -543,6 +577,40 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert writer5.requests == [] and json.loads((tmp_path / "train5" / "round1" / "pairs.json").read_text())[
         "rewards"]["features_rewarded"] == 2
     t5.close()
+    # DPO's reward check: after each epoch, the greedy explanations of training features outside the pair
+    # features (what the evaluation would write), rewarded as the candidates are; every pair is trained on
+    chk = cfg.model_copy(update={"dir": str(tmp_path / "train9"), "pair_features": 2, "dpo_check": "reward",
+                                 "dpo_check_features": 2})
+    t9 = Training(chk, stages, echo=lambda m: None)
+    t9.reuse(tmp_path / "train")
+    t9.pairs(1, scripted_llm(reward_writer)[0])
+    feats = t9.check_features()
+    assert len(feats) == 2 and set(feats) | set(t9.pair_features()) == set(t9.features) and not (
+        set(feats) & set(t9.pair_features()))
+    with pytest.raises(ConfigError, match="needs the LLM"):
+        t9.reward_check(None)
+    sft, vectors = t9.policy("sft"), t9.vectors()
+    greedy = {f: sft.generate([t9.prompt(sft, f)], vectors[f][None], max_new_tokens=8)[0][0] for f in feats}
+    expected = {f: asyncio.run(reward(greedy[f], f, t9.records[f].max_act, scripted_llm(reward_writer)[0], t9.oracle,
+                                      chk.reward_texts)).reward for f in feats}
+    writers = []
+
+    def client():
+        c, w = scripted_llm(reward_writer)
+        writers.append(w)
+        return c
+
+    t9.dpo(1, client)
+    es = json.loads((tmp_path / "train9" / "round1" / "early_stop.json").read_text())
+    assert es["check"] == "check_reward" and es["heldout_pairs"] == 0 and [e["epoch"] for e in es["epochs"]] == [0, 1]
+    e0 = es["epochs"][0]
+    assert [(r["feature"], r["text"]) for r in e0["features"]] == [(f, greedy[f]) for f in feats]
+    assert [r["reward"] for r in e0["features"]] == pytest.approx([expected[f] for f in feats])
+    assert e0["check_reward"] == pytest.approx(np.mean(list(expected.values()))) and e0["rewarded"] == 2
+    assert len(writers) == 2 and len(writers[0].requests) == 2  # one client per check, one reward per feature
+    assert es["best_epoch"] == max(es["epochs"], key=lambda e: e["check_reward"])["epoch"]
+    assert (tmp_path / "train9" / "round1" / "adapter" / "adapter_config.json").is_file()
+    t9.close()
     # the share reward: the same candidates and reward texts, measured again by the oracle (no LLM call) — equal
     # to what a fresh round computes, which writes the same texts (seeded candidates, the same scripted LLM)
     share = cfg.model_copy(update={"dir": str(tmp_path / "train7"), "reward_source": "share"})
@@ -806,5 +874,11 @@ def test_pair_features_are_a_seeded_subset_of_the_training_features():
     first = t.pair_features()
     assert len(first) == 12 and set(first) <= set(t.features) and first == sorted(first)
     assert first == t.pair_features() and first != t.features[:12]  # seeded, not the first twelve
+    check = t.check_features()  # DPO's reward check: the next 16 of the same draw, never trained on
+    assert len(check) == 16 and not set(check) & set(first) and set(check) <= set(t.features)
+    t.cfg = TrainConfig(pair_features=20)
+    assert set(first) <= set(t.pair_features()) and set(t.pair_features()) - set(first) <= set(check)
     t.cfg = TrainConfig(pair_features=0)
     assert t.pair_features() == t.features
+    with pytest.raises(ConfigError, match="outside the pair features"):
+        t.check_features()

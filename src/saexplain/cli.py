@@ -437,10 +437,12 @@ def train_pairs_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help=
 def train_dpo_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="DPO round (needs its pairs)"),
                   config_file: Path = _CONFIG_FILE, training=None, subject=None, corpus=None, cache=None, sampling=None, llm=None, saeexplainer=None):
     """One DPO round (TRL DPOTrainer + a LoRA adapter; reference = the previous stage). Resumes from its last
-    checkpoint."""
+    checkpoint. With --dpo-check reward, the LLM writes the check features' reward texts after each epoch."""
+    from saexplain.llm import LLM
+
     t = _training(config_file, training, subject, corpus, cache, sampling, llm, saeexplainer)
     try:
-        t.dpo(round_)
+        t.dpo(round_, lambda: LLM(t.stages.llm, store=t.store))
     finally:
         t.close()
 

@@ -79,7 +79,15 @@ class TrainConfig(Config):
                                       "out: their mean log p(chosen) − log p(rejected) after each epoch decides "
                                       "early stopping, and the best epoch's adapter is kept (0: no early stopping; "
                                       "default: the preset's)")
-    dpo_patience: int = Field(1, ge=1, description="epochs without a better held-out margin before stopping")
+    dpo_check: Literal["margin", "reward"] = Field(
+        "margin", description="what decides DPO's best epoch: 'margin' (the held-out pairs' mean log p(chosen) − "
+        "log p(rejected), --dpo-holdout) or 'reward' (after each epoch the model's greedy explanation of each of "
+        "--dpo-check-features training features that no round trains on is rewarded as the round's candidates "
+        "are — one greedy set of texts —, and their mean reward decides: what the explainer writes, not how it "
+        "ranks texts it was given)")
+    dpo_check_features: int = Field(16, ge=1, description="with --dpo-check reward: training features outside the "
+                                    "pair features (the next ones of the same seeded draw) rewarded each epoch")
+    dpo_patience: int = Field(1, ge=1, description="epochs without a better held-out check before stopping")
     dpo_epochs: int | None = Field(None, ge=1, description="DPO epochs per round (default: the preset's)")
     dpo_batch: int = Field(2, ge=1, description="DPO pairs per step")
     beta1: float = Field(0.1, gt=0, description="round 1 DPO beta")

@@ -271,7 +271,21 @@ def pair_features(features: Sequence[int], cfg: TrainConfig) -> list[int]:
     n = cfg.pair_features
     if not n or n >= len(features):
         return list(features)
-    return sorted(int(f) for f in np.random.default_rng(cfg.feature_seed).permutation(list(features))[:n])
+    return sorted(int(f) for f in _feature_order(features, cfg)[:n])
+
+
+def check_features(features: Sequence[int], cfg: TrainConfig) -> list[int]:
+    """The features of DPO's reward check (`dpo_check` 'reward'): the `dpo_check_features` that follow the pair
+    features in the same seeded permutation — training features (SFT saw them) that no round trains on."""
+    n = cfg.pair_features
+    if not n or n >= len(features):
+        raise ConfigError("--dpo-check reward needs training features outside the pair features: set "
+                          f"--pair-features below the {len(features)} training features")
+    return sorted(int(f) for f in _feature_order(features, cfg)[n:n + cfg.dpo_check_features])
+
+
+def _feature_order(features: Sequence[int], cfg: TrainConfig) -> list[int]:
+    return [int(f) for f in np.random.default_rng(cfg.feature_seed).permutation(list(features))]
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,22 +90,26 @@ def _early_stop_class():
     from transformers import TrainerCallback
 
     class EarlyStop(TrainerCallback):
-        """After each epoch: the held-out pairs' mean log p(chosen) − log p(rejected); the best epoch's adapter is
-        saved (epoch 0 = the previous stage: a zero adapter) and training stops after `patience` epochs without
-        a better one. Its state is a file, so a resumed round continues the same decision."""
+        """After each epoch: the check (`measure(model)` → {"value": …, …}, the model in eval mode) — the held-out
+        pairs' mean log p(chosen) − log p(rejected), or the check features' mean reward; the best epoch's adapter
+        is saved (epoch 0 = the previous stage: a zero adapter) and training stops after `patience` epochs without
+        a better value. Its state is a file, so a resumed round continues the same decision; each epoch's entry
+        holds the value under `key` and the measure's other fields (the check's texts and rewards)."""
 
-        def __init__(self, lm, rows, vectors, max_length: int, patience: int, out: Path):
-            self.lm, self.rows, self.vectors, self.max_length, self.patience = lm, rows, vectors, max_length, patience
+        def __init__(self, measure, key: str, patience: int, out: Path, extra: dict):
+            self.measure, self.key, self.patience = measure, key, patience
             self.path, self.best_dir = out / "early_stop.json", out / "best_adapter"
             self.s = json.loads(self.path.read_text()) if self.path.is_file() else {"epochs": [], "bad": 0}
+            self.extra = extra
 
-        def _measure(self, model) -> float:
+        def _measure(self, model) -> dict:
             was = model.training
             model.eval()
             try:
-                return float(np.mean(pair_margins(self.lm, self.rows, self.vectors, self.max_length)))
+                got = self.measure(model)
             finally:
                 model.train(was)
+            return {self.key: got.pop("value"), **got}
 
         def _save(self) -> None:
             tmp = self.path.with_suffix(".tmp")
@@ -112,9 +117,10 @@ def _early_stop_class():
             os.replace(tmp, self.path)
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            if "best" not in self.s:  # before the first step: the reference's margin, and its (zero) adapter
-                self.s.update(best=self._measure(model), best_epoch=0, heldout_pairs=len(self.rows))
-                self.s["epochs"].append({"epoch": 0, "heldout_margin": self.s["best"]})
+            if "best" not in self.s:  # before the first step: the reference's value, and its (zero) adapter
+                m = self._measure(model)
+                self.s.update(best=m[self.key], best_epoch=0, check=self.key, **self.extra)
+                self.s["epochs"].append({"epoch": 0, **m})
                 model.save_pretrained(str(self.best_dir))
                 self._save()
 
@@ -123,9 +129,9 @@ def _early_stop_class():
             if any(e["epoch"] == epoch for e in self.s["epochs"]):
                 return
             m = self._measure(model)
-            self.s["epochs"].append({"epoch": epoch, "heldout_margin": m, "step": state.global_step})
-            if m > self.s["best"]:
-                self.s.update(best=m, best_epoch=epoch, bad=0)
+            self.s["epochs"].append({"epoch": epoch, **m, "step": state.global_step})
+            if m[self.key] > self.s["best"]:
+                self.s.update(best=m[self.key], best_epoch=epoch, bad=0)
                 model.save_pretrained(str(self.best_dir))
             else:
                 self.s["bad"] += 1
@@ -138,17 +144,29 @@ def _early_stop_class():
 
 
 def train_dpo(lm: ExplainerLM, pairs, vectors: dict[int, torch.Tensor] | None, cfg: TrainConfig, round_: int,
-              out: Path, **arg_overrides) -> Path:
+              out: Path, check: Callable[[ExplainerLM], dict] | None = None, **arg_overrides) -> Path:
     """pairs: a HF Dataset (prompt, chosen, rejected, feature). Returns the adapter folder (out/adapter). With
-    `dpo_holdout`, a share of the features' pairs is held out and the best epoch's adapter is kept
-    (out/early_stop.json says which and why)."""
+    `dpo_holdout`, a share of the features' pairs is held out; with `check` (`lm` → {"value": …, …}: the reward
+    check, `dpo_check` 'reward'), it decides instead of those pairs' margin. Either way the best epoch's adapter is
+    kept (out/early_stop.json says which and why)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     ds = pairs.select_columns(["prompt", "chosen", "rejected", "feature"])
     ds, held = split_holdout(ds, cfg.dpo_holdout, cfg.train_seed + round_)
     args = dpo_args(cfg, round_, out, **arg_overrides)
-    callbacks = [_early_stop_class()(lm, held, vectors, cfg.max_length, cfg.dpo_patience, out)] if held else []
+    extra = {"heldout_pairs": len(held)}
+
+    def margin() -> float:
+        return float(np.mean(pair_margins(lm, held, vectors, cfg.max_length)))
+
+    if check is not None:  # the reward check decides; held-out pairs' margin, if any, is recorded beside it
+        measure, key = (lambda model: {**check(lm), **({"heldout_margin": margin()} if held else {})}), "check_reward"
+    elif held:
+        measure, key = (lambda model: {"value": margin()}), "heldout_margin"
+    else:
+        measure = key = None
+    callbacks = [_early_stop_class()(measure, key, cfg.dpo_patience, out, extra)] if measure else []
     trainer = _trainer_class()(model=lm.model, args=args, train_dataset=ds, processing_class=lm.tokenizer,
                                peft_config=lora_config(cfg), injector=lm.injector, vectors=vectors,
                                callbacks=callbacks)
@@ -157,7 +175,7 @@ def train_dpo(lm: ExplainerLM, pairs, vectors: dict[int, torch.Tensor] | None, c
     (out / "dpo_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     adapter, tmp = out / "adapter", out / "adapter.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if held:
+    if callbacks:
         shutil.copytree(out / "best_adapter", tmp)
     else:
         trainer.model.save_pretrained(str(tmp))

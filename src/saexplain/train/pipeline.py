@@ -33,6 +33,7 @@ from saexplain.train.config import TrainConfig
 from saexplain.train.data import (
     Candidate,
     build_pairs,
+    check_features,
     choose_train_features,
     corpus_reward,
     heldout_features,
@@ -60,7 +61,7 @@ _FREE = {"training.save_steps", "training.references", "training.reference_run",
 # seeded by the feature alone, and a larger `pair_features` draw extends a smaller one (one seeded permutation)
 _REUSABLE = {f"training.{k}" for k in (
     "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
-    "dpo_patience", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2", "pair_features")}
+    "dpo_patience", "dpo_check", "dpo_check_features", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2", "pair_features")}
 # settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
 _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
     "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats")}
@@ -332,7 +333,64 @@ class Training:
         return out / "pairs"
 
     # --------------------------------------------------------------------------------------- DPO
-    def dpo(self, round_: int, **overrides) -> Path:
+    def check_features(self) -> list[int]:
+        """The features of DPO's reward check: training features no round trains on (`data.check_features`)."""
+        return check_features(self.features, self.cfg)
+
+    def reward_check(self, llm: Callable[[], object] | None) -> Callable[[ExplainerLM], dict]:
+        """DPO's reward check (`dpo_check` 'reward'): the model's greedy explanation of each check feature — what
+        the evaluation would write —, rewarded as the round's candidates are (`reward_source`) but on one greedy
+        set of texts; the value is their mean over the features rewarded. `llm` makes the LLM client of one
+        check (the corpus reward needs none); a failed reward is a row with its reason, left out of the mean."""
+        feats = self.check_features()
+        if self.cfg.reward_source != "corpus" and llm is None:
+            raise ConfigError(f"--dpo-check reward with --reward-source {self.cfg.reward_source} needs the LLM "
+                              f"that writes the reward texts")
+        vectors = self.vectors()
+
+        async def rewards(texts: list[str]) -> list[dict]:
+            client = llm() if self.cfg.reward_source != "corpus" else None
+
+            async def one(f: int, text: str) -> dict:
+                if not text:
+                    return {"feature": f, "text": text, "reward": None, "error": EMPTY}
+                try:
+                    if client is None:
+                        c = corpus_reward(text, self.records[f], self.cfg.reward_fraction)
+                    else:
+                        c = await reward(text, f, self.records[f].max_act, client, self.oracle, self.cfg.reward_texts,
+                                         1, _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction)
+                    return {"feature": f, "text": text, "reward": c.reward, "error": None}
+                except Exception as e:  # noqa: BLE001  a row with its reason, left out of the mean
+                    return {"feature": f, "text": text, "reward": None, "error": f"{type(e).__name__}: {e}"}
+
+            try:
+                return list(await asyncio.gather(*(one(f, t) for f, t in zip(feats, texts))))
+            finally:
+                if client is not None:
+                    await client.aclose()
+
+        def check(lm: ExplainerLM) -> dict:
+            t0 = time.perf_counter()
+            vecs = torch.stack([vectors[f] for f in feats]) if vectors else None
+            texts = [x[0] for x in lm.generate([self.prompt(lm, f) for f in feats], vecs, n=1, temperature=0.0,
+                                               max_new_tokens=self.explainer.max_new_tokens)]
+            rows = asyncio.run(rewards(texts))
+            ok = [r["reward"] for r in rows if r["reward"] is not None]
+            if not ok:
+                raise SaexplainError(f"DPO reward check: no check feature's explanation was rewarded "
+                                     f"(feature {rows[0]['feature']}: {rows[0]['error']})")
+            res = {"value": float(np.mean(ok)), "rewarded": len(ok), "features": rows,
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            self.echo(f"dpo reward check: mean reward {res['value']:.3f} over {len(ok)} of {len(feats)} features "
+                      f"({res['seconds']:.0f}s)")
+            return res
+
+        return check
+
+    def dpo(self, round_: int, llm: Callable[[], object] | None = None, **overrides) -> Path:
+        """DPO round `round_` on its pairs. `llm` (a zero-argument factory of the LLM client) is needed by the
+        reward check (`dpo_check` 'reward') with an LLM reward."""
         from datasets import load_from_disk
 
         out = self.dir / f"round{round_}"
@@ -346,13 +404,17 @@ class Training:
         pairs = load_from_disk(str(out / "pairs"))
         lm = self.policy(STAGES[round_])
         t0 = time.perf_counter()
-        adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, **overrides)
+        check = self.reward_check(llm) if self.cfg.dpo_check == "reward" else None
+        adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, check=check, **overrides)
         self.echo(f"dpo round {round_}: {len(pairs)} pairs, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
         if (out / "early_stop.json").is_file():
             es = json.loads((out / "early_stop.json").read_text())
-            self.echo(f"dpo round {round_}: held-out margin by epoch "
-                      + ", ".join(f"{e['epoch']}: {e['heldout_margin']:+.3f}" for e in es["epochs"])
-                      + f" → kept epoch {es['best_epoch']} ({es['heldout_pairs']} held-out pairs)")
+            key = es.get("check", "heldout_margin")
+            what = (f"{len(self.check_features())} check features' mean reward" if key == "check_reward"
+                    else f"{es['heldout_pairs']} held-out pairs' margin")
+            self.echo(f"dpo round {round_}: {what} by epoch "
+                      + ", ".join(f"{e['epoch']}: {e[key]:+.3f}" for e in es["epochs"])
+                      + f" → kept epoch {es['best_epoch']}")
         del lm
         self.margins(round_)
         return adapter
