@@ -17,7 +17,9 @@ evaluation on held-out features against one-shot, every method judged by the sam
   with `--reward-repeats` sets of texts (2; pairs only beyond the measured reward noise), up to
   `--pairs-per-feature` pairs from each feature's candidates (1), `--dpo-preset` (lora:
   up to 4 epochs — `--dpo-epochs` to change —, 20 % of the pairs held out, the best epoch kept; `paper` =
-  SAEExplainer's settings). Cost on
+  SAEExplainer's settings; `--dpo-check reward`: the best epoch is picked by the greedy explanations of 16
+  training features outside the pair features, rewarded after each epoch (`--dpo-check-features`) — ≈ 70 s per check here —, and
+  `--dpo-holdout 0` trains on every pair). Cost on
   this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
   pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once;
   round 1 measured 7,739 s);
@@ -85,6 +87,8 @@ def main() -> None:
                     help="what picks DPO's best epoch: the held-out pairs' margin, or the greedy explanations of "
                     "16 training features outside the pair features rewarded after each epoch (the LLM reward "
                     "texts: ≈ 17 s per feature)")
+    ap.add_argument("--dpo-check-features", type=int, default=16,
+                    help="with --dpo-check reward: training features outside the pair features rewarded each epoch")
     ap.add_argument("--dpo-holdout", type=float, default=None,
                     help="share of the pairs' features held out of DPO (default: the preset's; 0 with "
                     "--dpo-check reward trains on every pair)")
@@ -136,6 +140,7 @@ def main() -> None:
                       reward_repeats=args.reward_repeats or (1 if args.reward_source == "corpus" else 2),
                       pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
+                      dpo_check_features=args.dpo_check_features,
                       dpo_holdout=args.dpo_holdout, dpo_patience=args.dpo_patience)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:
