@@ -135,6 +135,7 @@ def test_report_is_rebuilt_from_the_store_alone(cfgs, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "again" / "report.md").read_text() == first
     assert "| oneshot |" in first and "Paired differences against oneshot" in first
+    assert f"(n=2; {p['wins']} higher, {p['losses']} lower)" in first  # the counts a reader needs beside the CI
 
 
 def test_cli_trace_and_score(cfgs, monkeypatch):

@@ -149,7 +149,8 @@ def markdown(summary: dict[str, Any]) -> str:
             cells = []
             for sc in summary["scorers"]:
                 p = summary["paired"][f"{m}|{sc}"]
-                cells.append(f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] (n={p['n']})"
+                counts = f"; {p['wins']} higher, {p['losses']} lower" if "wins" in p else ""
+                cells.append(f"{p['delta']:+.3f} [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] (n={p['n']}{counts})"
                              if p["n"] else "–")
             lines.append(f"| {m} − {summary['baseline']} | " + " | ".join(cells) + " |")
     lines += ["", "## Explanations by status", "",
