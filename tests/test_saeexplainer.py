@@ -552,6 +552,11 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     # another setting in the same folder is refused, not silently mixed
     with pytest.raises(ConfigError, match="was started with training.candidates=6"):
         Training(cfg.model_copy(update={"candidates": 4}), stages, echo=lambda m: None)
+    # … but a setting this folder's config does not read is no other setting: the 'llm' reward takes the max
+    Training(cfg.model_copy(update={"reward_fraction": 0.25, "dpo_check_features": 3}), stages,
+             echo=lambda m: None).close()
+    with pytest.raises(ConfigError, match="was started with training.dpo_check='margin'"):
+        Training(cfg.model_copy(update={"dpo_check": "reward"}), stages, echo=lambda m: None)
     # other pair rules on the same candidates: --reuse copies the SFT model and round 1's candidates; no reward call
     train3 = tmp_path / "train3"
     t3 = Training(cfg.model_copy(update={"dir": str(train3), "pairs_per_feature": 3}), stages, echo=lambda m: None)

@@ -109,7 +109,9 @@ class Training:
                "saeexplainer": json.loads(self.explainer.to_json())}
         path = self.dir / "config.json"
         if path.is_file():
-            key, was, v = _first_difference(json.loads(path.read_text()), now, _FREE)
+            saved = json.loads(path.read_text())
+            unread = _unread(saved.get("training", {})) & _unread(now["training"])
+            key, was, v = _first_difference(saved, now, _FREE | {f"training.{k}" for k in unread})
             if key:
                 raise ConfigError(f"{self.dir} was started with {key}={was!r}, not {v!r} "
                                   f"(use another --dir for other settings)")
@@ -452,6 +454,18 @@ def _first_difference(saved: dict, now: dict, free: set[str]) -> tuple[str | Non
     return None, None, None
 
 
+def _unread(training: dict) -> set[str]:
+    """The training settings a config does not read, given its other settings: a value that differs there
+    changes nothing ('llm' takes the max, not a share of it; the margin check has no check features)."""
+    defaults = json.loads(TrainConfig().to_json())
+    out = set()
+    if training.get("reward_source", defaults["reward_source"]) == "llm":
+        out.add("reward_fraction")
+    if training.get("dpo_check", defaults["dpo_check"]) == "margin":
+        out.add("dpo_check_features")
+    return out
+
+
 def _candidates_differ(saved: dict, now: dict) -> str | None:
     """How two training configs' round-1 candidates differ, from their candidate settings: None when they are the
     same (the settings agree, but for a `reward_fraction` that neither's reward reads: 'llm' takes the max);
@@ -462,8 +476,7 @@ def _candidates_differ(saved: dict, now: dict) -> str | None:
             if saved.get(k, defaults[k]) != now.get(k, defaults[k])}
     sources = {saved.get("reward_source", defaults["reward_source"]),
                now.get("reward_source", defaults["reward_source"])}
-    if sources == {"llm"}:
-        diff.discard("reward_fraction")  # not read by the 'max' measure
+    diff -= _unread(saved) & _unread(now)
     if not diff:
         return None
     return "measure" if diff <= {"reward_source", "reward_fraction"} and sources <= set(_MEASURES) else "other"
