@@ -90,11 +90,11 @@ def _early_stop_class():
     from transformers import TrainerCallback
 
     class EarlyStop(TrainerCallback):
-        """After each epoch: the check (`measure(model)` → {"value": …, …}, the model in eval mode) — the held-out
-        pairs' mean log p(chosen) − log p(rejected), or the check features' mean reward; the best epoch's adapter
-        is saved (epoch 0 = the previous stage: a zero adapter) and training stops after `patience` epochs without
-        a better value. Its state is a file, so a resumed round continues the same decision; each epoch's entry
-        holds the value under `key` and the measure's other fields (the check's texts and rewards)."""
+        """After each epoch: the check (`measure(model)` → {"value": …, …}, the model in eval mode) — the
+        held-out pairs' mean log p(chosen) − log p(rejected), or the check features' mean reward; the best epoch's
+        adapter is saved (epoch 0 = the previous stage: a zero adapter) and training stops after `patience` epochs
+        without a better value. Its state is a file, so a resumed round continues the same decision; each epoch's
+        entry holds the value under `key` and the measure's other fields (the check's texts and rewards)."""
 
         def __init__(self, measure, key: str, patience: int, out: Path, extra: dict):
             self.measure, self.key, self.patience = measure, key, patience

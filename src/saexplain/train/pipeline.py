@@ -61,7 +61,8 @@ _FREE = {"training.save_steps", "training.references", "training.reference_run",
 # seeded by the feature alone, and a larger `pair_features` draw extends a smaller one (one seeded permutation)
 _REUSABLE = {f"training.{k}" for k in (
     "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
-    "dpo_patience", "dpo_check", "dpo_check_features", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2", "pair_features")}
+    "dpo_patience", "dpo_check", "dpo_check_features", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2",
+    "pair_features")}
 # settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
 _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
     "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats")}
