@@ -2,9 +2,13 @@
 - per round, its pairs record (`pairs.json`): pairs, features giving pairs, rewards, and why features gave none;
 - the mean reward of two rounds' candidates over the features both have rewarded (e.g. round 1 = the SFT model's
   candidates, round 2 = the round-1 model's, under the same reward), and the mean per-feature best;
-- how many preference pairs two folders' rounds share (same feature, chosen and rejected text).
+- how many preference pairs two folders' rounds share (same feature, chosen and rejected text);
+- per round trained with the reward check (`--dpo-check reward`, its `early_stop.json`): the check's mean reward
+  by epoch, and from epoch 0 to the kept one how many check features' rewards rose or fell and texts changed;
+  with `--check-of OTHER_FOLDER`, the same means over OTHER's check features only (two trainings compared on
+  the features they share).
 
-    .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER_FOLDER]
+    .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER_FOLDER] [--check-of OTHER]
 
 Last line, where the folder has both rounds' candidates: `round2 - round1 mean reward: <delta> (n=<features>)`."""
 
@@ -41,12 +45,47 @@ def dropped_reasons(dropped: dict[str, str]) -> Counter:
     return Counter(re.split(r"\s[-+]?\d", reason, maxsplit=1)[0] for reason in dropped.values())
 
 
+def check_summary(state: dict, features: set[int] | None = None) -> dict:
+    """A reward check's record (`early_stop.json` with `check` 'check_reward'): per epoch, the mean reward over
+    `features` (all the check's when None; failed rewards left out, as the check does); from epoch 0 to the
+    kept epoch, the features whose reward rose, fell, and whose text changed."""
+    def by_feature(epoch: dict) -> dict[int, dict]:
+        return {r["feature"]: r for r in epoch["features"] if features is None or r["feature"] in features}
+
+    epochs = {e["epoch"]: by_feature(e) for e in state["epochs"]}
+    means = {k: float(np.mean([r["reward"] for r in rows.values() if r["reward"] is not None]))
+             for k, rows in epochs.items()}
+    first, kept = epochs[0], epochs[state["best_epoch"]]
+    both = [f for f in first if first[f]["reward"] is not None and kept.get(f, {}).get("reward") is not None]
+    return {"features": len(first), "means": means, "kept": state["best_epoch"],
+            "rose": sum(kept[f]["reward"] > first[f]["reward"] for f in both),
+            "fell": sum(kept[f]["reward"] < first[f]["reward"] for f in both),
+            "changed": sum(kept[f]["text"] != first[f]["text"] for f in first if f in kept)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--pairs-of", default=None, help="another folder: count round-1 pairs the two share")
+    ap.add_argument("--check-of", default=None, help="another folder trained with the reward check: this folder's "
+                    "check means over its check features")
     a = ap.parse_args()
     folder = Path(a.dir).expanduser()
+    for rnd in ("round1", "round2"):
+        es = folder / rnd / "early_stop.json"
+        if not es.is_file() or json.loads(es.read_text()).get("check") != "check_reward":
+            continue
+        state = json.loads(es.read_text())
+        subsets = [("its", None)]
+        if a.check_of:
+            other = json.loads((Path(a.check_of).expanduser() / rnd / "early_stop.json").read_text())
+            subsets.append((f"{a.check_of}'s", {r["feature"] for r in other["epochs"][0]["features"]}))
+        for name, feats in subsets:
+            c = check_summary(state, feats)
+            print(f"{rnd} reward check on {name} {c['features']} features, mean by epoch: "
+                  + ", ".join(f"{k}: {v:.3f}" for k, v in c["means"].items())
+                  + f"; kept epoch {c['kept']}: {c['rose']} rose, {c['fell']} fell, {c['changed']} texts changed "
+                  f"from epoch 0")
     for rnd in ("round1", "round2"):
         if (folder / rnd / "pairs.json").is_file():
             p = json.loads((folder / rnd / "pairs.json").read_text())

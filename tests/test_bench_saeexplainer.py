@@ -72,3 +72,21 @@ def test_dropped_reasons_count_a_reason_whatever_its_figures():
                "4": "no lower-half candidate trails the best by > 0.311 (2 σ of the noise)"}
     assert mod.dropped_reasons(dropped) == {"best reward": 2, "spread": 1,
                                             "no lower-half candidate trails the best by >": 1}
+
+
+def test_check_summary_means_by_epoch_and_changes_to_the_kept_epoch():
+    mod = _bench_module("saeexplainer_compare_rounds")
+
+    def rows(*items):
+        return [{"feature": f, "text": t, "reward": r, "error": None if r is not None else "x"} for f, t, r in items]
+
+    state = {"best_epoch": 1, "epochs": [
+        {"epoch": 0, "features": rows((1, "a", 0.0), (2, "b", 1.0), (3, "c", 0.5), (4, "d", None))},
+        {"epoch": 1, "features": rows((1, "a2", 1.0), (2, "b", 0.5), (3, "c", 0.5), (4, "d2", 1.0))},
+        {"epoch": 2, "features": rows((1, "a3", 0.0), (2, "b", 0.0), (3, "c3", 0.0), (4, "d", 0.0))}]}
+    c = mod.check_summary(state)
+    assert c["means"] == pytest.approx({0: 0.5, 1: 0.75, 2: 0.0}) and c["kept"] == 1 and c["features"] == 4
+    assert (c["rose"], c["fell"], c["changed"]) == (1, 1, 2)  # feature 4's failed reward is not compared
+    sub = mod.check_summary(state, {1, 2})
+    assert sub["means"] == pytest.approx({0: 0.5, 1: 0.75, 2: 0.0}) and sub["features"] == 2
+    assert (sub["rose"], sub["fell"], sub["changed"]) == (1, 1, 1)

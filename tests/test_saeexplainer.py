@@ -593,7 +593,7 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert len(feats) == 2 and set(feats) | set(t9.pair_features()) == set(t9.features) and not (
         set(feats) & set(t9.pair_features()))
     with pytest.raises(ConfigError, match="needs the LLM"):
-        t9.reward_check(None)
+        t9.reward_check(None, t9.vectors())
     sft, vectors = t9.policy("sft"), t9.vectors()
     greedy = {f: sft.generate([t9.prompt(sft, f)], vectors[f][None], max_new_tokens=8)[0][0] for f in feats}
     expected = {f: asyncio.run(reward(greedy[f], f, t9.records[f].max_act, scripted_llm(reward_writer)[0], t9.oracle,

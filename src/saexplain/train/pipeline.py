@@ -274,25 +274,11 @@ class Training:
                                             n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
                                             max_new_tokens=self.explainer.max_new_tokens,
                                             seed=self.cfg.train_seed + 1000 * round_ + f)[0]
-                    rec = self.records[f]
                     for text in dict.fromkeys(texts):  # each distinct candidate is rewarded once
-                        if text in by_text:
-                            continue
-                        if not text:
-                            by_text[text] = Candidate(text, error=EMPTY)
-                            continue
-                        try:
-                            if self.cfg.reward_source == "corpus":
-                                by_text[text] = corpus_reward(text, rec, self.cfg.reward_fraction)
-                            else:
-                                by_text[text] = await reward(text, f, rec.max_act, llm, self.oracle,
-                                                             self.cfg.reward_texts, self.cfg.reward_repeats,
-                                                             _MEASURES[self.cfg.reward_source],
-                                                             self.cfg.reward_fraction)
-                        except Exception as e:  # noqa: BLE001  recorded and retried by the next run
-                            by_text[text] = Candidate(text, error=f"{type(e).__name__}: {e}")
+                        if text not in by_text:  # a failure is recorded and retried by the next run
+                            by_text[text] = await self._reward(f, text, llm, self.cfg.reward_repeats)
                     cands = [asdict(by_text[t]) for t in texts]
-                    line = {"feature": f, "max_act": rec.max_act, "candidates": cands,
+                    line = {"feature": f, "max_act": self.records[f].max_act, "candidates": cands,
                             # generation + rewards of this feature, over its attempts (a retry adds its time)
                             "seconds": done.get(f, {}).get("seconds", 0.0) + time.perf_counter() - t_f}
                     fh.write(json.dumps(line) + "\n")
@@ -335,12 +321,27 @@ class Training:
                   f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
         return out / "pairs"
 
+    async def _reward(self, feature: int, text: str, llm, repeats: int) -> Candidate:
+        """One candidate rewarded by `reward_source` (the corpus reward needs no `llm`): an empty candidate, or a
+        reward that failed, is a Candidate with its error."""
+        if not text:
+            return Candidate(text, error=EMPTY)
+        rec = self.records[feature]
+        try:
+            if self.cfg.reward_source == "corpus":
+                return corpus_reward(text, rec, self.cfg.reward_fraction)
+            return await reward(text, feature, rec.max_act, llm, self.oracle, self.cfg.reward_texts, repeats,
+                                _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction)
+        except Exception as e:  # noqa: BLE001  a row with its reason
+            return Candidate(text, error=f"{type(e).__name__}: {e}")
+
     # --------------------------------------------------------------------------------------- DPO
     def check_features(self) -> list[int]:
         """The features of DPO's reward check: training features no round trains on (`data.check_features`)."""
         return check_features(self.features, self.cfg)
 
-    def reward_check(self, llm: Callable[[], object] | None) -> Callable[[ExplainerLM], dict]:
+    def reward_check(self, llm: Callable[[], object] | None,
+                     vectors: dict[int, torch.Tensor] | None) -> Callable[[ExplainerLM], dict]:
         """DPO's reward check (`dpo_check` 'reward'): the model's greedy explanation of each check feature — what
         the evaluation would write —, rewarded as the round's candidates are (`reward_source`) but on one greedy
         set of texts; the value is their mean over the features rewarded. `llm` makes the LLM client of one
@@ -349,29 +350,15 @@ class Training:
         if self.cfg.reward_source != "corpus" and llm is None:
             raise ConfigError(f"--dpo-check reward with --reward-source {self.cfg.reward_source} needs the LLM "
                               f"that writes the reward texts")
-        vectors = self.vectors()
 
         async def rewards(texts: list[str]) -> list[dict]:
             client = llm() if self.cfg.reward_source != "corpus" else None
-
-            async def one(f: int, text: str) -> dict:
-                if not text:
-                    return {"feature": f, "text": text, "reward": None, "error": EMPTY}
-                try:
-                    if client is None:
-                        c = corpus_reward(text, self.records[f], self.cfg.reward_fraction)
-                    else:
-                        c = await reward(text, f, self.records[f].max_act, client, self.oracle, self.cfg.reward_texts,
-                                         1, _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction)
-                    return {"feature": f, "text": text, "reward": c.reward, "error": None}
-                except Exception as e:  # noqa: BLE001  a row with its reason, left out of the mean
-                    return {"feature": f, "text": text, "reward": None, "error": f"{type(e).__name__}: {e}"}
-
             try:
-                return list(await asyncio.gather(*(one(f, t) for f, t in zip(feats, texts))))
+                got = await asyncio.gather(*(self._reward(f, t, client, 1) for f, t in zip(feats, texts)))
             finally:
                 if client is not None:
                     await client.aclose()
+            return [{"feature": f, "text": c.text, "reward": c.reward, "error": c.error} for f, c in zip(feats, got)]
 
         def check(lm: ExplainerLM) -> dict:
             t0 = time.perf_counter()
@@ -407,13 +394,14 @@ class Training:
         pairs = load_from_disk(str(out / "pairs"))
         lm = self.policy(STAGES[round_])
         t0 = time.perf_counter()
-        check = self.reward_check(llm) if self.cfg.dpo_check == "reward" else None
-        adapter = train_dpo(lm, pairs, self.vectors(), self.cfg, round_, out, check=check, **overrides)
+        vectors = self.vectors()
+        check = self.reward_check(llm, vectors) if self.cfg.dpo_check == "reward" else None
+        adapter = train_dpo(lm, pairs, vectors, self.cfg, round_, out, check=check, **overrides)
         self.echo(f"dpo round {round_}: {len(pairs)} pairs, adapter {adapter} ({time.perf_counter() - t0:.0f}s)")
         if (out / "early_stop.json").is_file():
             es = json.loads((out / "early_stop.json").read_text())
             key = es.get("check", "heldout_margin")
-            what = (f"{len(self.check_features())} check features' mean reward" if key == "check_reward"
+            what = (f"{len(es['epochs'][0]['features'])} check features' mean reward" if key == "check_reward"
                     else f"{es['heldout_pairs']} held-out pairs' margin")
             self.echo(f"dpo round {round_}: {what} by epoch "
                       + ", ".join(f"{e['epoch']}: {e[key]:+.3f}" for e in es["epochs"])
