@@ -89,6 +89,9 @@ def main() -> None:
                     "texts: ≈ 17 s per feature)")
     ap.add_argument("--dpo-check-features", type=int, default=16,
                     help="with --dpo-check reward: training features outside the pair features rewarded each epoch")
+    ap.add_argument("--dpo-features", choices=("sft", "unseen"), default="sft",
+                    help="where the rounds' pair and check features come from: training features (sft) or band "
+                    "features outside the split, new to the explainer as the held-out ones are (unseen)")
     ap.add_argument("--dpo-holdout", type=float, default=None,
                     help="share of the pairs' features held out of DPO (default: the preset's; 0 with "
                     "--dpo-check reward trains on every pair)")
@@ -140,7 +143,7 @@ def main() -> None:
                       reward_repeats=args.reward_repeats or (1 if args.reward_source == "corpus" else 2),
                       pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
-                      dpo_check_features=args.dpo_check_features,
+                      dpo_check_features=args.dpo_check_features, dpo_features=args.dpo_features,
                       dpo_holdout=args.dpo_holdout, dpo_patience=args.dpo_patience)
     stages = cpu_preset("", "", "", args.tokens, store=store)
     if args.eval_only:

@@ -274,6 +274,12 @@ def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
         "pair_features": 1, "reward_source": "share", "reward_fraction": 0.25}}))
     assert all("share of the texts an LLM wrote" in r.reward and "0.25 × its max" in r.reward
                for r in training_rounds(cfgs, 5))
+    # rounds on unseen features: the page finds their candidates though the feature is no training feature
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
+        "pair_features": 1, "dpo_features": "unseen"}}))
+    assert training_rounds(cfgs, 5) == []  # a split from before the unseen pool: no round feature to show
+    (folder / "split.json").write_text(json.dumps({"train": [1, 2], "heldout": [], "unseen": [5, 6]}))
+    assert [r.round for r in training_rounds(cfgs, 5)] == [1, 2] and training_rounds(cfgs, 1) == []
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
@@ -669,6 +675,33 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     with pytest.raises(SaexplainError, match="names no word"):
         corpus_reward('the tokens ""', the, 0.5)
     t6.close()
+    # the rounds on unseen features: the band's features outside the split (new to the SFT model, as held-out ones
+    # are), listed in split.json; SFT reused, the candidates its own; the reward check draws from the same pool
+    unseen = cfg.model_copy(update={"dir": str(tmp_path / "train10"), "dpo_features": "unseen", "pair_features": 1,
+                                    "dpo_check": "reward", "dpo_check_features": 1})
+    t10 = Training(unseen, stages, echo=lambda m: None)
+    split10 = json.loads((tmp_path / "train10" / "split.json").read_text())
+    assert split10["train"] == [1, 2, 3, 4] and split10["heldout"] == [0]
+    assert split10["unseen"] and not set(split10["unseen"]) & {0, 1, 2, 3, 4}
+    assert t10.reuse(tmp_path / "train") == ["sft"]  # the candidates are another pool's
+    pf, cf = t10.pair_features(), t10.check_features()
+    assert len(pf) == len(cf) == 1 and set(pf + cf) <= set(split10["unseen"]) and pf != cf
+    assert set(pf + cf) <= set(t10.records) and set(pf + cf) <= set(t10.vectors())
+    llm10, writer10 = scripted_llm(reward_writer)
+    with pytest.raises(SaexplainError, match="no preference pair"):  # the scripted texts fire feature 1 only
+        t10.pairs(1, llm10)
+    rows10 = [json.loads(x) for x in (tmp_path / "train10" / "round1" / "candidates.jsonl").read_text().splitlines()]
+    assert [r["feature"] for r in rows10] == pf and writer10.requests
+    assert rows10[0]["max_act"] == t10.records[pf[0]].max_act
+    t10.close()
+    with pytest.raises(ConfigError, match="needs --pair-features"):
+        Training(unseen.model_copy(update={"dir": str(tmp_path / "train11"), "pair_features": 0}), stages,
+                 echo=lambda m: None)
+    # a folder from before split.json listed the unseen features gets them added, the split otherwise unchanged
+    old_split = json.loads((tmp_path / "train" / "split.json").read_text())
+    (tmp_path / "train" / "split.json").write_text(json.dumps({k: old_split[k] for k in ("train", "heldout")}))
+    Training(cfg, stages, echo=lambda m: None).close()
+    assert json.loads((tmp_path / "train" / "split.json").read_text()) == old_split == {**split10}
     # a folder whose config predates a training setting ran with its default: another value is refused
     saved = json.loads((tmp_path / "train" / "config.json").read_text())
     del saved["training"]["reward_source"]
@@ -874,7 +907,7 @@ def test_pair_features_are_a_seeded_subset_of_the_training_features():
     from saexplain.train.pipeline import Training
 
     t = Training.__new__(Training)
-    t.features = list(range(100, 400, 3))
+    t.features = t.pool = list(range(100, 400, 3))  # the rounds' pool: the training features ('sft')
     t.cfg = TrainConfig(pair_features=12)
     first = t.pair_features()
     assert len(first) == 12 and set(first) <= set(t.features) and first == sorted(first)

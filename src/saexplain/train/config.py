@@ -33,6 +33,11 @@ class TrainConfig(Config):
     # candidates and rewards
     pair_features: int = Field(0, ge=0, description="training features that get candidates and pairs in the DPO "
                                "rounds (0: all; else that many, seeded): SFT may warm up on thousands")
+    dpo_features: Literal["sft", "unseen"] = Field(
+        "sft", description="where the DPO rounds' pair features and reward-check features come from: 'sft' (training "
+        "features, whose references SFT trained on) or 'unseen' (features of the density band that are neither "
+        "training nor held-out features: new to the explainer, as the evaluation's are, so the rounds learn and "
+        "the reward check measures what transfers; needs --pair-features)")
     candidates: int = Field(6, ge=2, description="candidate explanations per feature")
     candidate_temperature: float = Field(0.9, gt=0, description="sampling temperature of the candidates")
     reward_source: Literal["llm", "share", "corpus"] = Field(
@@ -82,11 +87,12 @@ class TrainConfig(Config):
     dpo_check: Literal["margin", "reward"] = Field(
         "margin", description="what decides DPO's best epoch: 'margin' (the held-out pairs' mean log p(chosen) − "
         "log p(rejected), --dpo-holdout) or 'reward' (after each epoch the model's greedy explanation of each of "
-        "--dpo-check-features training features that no round trains on is rewarded as the round's candidates "
+        "--dpo-check-features features that no round trains on (from the --dpo-features pool) is rewarded as the round's candidates "
         "are — one greedy set of texts —, and their mean reward decides: what the explainer writes, not how it "
         "ranks texts it was given)")
-    dpo_check_features: int = Field(16, ge=1, description="with --dpo-check reward: training features outside the "
-                                    "pair features (the next ones of the same seeded draw) rewarded each epoch")
+    dpo_check_features: int = Field(16, ge=1, description="with --dpo-check reward: features outside the pair "
+                                    "features (the next ones of the same seeded draw, from the pool --dpo-features "
+                                    "names) rewarded each epoch")
     dpo_patience: int = Field(1, ge=1, description="epochs without a better held-out check before stopping")
     dpo_epochs: int | None = Field(None, ge=1, description="DPO epochs per round (default: the preset's)")
     dpo_batch: int = Field(2, ge=1, description="DPO pairs per step")

@@ -80,10 +80,33 @@ def choose_train_features(cfg: TrainConfig, stats: list[dict], heldout: set[int]
         n = int(spec.split(":", 1)[1])
     except ValueError:
         raise ConfigError(f"--features {spec!r}: N must be an integer") from None
-    band = sorted(r["feature"] for r in stats if not r["dead"] and cfg.min_density <= r["frequency"] <= cfg.max_density
-                  and r["feature"] not in heldout)
+    band = _band(cfg, stats, heldout)
     rng = np.random.default_rng(cfg.feature_seed)
     return sorted(int(band[i]) for i in rng.permutation(len(band))[:n])
+
+
+def _band(cfg: TrainConfig, stats: list[dict], heldout: set[int]) -> list[int]:
+    return sorted(r["feature"] for r in stats if not r["dead"] and cfg.min_density <= r["frequency"] <= cfg.max_density
+                  and r["feature"] not in heldout)
+
+
+def unseen_features(cfg: TrainConfig, stats: list[dict], heldout: set[int], train: Sequence[int]) -> list[int]:
+    """The density band's features that are neither training nor held-out features (sorted): new to the SFT
+    model, as the evaluation's are — the pool of `dpo_features` 'unseen'."""
+    train = set(train)
+    return [int(f) for f in _band(cfg, stats, heldout) if f not in train]
+
+
+def round_pool(split: Mapping[str, Any], cfg: TrainConfig) -> list[int]:
+    """The features the DPO rounds draw their pair and check features from, given a folder's split.json: its
+    training features, or (`dpo_features` 'unseen') the band's features outside the split."""
+    if cfg.dpo_features == "sft":
+        return list(split["train"])
+    if "unseen" not in split:
+        raise ConfigError("--dpo-features unseen: the training folder's split.json lists no unseen features")
+    if not cfg.pair_features:
+        raise ConfigError("--dpo-features unseen needs --pair-features (how many of the unseen features get pairs)")
+    return list(split["unseen"])
 
 
 # ------------------------------------------------------------------------------------ SFT references
@@ -266,25 +289,27 @@ def reward_noise(candidates: Sequence[Candidate]) -> float | None:
 
 # ----------------------------------------------------------------------------------------- pairs
 def pair_features(features: Sequence[int], cfg: TrainConfig) -> list[int]:
-    """The training features that get candidates and pairs: all, or `pair_features` of them (one seeded
+    """The features of `round_pool` that get candidates and pairs: all, or `pair_features` of them (one seeded
     permutation, so a larger draw extends a smaller one)."""
     n = cfg.pair_features
     if not n or n >= len(features):
         return list(features)
-    return sorted(int(f) for f in _feature_order(features, cfg)[:n])
+    return sorted(int(f) for f in feature_order(features, cfg)[:n])
 
 
 def check_features(features: Sequence[int], cfg: TrainConfig) -> list[int]:
     """The features of DPO's reward check (`dpo_check` 'reward'): the `dpo_check_features` that follow the pair
-    features in the same seeded permutation — training features (SFT saw them) that no round trains on."""
+    features in the same seeded permutation of `round_pool` — features no round trains on (training features SFT
+    saw, or with `dpo_features` 'unseen' features new to the explainer)."""
     n = cfg.pair_features
     if not n or n >= len(features):
-        raise ConfigError("--dpo-check reward needs training features outside the pair features: set "
-                          f"--pair-features below the {len(features)} training features")
-    return sorted(int(f) for f in _feature_order(features, cfg)[n:n + cfg.dpo_check_features])
+        raise ConfigError("--dpo-check reward needs features outside the pair features: set "
+                          f"--pair-features below the pool's {len(features)} features")
+    return sorted(int(f) for f in feature_order(features, cfg)[n:n + cfg.dpo_check_features])
 
 
-def _feature_order(features: Sequence[int], cfg: TrainConfig) -> list[int]:
+def feature_order(features: Sequence[int], cfg: TrainConfig) -> list[int]:
+    """The seeded permutation of a round's pool that the pair and check features are drawn from, in order."""
     return [int(f) for f in np.random.default_rng(cfg.feature_seed).permutation(list(features))]
 
 

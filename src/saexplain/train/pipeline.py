@@ -36,6 +36,7 @@ from saexplain.train.data import (
     check_features,
     choose_train_features,
     corpus_reward,
+    feature_order,
     heldout_features,
     load_jsonl,
     max_by_text,
@@ -46,7 +47,9 @@ from saexplain.train.data import (
     remeasure,
     reward,
     reward_noise,
+    round_pool,
     save_pairs,
+    unseen_features,
 )
 from saexplain.train.dpo import pair_margins, train_dpo
 from saexplain.train.sft import train_sft
@@ -65,7 +68,8 @@ _REUSABLE = {f"training.{k}" for k in (
     "pair_features")}
 # settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
 _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
-    "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats")}
+    "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats",
+    "dpo_features")}
 # the LLM-text rewards: the same texts (same prompt, seeds), measured two ways (`data.set_reward`)
 _MEASURES = {"llm": "max", "share": "share"}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
@@ -85,23 +89,30 @@ class Training:
         self.store = Store(cfg.store or stages.run.store or _default_store())
         self.oracle = Oracle.from_config(stages.subject)
         split = self.dir / "split.json"
+        cache, _ = load_records(stages, self.store, self.oracle, [], echo)
         if split.is_file():
             saved = json.loads(split.read_text())
             self.features, self.heldout = saved["train"], set(saved["heldout"])
-            self.records = load_records(stages, self.store, self.oracle, self.features, echo)[1]
         else:
-            cache, _ = load_records(stages, self.store, self.oracle, [], echo)
             self.heldout = heldout_features(self.store, cfg)
             self.features = choose_train_features(cfg, self.store.feature_stats(cache.run_id), self.heldout)
             if not self.features:
                 raise SaexplainError(f"no training feature: --features {cfg.features} chose none")
-            self.records = load_records(stages, self.store, self.oracle, self.features, echo)[1]
-            split.write_text(json.dumps({"train": self.features, "heldout": sorted(self.heldout)}))
+            saved = {"train": self.features, "heldout": sorted(self.heldout)}
+        if "unseen" not in saved:  # a folder from before the split listed them: the same rule, added once
+            saved["unseen"] = unseen_features(cfg, self.store.feature_stats(cache.run_id), self.heldout,
+                                              self.features)
+            split.write_text(json.dumps(saved))
+        # the DPO rounds' pool: the training features, or the unseen ones (then their records are loaded too)
+        self.pool = round_pool(saved, cfg)
+        extra = [] if cfg.dpo_features == "sft" else sorted(set(self.pair_features()) | set(
+            self.check_features() if cfg.dpo_check == "reward" else []))
+        self.records = load_records(stages, self.store, self.oracle, self.features + extra, echo)[1]
         if not (self.dir / "config.json").is_file():  # written once the split is valid
             (self.dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
             self.explainer.save(self.dir / "explainer.json")
         echo(f"training folder {self.dir}: {len(self.features)} training features, "
-             f"{len(self.heldout)} held out")
+             f"{len(self.heldout)} held out" + (f", the rounds on {len(extra)} unseen features" if extra else ""))
 
     def _check_config(self) -> dict:
         """This command's configs; an error when they differ from the folder's (but for speed settings)."""
@@ -188,9 +199,10 @@ class Training:
         return ExplainerLM.load(cfg, cfg.adapters())
 
     def vectors(self) -> dict[int, torch.Tensor] | None:
+        """The decoder vectors of the features the explainer trains or is checked on."""
         if self.explainer.evidence != "vector":
             return None
-        return {f: self.oracle.decoder_direction(f).float() for f in self.features}
+        return {f: self.oracle.decoder_direction(f).float() for f in self.records}
 
     def prompt(self, lm: ExplainerLM, feature: int) -> str:
         if self.explainer.evidence == "vector":
@@ -206,7 +218,7 @@ class Training:
             refs = references_from_store(self.store, self.cfg.reference_run, self.features,
                                          self.cfg.reference_scorer)
         elif self.cfg.references == "top-tokens":
-            refs = references_from_top_tokens(self.records)
+            refs = references_from_top_tokens({f: self.records[f] for f in self.features})
         else:
             refs = references_from_neuronpedia(self.cfg.references, self.features)
         missing = [f for f in self.features if f not in refs]
@@ -236,9 +248,10 @@ class Training:
 
     # ------------------------------------------------------------------------------------- pairs
     def pair_features(self) -> list[int]:
-        """The training features that get candidates and pairs: all, or `pair_features` of them (seeded) — SFT
-        may warm up on thousands of features while the rounds, which cost LLM calls, use fewer."""
-        return pair_features(self.features, self.cfg)
+        """The features that get candidates and pairs: all training features, or `pair_features` of them
+        (seeded) — SFT may warm up on thousands of features while the rounds, which cost LLM calls, use fewer —,
+        or with `dpo_features` 'unseen' `pair_features` of the band's features outside the split."""
+        return pair_features(self.pool, self.cfg)
 
     def pairs(self, round_: int, llm) -> Path:
         """Candidates, rewards and pairs of a round (resumable per feature); closes `llm` when done."""
@@ -257,8 +270,11 @@ class Training:
         path = out / "candidates.jsonl"
         done = load_jsonl(path)
         # a feature is done when every candidate has a reward (empty candidates stay empty: not retried)
-        todo = [f for f in feats if f not in done or any(c["reward"] is None and c["error"] != EMPTY
-                                                                  for c in done[f]["candidates"])]
+        # in the draw's order: a round stopped part-way has the first features of the draw done, which a folder
+        # with fewer --pair-features (reusing these candidates) can use as they are
+        order = {f: i for i, f in enumerate(feature_order(self.pool, self.cfg))}
+        todo = sorted((f for f in feats if f not in done or any(c["reward"] is None and c["error"] != EMPTY
+                                                                for c in done[f]["candidates"])), key=order.get)
 
         async def go():
             with open(path, "a") as fh:
@@ -337,8 +353,9 @@ class Training:
 
     # --------------------------------------------------------------------------------------- DPO
     def check_features(self) -> list[int]:
-        """The features of DPO's reward check: training features no round trains on (`data.check_features`)."""
-        return check_features(self.features, self.cfg)
+        """The features of DPO's reward check: features of the rounds' pool no round trains on
+        (`data.check_features`)."""
+        return check_features(self.pool, self.cfg)
 
     def reward_check(self, llm: Callable[[], object] | None,
                      vectors: dict[int, torch.Tensor] | None) -> Callable[[ExplainerLM], dict]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from saexplain.errors import NotFound, SaexplainError
+from saexplain.errors import ConfigError, NotFound, SaexplainError
 from saexplain.paths import home
 from saexplain.report import summarize
 from saexplain.store import Store
@@ -440,9 +440,9 @@ class Reader:
 def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
     """SAEExplainer's candidates, rewards and DPO pairs for `feature`, from the training folders of the runs
     (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
-    and SAE with this feature among their training features."""
+    and SAE with this feature among the features their DPO rounds drew candidates for."""
     from saexplain.train.config import TrainConfig
-    from saexplain.train.data import Candidate, load_jsonl, pair_features
+    from saexplain.train.data import Candidate, load_jsonl, pair_features, round_pool
 
     folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
     root = home() / "saeexplainer"
@@ -458,9 +458,13 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
         except (OSError, ValueError, TypeError):
             continue  # not a finished training folder
         sub = conf.get("subject", {})
-        if feature not in split.get("train", []) or (sub.get("model"), sub.get("sae")) not in subjects:
+        if (sub.get("model"), sub.get("sae")) not in subjects:
             continue
-        if feature not in pair_features(split["train"], tcfg):
+        try:
+            pool = round_pool(split, tcfg)  # the training features, or the unseen ones the rounds drew from
+        except (ConfigError, KeyError):
+            continue
+        if feature not in pair_features(pool, tcfg):
             continue  # SFT only: no candidates (a candidates file copied from another folder may hold it)
         for rnd in (1, 2):
             rows = load_jsonl(folder / f"round{rnd}" / "candidates.jsonl")
