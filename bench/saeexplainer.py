@@ -19,7 +19,9 @@ evaluation on held-out features against one-shot, every method judged by the sam
   up to 4 epochs — `--dpo-epochs` to change —, 20 % of the pairs held out, the best epoch kept; `paper` =
   SAEExplainer's settings; `--dpo-check reward`: the best epoch is picked by the greedy explanations of 16
   training features outside the pair features, rewarded after each epoch (`--dpo-check-features`) — ≈ 70 s per check here —, and
-  `--dpo-holdout 0` trains on every pair). Cost on
+  `--dpo-holdout 0` trains on every pair; `--dpo-features unseen` draws the pair and check features from the
+  density band outside the split — features SFT never saw, as the held-out ones are — instead of the training
+  features). Cost on
   this machine: one reward call (the LLM writes `--reward-texts` sentences) takes ≈ 17 s, so a round costs up to
   pair features × candidates × repeats calls — 32 × 12 × 2 ≈ 3.6 h, less for repeated candidates (rewarded once;
   round 1 measured 7,739 s);
