@@ -48,19 +48,25 @@ def dropped_reasons(dropped: dict[str, str]) -> Counter:
 def check_summary(state: dict, features: set[int] | None = None) -> dict:
     """A reward check's record (`early_stop.json` with `check` 'check_reward'): per epoch, the mean reward over
     `features` (all the check's when None; failed rewards left out, as the check does); from epoch 0 to the
-    kept epoch, the features whose reward rose, fell, and whose text changed."""
+    kept epoch, and to the last epoch trained, the features whose reward rose, fell, and whose text changed."""
     def by_feature(epoch: dict) -> dict[int, dict]:
         return {r["feature"]: r for r in epoch["features"] if features is None or r["feature"] in features}
 
     epochs = {e["epoch"]: by_feature(e) for e in state["epochs"]}
     means = {k: float(np.mean([r["reward"] for r in rows.values() if r["reward"] is not None]))
              for k, rows in epochs.items()}
-    first, kept = epochs[0], epochs[state["best_epoch"]]
-    both = [f for f in first if first[f]["reward"] is not None and kept.get(f, {}).get("reward") is not None]
+    first = epochs[0]
+
+    def moves(to: dict[int, dict]) -> dict[str, int]:
+        both = [f for f in first if first[f]["reward"] is not None and to.get(f, {}).get("reward") is not None]
+        return {"rose": sum(to[f]["reward"] > first[f]["reward"] for f in both),
+                "fell": sum(to[f]["reward"] < first[f]["reward"] for f in both),
+                "changed": sum(to[f]["text"] != first[f]["text"] for f in first if f in to)}
+
+    last = max(epochs)
     return {"features": len(first), "means": means, "kept": state["best_epoch"],
-            "rose": sum(kept[f]["reward"] > first[f]["reward"] for f in both),
-            "fell": sum(kept[f]["reward"] < first[f]["reward"] for f in both),
-            "changed": sum(kept[f]["text"] != first[f]["text"] for f in first if f in kept)}
+            **moves(epochs[state["best_epoch"]]), "last": last,
+            **{f"last_{k}": v for k, v in moves(epochs[last]).items()}}
 
 
 def main() -> None:
@@ -85,7 +91,9 @@ def main() -> None:
             print(f"{rnd} reward check on {name} {c['features']} features, mean by epoch: "
                   + ", ".join(f"{k}: {v:.3f}" for k, v in c["means"].items())
                   + f"; kept epoch {c['kept']}: {c['rose']} rose, {c['fell']} fell, {c['changed']} texts changed "
-                  f"from epoch 0")
+                  f"from epoch 0" + ("" if c["last"] == c["kept"] else
+                                     f"; last epoch {c['last']}: {c['last_rose']} rose, {c['last_fell']} fell, "
+                                     f"{c['last_changed']} texts changed"))
     for rnd in ("round1", "round2"):
         if (folder / rnd / "pairs.json").is_file():
             p = json.loads((folder / rnd / "pairs.json").read_text())

@@ -74,7 +74,7 @@ def test_dropped_reasons_count_a_reason_whatever_its_figures():
                                             "no lower-half candidate trails the best by >": 1}
 
 
-def test_check_summary_means_by_epoch_and_changes_to_the_kept_epoch():
+def test_check_summary_means_by_epoch_and_changes_to_the_kept_and_last_epochs():
     mod = _bench_module("saeexplainer_compare_rounds")
 
     def rows(*items):
@@ -87,6 +87,7 @@ def test_check_summary_means_by_epoch_and_changes_to_the_kept_epoch():
     c = mod.check_summary(state)
     assert c["means"] == pytest.approx({0: 0.5, 1: 0.75, 2: 0.0}) and c["kept"] == 1 and c["features"] == 4
     assert (c["rose"], c["fell"], c["changed"]) == (1, 1, 2)  # feature 4's failed reward is not compared
+    assert c["last"] == 2 and (c["last_rose"], c["last_fell"], c["last_changed"]) == (0, 2, 2)
     sub = mod.check_summary(state, {1, 2})
     assert sub["means"] == pytest.approx({0: 0.5, 1: 0.75, 2: 0.0}) and sub["features"] == 2
     assert (sub["rose"], sub["fell"], sub["changed"]) == (1, 1, 1)
