@@ -91,3 +91,26 @@ def test_check_summary_means_by_epoch_and_changes_to_the_kept_and_last_epochs():
     sub = mod.check_summary(state, {1, 2})
     assert sub["means"] == pytest.approx({0: 0.5, 1: 0.75, 2: 0.0}) and sub["features"] == 2
     assert (sub["rose"], sub["fell"], sub["changed"]) == (1, 1, 1)
+
+
+def test_unseen_check_reads_models_deltas_and_counts_moves(tmp_path):
+    mod = _bench_module("saeexplainer_unseen_check")
+    with pytest.raises(SystemExit, match="FOLDER:STAGE"):
+        mod.parse_model(f"{tmp_path}:round3")
+    with pytest.raises(SystemExit, match="no trained adapter"):
+        mod.parse_model(f"{tmp_path}:round1")
+    (tmp_path / "round1" / "adapter").mkdir(parents=True)
+    (tmp_path / "round1" / "adapter" / "adapter_config.json").write_text("{}")
+    raw = tmp_path / "raw.json"
+    raw.write_text('{"figures": {"round1_minus_sft_gen": {"delta": 0.025}}}')
+    folder, stage, path = mod.parse_model(f"{tmp_path}:round1:{raw}")
+    assert (folder, stage, path) == (tmp_path, "round1", raw)
+    assert mod.heldout_delta("round1", raw) == pytest.approx(2.5) and mod.heldout_delta("sft", None) == 0.0
+    assert mod.heldout_delta("round1", None) is None
+    with pytest.raises(SystemExit, match="no round2_minus_sft_gen"):
+        mod.heldout_delta("round2", raw)
+    base = [{"feature": 1, "text": "a", "reward": 0.0}, {"feature": 2, "text": "b", "reward": 1.0},
+            {"feature": 3, "text": "c", "reward": None}]
+    other = [{"feature": 1, "text": "a2", "reward": 1.0}, {"feature": 2, "text": "b", "reward": 1.0},
+             {"feature": 3, "text": "c2", "reward": 1.0}]
+    assert mod.moves(base, other) == (1, 0, 2)  # feature 3's failed reward is not compared; its text changed

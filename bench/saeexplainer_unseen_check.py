@@ -1,0 +1,118 @@
+"""Does DPO's reward check on unseen features rank trained explainers as the held-out evaluation does? Each model
+(a training folder's stage) writes its greedy explanation of the check features of `--check-dir` — a folder made
+with `--dpo-features unseen --dpo-check reward`: band features neither trained on nor held out — and each
+explanation is rewarded as that folder's check rewards it (the share reward on one greedy set of LLM texts). The
+mean is set beside the model's held-out generation delta against SFT, read from the evaluation's raw file.
+
+    .venv/bin/python bench/saeexplainer_unseen_check.py --check-dir $SAEXPLAIN_HOME/saeexplainer/bench-unseen-check48 \\
+        --model FOLDER:STAGE[:RAW_JSON] [--model ...]
+
+STAGE is sft, round1 or round2; RAW_JSON is the bench/saeexplainer.py result holding `<STAGE>_minus_sft_gen` (SFT's
+delta is 0 by definition). The LLM requests go through the store's request cache, so a rerun costs the model
+loads and greedy generation only. Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
+bench/results/saeexplainer_unseen_check.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from results import record
+from scipy.stats import spearmanr
+
+from saexplain.explain.saeexplainer import STAGES, ExplainerLM
+from saexplain.llm import LLM
+from saexplain.paths import home
+from saexplain.pipeline.presets import cpu_preset
+from saexplain.train.config import TrainConfig
+from saexplain.train.pipeline import Training
+
+
+def parse_model(spec: str) -> tuple[Path, str, Path | None]:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[1] not in STAGES or parts[1] == "base":
+        raise SystemExit(f"--model {spec!r}: FOLDER:STAGE[:RAW_JSON] with STAGE one of sft, round1, round2")
+    folder = Path(parts[0]).expanduser()
+    if not (folder / parts[1] / "adapter" / "adapter_config.json").is_file():
+        raise SystemExit(f"--model {spec!r}: {folder / parts[1] / 'adapter'} holds no trained adapter")
+    return folder, parts[1], Path(parts[2]) if len(parts) == 3 else None
+
+
+def heldout_delta(stage: str, raw: Path | None) -> float | None:
+    """The model's held-out generation delta against SFT (points), from the evaluation's raw file."""
+    if stage == "sft":
+        return 0.0
+    if raw is None:
+        return None
+    fig = json.loads(raw.read_text())["figures"].get(f"{stage}_minus_sft_gen")
+    if not fig:
+        raise SystemExit(f"{raw}: no {stage}_minus_sft_gen figure")
+    return 100 * fig["delta"]
+
+
+def moves(base: list[dict], other: list[dict]) -> tuple[int, int, int]:
+    """Over the check features both rewarded: how many rose and fell from `base` to `other`; and how many texts
+    changed (over the features both wrote)."""
+    a = {x["feature"]: x for x in base}
+    both = [(a[x["feature"]], x) for x in other if x["feature"] in a]
+    rewarded = [(x["reward"], y["reward"]) for x, y in both if x["reward"] is not None and y["reward"] is not None]
+    return (sum(y > x for x, y in rewarded), sum(y < x for x, y in rewarded), sum(x["text"] != y["text"] for x, y in both))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check-dir", required=True, help="a training folder made with --dpo-features unseen "
+                    "--dpo-check reward: its check features and reward")
+    ap.add_argument("--model", action="append", required=True, help="FOLDER:STAGE[:RAW_JSON], repeated")
+    ap.add_argument("--tokens", default="262144")
+    args = ap.parse_args()
+    models = [parse_model(m) for m in args.model]
+    check_dir = Path(args.check_dir).expanduser()
+    saved = json.loads((check_dir / "config.json").read_text())["training"]
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.model_fields})
+    if cfg.dpo_features != "unseen" or cfg.dpo_check != "reward":
+        raise SystemExit(f"--check-dir {check_dir}: made with --dpo-features {cfg.dpo_features} --dpo-check "
+                         f"{cfg.dpo_check}, not unseen / reward")
+    store = cfg.store or str(home() / "bench.db")
+    stages = cpu_preset("", "", "", args.tokens, store=store)
+    t = Training(cfg, stages, echo=lambda m: print(m, flush=True))
+    rows = []
+    try:
+        check = t.reward_check(lambda: LLM(stages.llm, store=t.store), t.vectors())
+        for folder, stage, raw in models:
+            t0 = time.perf_counter()
+            ecfg = t.explainer.model_copy(update={"train_dir": str(folder), "stage": stage,
+                                                  "device": cfg.train_device, "dtype": cfg.train_dtype})
+            lm = ExplainerLM.load(ecfg, ecfg.adapters())
+            res = check(lm)
+            del lm
+            rows.append({"folder": str(folder), "stage": stage, "check_reward": res["value"],
+                         "rewarded": res["rewarded"], "heldout_delta": heldout_delta(stage, raw),
+                         "features": res["features"], "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"{folder.name}:{stage}: check reward {res['value']:.3f} over {res['rewarded']} features, "
+                  f"held-out delta {rows[-1]['heldout_delta']} ({rows[-1]['seconds']:.0f}s)", flush=True)
+    finally:
+        t.close()
+    sft = next((r for r in rows if r["stage"] == "sft"), None)
+    print("| model | check reward (unseen) | vs SFT: rose / fell / texts changed | held-out generation − SFT (points) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        m = moves(sft["features"], r["features"]) if sft is not None and r is not sft else None
+        r["vs_sft"] = m
+        d = r["heldout_delta"]
+        print(f"| {Path(r['folder']).name}:{r['stage']} | {r['check_reward']:.3f} | "
+              f"{'' if m is None else f'{m[0]} / {m[1]} / {m[2]}'} | {'n/a' if d is None else f'{d:+.1f}'} |")
+    both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
+    rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
+    record("saeexplainer_unseen_check", {"check_dir": str(check_dir), "check_features": len(t.check_features()),
+                                         "spearman": rho, "models": len(both),
+                                         "check_reward": {f"{Path(r['folder']).name}:{r['stage']}":
+                                                          r["check_reward"] for r in rows}},
+           rows)
+    print(f"unseen check vs held-out delta Spearman: {'n/a' if rho is None else f'{rho:.3f}'} (n={len(both)})")
+
+
+if __name__ == "__main__":
+    main()
