@@ -58,7 +58,8 @@ def moves(base: list[dict], other: list[dict]) -> tuple[int, int, int]:
     a = {x["feature"]: x for x in base}
     both = [(a[x["feature"]], x) for x in other if x["feature"] in a]
     rewarded = [(x["reward"], y["reward"]) for x, y in both if x["reward"] is not None and y["reward"] is not None]
-    return (sum(y > x for x, y in rewarded), sum(y < x for x, y in rewarded), sum(x["text"] != y["text"] for x, y in both))
+    return (sum(y > x for x, y in rewarded), sum(y < x for x, y in rewarded),
+            sum(x["text"] != y["text"] for x, y in both))
 
 
 def main() -> None:
@@ -96,7 +97,8 @@ def main() -> None:
     finally:
         t.close()
     sft = next((r for r in rows if r["stage"] == "sft"), None)
-    print("| model | check reward (unseen) | vs SFT: rose / fell / texts changed | held-out generation − SFT (points) |")
+    print("| model | check reward (unseen) | vs SFT: rose / fell / texts changed "
+          "| held-out generation − SFT (points) |")
     print("|---|---|---|---|")
     for r in rows:
         m = moves(sft["features"], r["features"]) if sft is not None and r is not sft else None

@@ -87,9 +87,9 @@ class TrainConfig(Config):
     dpo_check: Literal["margin", "reward"] = Field(
         "margin", description="what decides DPO's best epoch: 'margin' (the held-out pairs' mean log p(chosen) − "
         "log p(rejected), --dpo-holdout) or 'reward' (after each epoch the model's greedy explanation of each of "
-        "--dpo-check-features features that no round trains on (from the --dpo-features pool) is rewarded as the round's candidates "
-        "are — one greedy set of texts —, and their mean reward decides: what the explainer writes, not how it "
-        "ranks texts it was given)")
+        "--dpo-check-features features that no round trains on (from the --dpo-features pool) is rewarded as the "
+        "round's candidates are — one greedy set of texts —, and their mean reward decides: what the explainer "
+        "writes, not how it ranks texts it was given)")
     dpo_check_features: int = Field(16, ge=1, description="with --dpo-check reward: features outside the pair "
                                     "features (the next ones of the same seeded draw, from the pool --dpo-features "
                                     "names) rewarded each epoch")
