@@ -26,6 +26,7 @@ from saexplain.explain.saeexplainer import STAGES, ExplainerLM
 from saexplain.llm import LLM
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
+from saexplain.report import bootstrap_ci
 from saexplain.train.config import TrainConfig
 from saexplain.train.pipeline import Training
 
@@ -60,6 +61,14 @@ def moves(base: list[dict], other: list[dict]) -> tuple[int, int, int]:
     rewarded = [(x["reward"], y["reward"]) for x, y in both if x["reward"] is not None and y["reward"] is not None]
     return (sum(y > x for x, y in rewarded), sum(y < x for x, y in rewarded),
             sum(x["text"] != y["text"] for x, y in both))
+
+
+def paired_delta(base: list[dict], other: list[dict]) -> tuple[float | None, ...]:
+    """`other` − `base` check reward over the check features both rewarded, in points: (mean, low, high), the
+    percentile bootstrap 95 % interval over features (the report's)."""
+    a = {x["feature"]: x["reward"] for x in base if x["reward"] is not None}
+    diffs = [100 * (x["reward"] - a[x["feature"]]) for x in other if x["reward"] is not None and x["feature"] in a]
+    return bootstrap_ci(diffs)
 
 
 def main() -> None:
@@ -97,14 +106,16 @@ def main() -> None:
     finally:
         t.close()
     sft = next((r for r in rows if r["stage"] == "sft"), None)
-    print("| model | check reward (unseen) | vs SFT: rose / fell / texts changed "
+    print("| model | check reward (unseen) | − SFT (points, 95 % CI) | vs SFT: rose / fell / texts changed "
           "| held-out generation − SFT (points) |")
-    print("|---|---|---|---|")
+    print("|---|---|---|---|---|")
     for r in rows:
         m = moves(sft["features"], r["features"]) if sft is not None and r is not sft else None
-        r["vs_sft"] = m
+        c = paired_delta(sft["features"], r["features"]) if m is not None else None
+        r["vs_sft"], r["vs_sft_points"] = m, c
         d = r["heldout_delta"]
         print(f"| {Path(r['folder']).name}:{r['stage']} | {r['check_reward']:.3f} | "
+              f"{'' if c is None else f'{c[0]:+.1f} [{c[1]:+.1f}, {c[2]:+.1f}]'} | "
               f"{'' if m is None else f'{m[0]} / {m[1]} / {m[2]}'} | {'n/a' if d is None else f'{d:+.1f}'} |")
     both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
     rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None

@@ -114,3 +114,5 @@ def test_unseen_check_reads_models_deltas_and_counts_moves(tmp_path):
     other = [{"feature": 1, "text": "a2", "reward": 1.0}, {"feature": 2, "text": "b", "reward": 1.0},
              {"feature": 3, "text": "c2", "reward": 1.0}]
     assert mod.moves(base, other) == (1, 0, 2)  # feature 3's failed reward is not compared; its text changed
+    mean, lo, hi = mod.paired_delta(base, other)  # +100 and 0 points over features 1 and 2
+    assert mean == pytest.approx(50.0) and 0.0 <= lo <= mean <= hi <= 100.0
