@@ -126,10 +126,10 @@ def main() -> None:
               f"{'' if m is None else f'{m[0]} / {m[1]} / {m[2]}'} | {'n/a' if d is None else f'{d:+.1f}'} |")
     both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
     rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
-    record("saeexplainer_unseen_check" + (f"{args.check_features}" if args.check_features else ""), {"check_dir": str(check_dir), "check_features": len(t.check_features()),
-                                         "spearman": rho, "models": len(both),
-                                         "check_reward": {f"{Path(r['folder']).name}:{r['stage']}":
-                                                          r["check_reward"] for r in rows}},
+    name = "saeexplainer_unseen_check" + (f"{args.check_features}" if args.check_features else "")
+    record(name, {"check_dir": str(check_dir), "check_features": len(t.check_features()), "spearman": rho,
+                  "models": len(both),
+                  "check_reward": {f"{Path(r['folder']).name}:{r['stage']}": r["check_reward"] for r in rows}},
            rows)
     print(f"unseen check vs held-out delta Spearman: {'n/a' if rho is None else f'{rho:.3f}'} (n={len(both)})")
 
