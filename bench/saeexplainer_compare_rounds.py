@@ -55,18 +55,19 @@ def check_summary(state: dict, features: set[int] | None = None) -> dict:
     epochs = {e["epoch"]: by_feature(e) for e in state["epochs"]}
     means = {k: float(np.mean([r["reward"] for r in rows.values() if r["reward"] is not None]))
              for k, rows in epochs.items()}
-    first = epochs[0]
-
-    def moves(to: dict[int, dict]) -> dict[str, int]:
-        both = [f for f in first if first[f]["reward"] is not None and to.get(f, {}).get("reward") is not None]
-        return {"rose": sum(to[f]["reward"] > first[f]["reward"] for f in both),
-                "fell": sum(to[f]["reward"] < first[f]["reward"] for f in both),
-                "changed": sum(to[f]["text"] != first[f]["text"] for f in first if f in to)}
-
-    last = max(epochs)
+    first, last = epochs[0], max(epochs)
     return {"features": len(first), "means": means, "kept": state["best_epoch"],
-            **moves(epochs[state["best_epoch"]]), "last": last,
-            **{f"last_{k}": v for k, v in moves(epochs[last]).items()}}
+            **moves(first, epochs[state["best_epoch"]]), "last": last,
+            **{f"last_{k}": v for k, v in moves(first, epochs[last]).items()}}
+
+
+def moves(first: dict[int, dict], to: dict[int, dict]) -> dict[str, int]:
+    """From one set of greedy check rows to another (feature → {"text", "reward"}): the features whose reward rose
+    and fell (both rewarded; a failed reward is not compared) and whose text changed (both written)."""
+    both = [f for f in first if first[f]["reward"] is not None and to.get(f, {}).get("reward") is not None]
+    return {"rose": sum(to[f]["reward"] > first[f]["reward"] for f in both),
+            "fell": sum(to[f]["reward"] < first[f]["reward"] for f in both),
+            "changed": sum(to[f]["text"] != first[f]["text"] for f in first if f in to)}
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from results import record
+from saeexplainer_compare_rounds import moves
 from scipy.stats import spearmanr
 
 from saexplain.explain.saeexplainer import STAGES, ExplainerLM
@@ -54,14 +55,8 @@ def heldout_delta(stage: str, raw: Path | None) -> float | None:
     return 100 * fig["delta"]
 
 
-def moves(base: list[dict], other: list[dict]) -> tuple[int, int, int]:
-    """Over the check features both rewarded: how many rose and fell from `base` to `other`; and how many texts
-    changed (over the features both wrote)."""
-    a = {x["feature"]: x for x in base}
-    both = [(a[x["feature"]], x) for x in other if x["feature"] in a]
-    rewarded = [(x["reward"], y["reward"]) for x, y in both if x["reward"] is not None and y["reward"] is not None]
-    return (sum(y > x for x, y in rewarded), sum(y < x for x, y in rewarded),
-            sum(x["text"] != y["text"] for x, y in both))
+def by_feature(model_row: dict) -> dict[int, dict]:
+    return {x["feature"]: x for x in model_row["features"]}
 
 
 def paired_delta(base: list[dict], other: list[dict]) -> tuple[float | None, ...]:
@@ -89,7 +84,8 @@ def main() -> None:
     if cfg.dpo_features != "unseen" or cfg.dpo_check != "reward":
         raise SystemExit(f"--check-dir {check_dir}: made with --dpo-features {cfg.dpo_features} --dpo-check "
                          f"{cfg.dpo_check}, not unseen / reward")
-    if args.check_features and args.check_features != cfg.dpo_check_features:
+    sibling = bool(args.check_features) and args.check_features != cfg.dpo_check_features
+    if sibling:
         cfg = cfg.model_copy(update={"dpo_check_features": args.check_features,
                                      "dir": str(check_dir.parent / f"{check_dir.name}-check{args.check_features}")})
     store = cfg.store or str(home() / "bench.db")
@@ -117,16 +113,17 @@ def main() -> None:
           "| held-out generation − SFT (points) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        m = moves(sft["features"], r["features"]) if sft is not None and r is not sft else None
+        m = moves(by_feature(sft), by_feature(r)) if sft is not None and r is not sft else None
         c = paired_delta(sft["features"], r["features"]) if m is not None else None
         r["vs_sft"], r["vs_sft_points"] = m, c
         d = r["heldout_delta"]
         print(f"| {Path(r['folder']).name}:{r['stage']} | {r['check_reward']:.3f} | "
               f"{'' if c is None else f'{c[0]:+.1f} [{c[1]:+.1f}, {c[2]:+.1f}]'} | "
-              f"{'' if m is None else f'{m[0]} / {m[1]} / {m[2]}'} | {'n/a' if d is None else f'{d:+.1f}'} |")
+              f"{'' if m is None else '{rose} / {fell} / {changed}'.format(**m)} | "
+              f"{'n/a' if d is None else f'{d:+.1f}'} |")
     both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
     rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
-    name = "saeexplainer_unseen_check" + (f"{args.check_features}" if args.check_features else "")
+    name = "saeexplainer_unseen_check" + (f"{args.check_features}" if sibling else "")
     record(name, {"check_dir": str(check_dir), "check_features": len(t.check_features()), "spearman": rho,
                   "models": len(both),
                   "check_reward": {f"{Path(r['folder']).name}:{r['stage']}": r["check_reward"] for r in rows}},

@@ -113,6 +113,7 @@ def test_unseen_check_reads_models_deltas_and_counts_moves(tmp_path):
             {"feature": 3, "text": "c", "reward": None}]
     other = [{"feature": 1, "text": "a2", "reward": 1.0}, {"feature": 2, "text": "b", "reward": 1.0},
              {"feature": 3, "text": "c2", "reward": 1.0}]
-    assert mod.moves(base, other) == (1, 0, 2)  # feature 3's failed reward is not compared; its text changed
+    by = {x["feature"]: x for x in base}, {x["feature"]: x for x in other}
+    assert mod.moves(*by) == {"rose": 1, "fell": 0, "changed": 2}  # 3's failed reward not compared; text changed
     mean, lo, hi = mod.paired_delta(base, other)  # +100 and 0 points over features 1 and 2
     assert mean == pytest.approx(50.0) and 0.0 <= lo <= mean <= hi <= 100.0

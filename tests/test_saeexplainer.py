@@ -701,7 +701,7 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     old_split = json.loads((tmp_path / "train" / "split.json").read_text())
     (tmp_path / "train" / "split.json").write_text(json.dumps({k: old_split[k] for k in ("train", "heldout")}))
     Training(cfg, stages, echo=lambda m: None).close()
-    assert json.loads((tmp_path / "train" / "split.json").read_text()) == old_split == {**split10}
+    assert json.loads((tmp_path / "train" / "split.json").read_text()) == old_split == split10
     # a folder whose config predates a training setting ran with its default: another value is refused
     saved = json.loads((tmp_path / "train" / "config.json").read_text())
     del saved["training"]["reward_source"]

@@ -89,20 +89,19 @@ class Training:
         self.store = Store(cfg.store or stages.run.store or _default_store())
         self.oracle = Oracle.from_config(stages.subject)
         split = self.dir / "split.json"
-        cache, _ = load_records(stages, self.store, self.oracle, [], echo)
-        if split.is_file():
-            saved = json.loads(split.read_text())
-            self.features, self.heldout = saved["train"], set(saved["heldout"])
-        else:
-            self.heldout = heldout_features(self.store, cfg)
-            self.features = choose_train_features(cfg, self.store.feature_stats(cache.run_id), self.heldout)
-            if not self.features:
-                raise SaexplainError(f"no training feature: --features {cfg.features} chose none")
-            saved = {"train": self.features, "heldout": sorted(self.heldout)}
-        if "unseen" not in saved:  # a folder from before the split listed them: the same rule, added once
-            saved["unseen"] = unseen_features(cfg, self.store.feature_stats(cache.run_id), self.heldout,
-                                              self.features)
+        saved = json.loads(split.read_text()) if split.is_file() else {}
+        if "unseen" not in saved:  # a new split, or one from before splits listed the unseen features (added once)
+            cache, _ = load_records(stages, self.store, self.oracle, [], echo)
+            stats = self.store.feature_stats(cache.run_id)
+            if not saved:
+                heldout = heldout_features(self.store, cfg)
+                train = choose_train_features(cfg, stats, heldout)
+                if not train:
+                    raise SaexplainError(f"no training feature: --features {cfg.features} chose none")
+                saved = {"train": train, "heldout": sorted(heldout)}
+            saved["unseen"] = unseen_features(cfg, stats, set(saved["heldout"]), saved["train"])
             split.write_text(json.dumps(saved))
+        self.features, self.heldout = saved["train"], set(saved["heldout"])
         # the DPO rounds' pool: the training features, or the unseen ones (then their records are loaded too)
         self.pool = round_pool(saved, cfg)
         extra = [] if cfg.dpo_features == "sft" else sorted(set(self.pair_features()) | set(
