@@ -35,6 +35,10 @@ evaluation on held-out features against one-shot, every method judged by the sam
   candidate's texts on which the feature reaches half its max (the LLM reward takes the highest activation, so a
   list with one right word earns it in full). `--reuse` of an LLM-reward folder copies its candidates and
   measures their stored texts again (the oracle only, no LLM call).
+- `--reward-source generation`: the generation scorer itself rewards each candidate — its prompt writes
+  `--reward-texts` sentences (10 and greedy, as the evaluation writes them), the reward the share reaching half
+  the feature's max: a candidate's reward is the score the evaluation would give it, so DPO optimises the goal's
+  metric (on training features; the held-out ones stay unseen). One reward call writes 10 sentences.
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
   and round-1 candidates into it, for other pair rules, DPO settings or more pair features on the same
   candidates; only the SFT model when the candidates or their reward differ, e.g. `--reward-source corpus`). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
@@ -73,13 +77,15 @@ def main() -> None:
     ap.add_argument("--train-features", type=int, default=1024)
     ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
     ap.add_argument("--pair-features", type=int, default=32)
-    ap.add_argument("--reward-source", choices=("llm", "share", "corpus"), default="llm",
+    ap.add_argument("--reward-source", choices=("llm", "share", "generation", "corpus"), default="llm",
                     help="llm: the LLM writes texts from each candidate, the oracle measures them (the highest "
                     "activation); share: the same texts, the share of them reaching half the feature's max "
-                    "(generation's count); corpus: no LLM call, the candidate's quoted words looked up in the "
+                    "(generation's count); generation: the generation scorer itself (its prompt; with "
+                    "--reward-texts 10 the evaluation's score of the candidate); corpus: no LLM call, the candidate's quoted words looked up in the "
                     "latent cache (cheap: more pair features)")
     ap.add_argument("--reward-repeats", type=int, default=None, help="sets of reward texts per candidate "
-                    "(default 2 with --reward-source llm or share; the corpus reward is exact: 1)")
+                    "(default 2 with --reward-source llm or share; 1 with generation, greedy as the evaluation "
+                    "writes; the corpus reward is exact: 1)")
     ap.add_argument("--pairs-per-feature", type=int, default=1)
     ap.add_argument("--reuse", default=None, metavar="FOLDER", help="copy FOLDER's SFT model and round-1 "
                     "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
@@ -142,7 +148,7 @@ def main() -> None:
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
                       references=args.references if args.references == "top-tokens" else "store",
                       pair_features=args.pair_features, reward_source=args.reward_source,
-                      reward_repeats=args.reward_repeats or (1 if args.reward_source == "corpus" else 2),
+                      reward_repeats=args.reward_repeats or (1 if args.reward_source in ("corpus", "generation") else 2),
                       pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
                       dpo_check_features=args.dpo_check_features, dpo_features=args.dpo_features,

@@ -18,7 +18,9 @@ from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.explain.saeexplainer import ExplainerLM, SAEExplainerConfig
+from saexplain.llm.prompts import template
 from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
+from saexplain.score import generative
 from saexplain.sampling.sampler import SamplingConfig
 from saexplain.store import Store
 from saexplain.subject.model import find_layers
@@ -675,6 +677,37 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     with pytest.raises(SaexplainError, match="names no word"):
         corpus_reward('the tokens ""', the, 0.5)
     t6.close()
+    # the generation reward: the generation scorer itself writes a candidate's texts (its prompt, reward_texts
+    # sentences, greedy), so a candidate's reward is the score the evaluation's scorer gives it; SFT reused only
+    gen = cfg.model_copy(update={"dir": str(tmp_path / "train12"), "reward_source": "generation", "reward_texts": 3})
+    t12 = Training(gen, stages, echo=lambda m: None)
+    assert t12.reuse(tmp_path / "train") == ["sft"]
+
+    def sentence_writer(req):
+        cand = last_user(req).split("Description: ", 1)[1].split("\n", 1)[0]
+        word = "the" if zlib.crc32(cand.encode()) % 2 else "a"
+        return json.dumps({"sentences": [f"Once {word} king walked into {word} old forest.", "A dog barked."] + (
+            ["Then the sun rose."] if zlib.crc32(cand.encode()) % 3 else ["Then a sun rose."])})
+
+    llm12, writer12 = scripted_llm(sentence_writer)
+    t12.pairs(1, llm12)
+    rows12 = [json.loads(x) for x in (tmp_path / "train12" / "round1" / "candidates.jsonl").read_text().splitlines()]
+    scored = [(r["feature"], c) for r in rows12 for c in r["candidates"] if c["reward"] is not None]
+    assert scored and {round(c["reward"], 3) for _, c in scored} - {0.0, 1.0}  # shares of 3 sentences, not 0/1
+    prompt = template(generative.__file__, "generation")
+    assert [list(q.messages) for q in writer12.requests] == [
+        prompt.chat(explanation=c["text"], n=3) for r in rows12 for c in
+        {c["text"]: c for c in r["candidates"] if c["text"]}.values()]
+    for f, c in scored:
+        if t12.records[f].max_act <= 0:  # a dead feature: the reward is 0 (the scorer's 0.5 × 0 threshold hits all)
+            assert c["reward"] == 0.0
+            continue
+        res = asyncio.run(generative.Generation(generative.GenerationConfig(sentences=3)).run(
+            t12.records[f], c["text"], scripted_llm(sentence_writer)[0], t12.oracle))
+        assert c["reward"] == pytest.approx(res.value) and c["rewards"] == [c["reward"]]
+        assert c["texts"] == [x["text"] for x in res.details["sentences"]]
+    assert json.loads((tmp_path / "train12" / "round1" / "pairs.json").read_text())["reward_source"] == "generation"
+    t12.close()
     # the rounds on unseen features: the band's features outside the split (new to the SFT model, as held-out ones
     # are), listed in split.json; SFT reused, the candidates its own; the reward check draws from the same pool
     unseen = cfg.model_copy(update={"dir": str(tmp_path / "train10"), "dpo_features": "unseen", "pair_features": 1,

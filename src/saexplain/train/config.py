@@ -40,16 +40,18 @@ class TrainConfig(Config):
         "the reward check measures what transfers; needs --pair-features)")
     candidates: int = Field(6, ge=2, description="candidate explanations per feature")
     candidate_temperature: float = Field(0.9, gt=0, description="sampling temperature of the candidates")
-    reward_source: Literal["llm", "share", "corpus"] = Field(
+    reward_source: Literal["llm", "share", "generation", "corpus"] = Field(
         "llm", description="how a candidate is rewarded: 'llm' (the LLM writes --reward-texts texts from it, the "
         "oracle measures the feature on them; the reward is the highest activation they reach as a share of the "
         "feature's max), 'share' (the same texts; the reward is the share of them on which the feature reaches "
         "--reward-fraction × its max: the generation score's own count, so a list with one right word among wrong "
-        "ones is not fully rewarded) or 'corpus' (no LLM call: each word it quotes is looked up in the feature's "
+        "ones is not fully rewarded), 'generation' (the generation scorer itself: its prompt writes --reward-texts "
+        "sentences, counted as 'share' does; with --reward-texts 10 and --reward-fraction 0.5 a candidate's reward is "
+        "the evaluation's generation score of it, so DPO optimises what the evaluation measures) or 'corpus' (no LLM call: each word it quotes is looked up in the feature's "
         "explain-pool contexts of the latent cache; the reward is the mean, over the words, of the share of their "
         "occurrences where the feature reaches --reward-fraction × its max; cheap enough for pairs on hundreds of "
         "features)")
-    reward_fraction: float = Field(0.5, gt=0, le=1, description="with --reward-source share or corpus: a text (an "
+    reward_fraction: float = Field(0.5, gt=0, le=1, description="with --reward-source share, generation or corpus: a text (an "
                                    "occurrence) counts when the feature reaches this share of its max there "
                                    "(generation's default)")
     reward_texts: int = Field(4, ge=1, description="texts the LLM writes from each candidate")

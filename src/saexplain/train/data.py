@@ -3,7 +3,8 @@
 Rewards (SAEExplainer): an LLM writes `reward_texts` texts of 15–30 words from a candidate; the oracle measures
 the feature on them; reward (`reward_source` 'llm') = the max activation over the texts / the feature's corpus max
 (so features are comparable; the raw value is kept too), or ('share') the share of the texts on which the feature
-reaches `reward_fraction` × its max — the generation score's own count. ('corpus' looks words up instead.)
+reaches `reward_fraction` × its max — the generation score's own count. ('generation' is the generation scorer
+itself: its prompt writes `reward_texts` sentences, counted as 'share' does; 'corpus' looks words up instead.)
 
 Pair rules, per feature, on the normalised rewards of its candidates (relative differences are to the best):
 - chosen = the best candidate; drop the feature when best < `min_reward`, or (best − worst) / best ≤ `min_spread`;
@@ -23,7 +24,7 @@ import numpy as np
 
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.llm.prompts import template
-from saexplain.score.generative import sentences_schema
+from saexplain.score.generative import Generation, GenerationConfig, sentences_schema
 from saexplain.store import Store
 from saexplain.train.config import TrainConfig
 
@@ -218,6 +219,23 @@ async def reward(candidate: str, feature: int, max_act: float, llm, oracle, n_te
         sets.append(obj["texts"])
         acts.append([r.max(feature) for r in await oracle.aactivations(obj["texts"], [feature])])
     return measured(candidate, sets, acts, max_act, measure, fraction)
+
+
+async def generation_reward(candidate: str, record, llm, oracle, n_texts: int, repeats: int = 1,
+                            fraction: float = 0.5) -> Candidate:
+    """The generation scorer's own score of a candidate (`reward_source` 'generation'): the scorer's prompt and
+    writer ask the LLM for `n_texts` sentences (greedy, as the evaluation writes them; with `repeats` > 1, that
+    many sets sampled at T 0.7 with seeds 0, 1, …), the oracle measures the feature on them, and a set's reward is
+    the share of sentences reaching `fraction` × the feature's max — with `n_texts` 10 and `fraction` 0.5, the
+    evaluation's generation score of that explanation (the same request, so the LLM cache shares it)."""
+    sets, acts = [], []
+    for i in range(repeats):
+        cfg = GenerationConfig(sentences=n_texts, fraction=fraction, reference="max",
+                               temperature=0.0 if repeats == 1 else 0.7, seed=None if repeats == 1 else i)
+        res = await Generation(cfg).run(record, candidate, llm, oracle)
+        sets.append([s["text"] for s in res.details["sentences"]])
+        acts.append([s["max_act"] for s in res.details["sentences"]])
+    return measured(candidate, sets, acts, record.max_act, "share", fraction)
 
 
 def max_by_text(oracle, texts: Sequence[str], feature: int) -> dict[str, float]:

@@ -37,6 +37,7 @@ from saexplain.train.data import (
     choose_train_features,
     corpus_reward,
     feature_order,
+    generation_reward,
     heldout_features,
     load_jsonl,
     max_by_text,
@@ -345,6 +346,9 @@ class Training:
         try:
             if self.cfg.reward_source == "corpus":
                 return corpus_reward(text, rec, self.cfg.reward_fraction)
+            if self.cfg.reward_source == "generation":
+                return await generation_reward(text, rec, llm, self.oracle, self.cfg.reward_texts, repeats,
+                                               self.cfg.reward_fraction)
             return await reward(text, feature, rec.max_act, llm, self.oracle, self.cfg.reward_texts, repeats,
                                 _MEASURES[self.cfg.reward_source], self.cfg.reward_fraction)
         except Exception as e:  # noqa: BLE001  a row with its reason
