@@ -18,10 +18,11 @@ from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.explain.saeexplainer import ExplainerLM, SAEExplainerConfig
+from saexplain.llm import LLM, LLMConfig
 from saexplain.llm.prompts import template
 from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
-from saexplain.score import generative
 from saexplain.sampling.sampler import SamplingConfig
+from saexplain.score import generative
 from saexplain.store import Store
 from saexplain.subject.model import find_layers
 from saexplain.subject.oracle import SubjectConfig
@@ -689,8 +690,21 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
         return json.dumps({"sentences": [f"Once {word} king walked into {word} old forest.", "A dog barked."] + (
             ["Then the sun rose."] if zlib.crc32(cand.encode()) % 3 else ["Then a sun rose."])})
 
-    llm12, writer12 = scripted_llm(sentence_writer)
-    t12.pairs(1, llm12)
+    class InFlight(ScriptedBackend):  # counts the requests in flight together (each takes a moment)
+        now = most = 0
+
+        async def complete(self, request, timeout):
+            InFlight.now += 1
+            InFlight.most = max(InFlight.most, InFlight.now)
+            try:
+                await asyncio.sleep(0.02)
+                return await super().complete(request, timeout)
+            finally:
+                InFlight.now -= 1
+
+    writer12 = InFlight(sentence_writer)
+    t12.pairs(1, LLM(LLMConfig(retries=0, cache=False, max_concurrency=3), backend=writer12))
+    assert InFlight.most == 3  # a feature's distinct candidates are rewarded together, up to max_concurrency
     rows12 = [json.loads(x) for x in (tmp_path / "train12" / "round1" / "candidates.jsonl").read_text().splitlines()]
     scored = [(r["feature"], c) for r in rows12 for c in r["candidates"] if c["reward"] is not None]
     assert scored and {round(c["reward"], 3) for _, c in scored} - {0.0, 1.0}  # shares of 3 sentences, not 0/1

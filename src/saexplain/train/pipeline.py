@@ -290,9 +290,11 @@ class Training:
                                             n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
                                             max_new_tokens=self.explainer.max_new_tokens,
                                             seed=self.cfg.train_seed + 1000 * round_ + f)[0]
-                    for text in dict.fromkeys(texts):  # each distinct candidate is rewarded once
-                        if text not in by_text:  # a failure is recorded and retried by the next run
-                            by_text[text] = await self._reward(f, text, llm, self.cfg.reward_repeats)
+                    # each distinct candidate is rewarded once, all of them in flight together (the LLM client
+                    # bounds them by its max_concurrency); a failure is recorded and retried by the next run
+                    new = [t for t in dict.fromkeys(texts) if t not in by_text]
+                    by_text |= zip(new, await asyncio.gather(*(self._reward(f, t, llm, self.cfg.reward_repeats)
+                                                               for t in new)))
                     cands = [asdict(by_text[t]) for t in texts]
                     line = {"feature": f, "max_act": self.records[f].max_act, "candidates": cands,
                             # generation + rewards of this feature, over its attempts (a retry adds its time)
