@@ -229,6 +229,8 @@ def test_reuse_tells_same_candidates_from_remeasured_from_other():
                               {"reward_source": "share", "reward_fraction": 0.3}) == "measure"
     # other texts or candidates: only the SFT model is reused
     assert _candidates_differ(llm, {**llm, "reward_source": "corpus"}) == "other"
+    # the generation scorer's texts come from another prompt: not the 'llm'/'share' texts measured again
+    assert _candidates_differ({**llm, "reward_source": "share"}, {**llm, "reward_source": "generation"}) == "other"
     assert _candidates_differ(llm, {**llm, "reward_source": "share", "reward_repeats": 3}) == "other"
     assert _candidates_differ(llm, {**llm, "candidates": 12}) == "other"
 
@@ -277,6 +279,9 @@ def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
         "pair_features": 1, "reward_source": "share", "reward_fraction": 0.25}}))
     assert all("share of the texts an LLM wrote" in r.reward and "0.25 × its max" in r.reward
                for r in training_rounds(cfgs, 5))
+    (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
+        "pair_features": 1, "reward_source": "generation", "reward_texts": 10}}))
+    assert all("generation score: the share of the 10 sentences" in r.reward for r in training_rounds(cfgs, 5))
     # rounds on unseen features: the page finds their candidates though the feature is no training feature
     (folder / "config.json").write_text(json.dumps({"subject": sub, "training": {
         "pair_features": 1, "dpo_features": "unseen"}}))

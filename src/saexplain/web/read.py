@@ -484,6 +484,9 @@ def reward_text(cfg) -> str:
     if cfg.reward_source == "corpus":
         return (f"the share of the candidate's quoted words' occurrences in the feature's explain pool where it "
                 f"reaches {cfg.reward_fraction:g} × its max (corpus reward, no LLM)")
+    if cfg.reward_source == "generation":
+        return (f"the candidate's generation score: the share of the {cfg.reward_texts} sentences the generation "
+                f"scorer's prompt wrote from it on which the feature reaches {cfg.reward_fraction:g} × its max")
     if cfg.reward_source == "share":
         return (f"the share of the texts an LLM wrote from the candidate on which the feature reaches "
                 f"{cfg.reward_fraction:g} × its max")
