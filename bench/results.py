@@ -25,7 +25,9 @@ def _git(*args: str) -> str:
 
 # the code a benchmark runs is the code when it started (imported): commits made while it runs are not in it
 STARTED_AT = _git("rev-parse", "--short", "HEAD")
-STARTED_DIRTY = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "../src", "."))
+# (an untracked script counts: a new benchmark not yet committed is not the code of the commit it names; the
+# results and state the benchmarks write themselves do not)
+STARTED_DIRTY = bool(_git("status", "--porcelain", "--", "../src", ".", ":(exclude)results", ":(exclude)state"))
 
 
 def record(name: str, figures: dict[str, Any], raw: Any = None) -> Path:

@@ -117,3 +117,38 @@ def test_unseen_check_reads_models_deltas_and_counts_moves(tmp_path):
     assert mod.moves(*by) == {"rose": 1, "fell": 0, "changed": 2}  # 3's failed reward not compared; text changed
     mean, lo, hi = mod.paired_delta(base, other)  # +100 and 0 points over features 1 and 2
     assert mean == pytest.approx(50.0) and 0.0 <= lo <= mean <= hi <= 100.0
+
+
+def test_results_record_counts_an_untracked_script_as_uncommitted(tmp_path):
+    """bench/results.py's `uncommitted_changes_at_start`: an untracked script under bench/ or src/ is code the
+    named commit does not hold; results and state the benchmarks write are not."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "bench" / "results").mkdir(parents=True)
+    (repo / "src").mkdir()
+    shutil.copy(BENCH / "results.py", repo / "bench" / "results.py")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    def dirty() -> bool:
+        spec = importlib.util.spec_from_file_location("results_copy", repo / "bench" / "results.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.STARTED_DIRTY
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "first")
+    (repo / "bench" / "results" / "new.json").write_text("{}")
+    (repo / "bench" / "state").mkdir()
+    (repo / "bench" / "state" / "snap.tar.gz").write_text("x")
+    assert dirty() is False
+    (repo / "bench" / "new_bench.py").write_text("print(1)\n")
+    assert dirty() is True
+    (repo / "bench" / "new_bench.py").unlink()
+    (repo / "src" / "mod.py").write_text("x = 1\n")
+    assert dirty() is True
