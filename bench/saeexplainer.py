@@ -81,8 +81,8 @@ def main() -> None:
                     help="llm: the LLM writes texts from each candidate, the oracle measures them (the highest "
                     "activation); share: the same texts, the share of them reaching half the feature's max "
                     "(generation's count); generation: the generation scorer itself (its prompt; with "
-                    "--reward-texts 10 the evaluation's score of the candidate); corpus: no LLM call, the candidate's quoted words looked up in the "
-                    "latent cache (cheap: more pair features)")
+                    "--reward-texts 10 the evaluation's score of the candidate); corpus: no LLM call, the "
+                    "candidate's quoted words looked up in the latent cache (cheap: more pair features)")
     ap.add_argument("--reward-repeats", type=int, default=None, help="sets of reward texts per candidate "
                     "(default 2 with --reward-source llm or share; 1 with generation, greedy as the evaluation "
                     "writes; the corpus reward is exact: 1)")
@@ -148,7 +148,8 @@ def main() -> None:
                       sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
                       references=args.references if args.references == "top-tokens" else "store",
                       pair_features=args.pair_features, reward_source=args.reward_source,
-                      reward_repeats=args.reward_repeats or (1 if args.reward_source in ("corpus", "generation") else 2),
+                      reward_repeats=args.reward_repeats or (
+                          1 if args.reward_source in ("corpus", "generation") else 2),
                       pairs_per_feature=args.pairs_per_feature,
                       dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
                       dpo_check_features=args.dpo_check_features, dpo_features=args.dpo_features,

@@ -45,15 +45,15 @@ class TrainConfig(Config):
         "oracle measures the feature on them; the reward is the highest activation they reach as a share of the "
         "feature's max), 'share' (the same texts; the reward is the share of them on which the feature reaches "
         "--reward-fraction × its max: the generation score's own count, so a list with one right word among wrong "
-        "ones is not fully rewarded), 'generation' (the generation scorer itself: its prompt writes --reward-texts "
-        "sentences, counted as 'share' does; with --reward-texts 10 and --reward-fraction 0.5 a candidate's reward is "
-        "the evaluation's generation score of it, so DPO optimises what the evaluation measures) or 'corpus' (no LLM call: each word it quotes is looked up in the feature's "
-        "explain-pool contexts of the latent cache; the reward is the mean, over the words, of the share of their "
-        "occurrences where the feature reaches --reward-fraction × its max; cheap enough for pairs on hundreds of "
-        "features)")
-    reward_fraction: float = Field(0.5, gt=0, le=1, description="with --reward-source share, generation or corpus: a text (an "
-                                   "occurrence) counts when the feature reaches this share of its max there "
-                                   "(generation's default)")
+        "ones is not fully rewarded), 'generation' (the generation scorer itself: its prompt writes "
+        "--reward-texts sentences, counted as 'share' does; with --reward-texts 10 and --reward-fraction 0.5 a "
+        "candidate's reward is the evaluation's generation score of it, so DPO optimises what the evaluation "
+        "measures) or 'corpus' (no LLM call: each word it quotes is looked up in the feature's explain-pool "
+        "contexts of the latent cache; the reward is the mean, over the words, of the share of their occurrences "
+        "where the feature reaches --reward-fraction × its max; cheap enough for pairs on hundreds of features)")
+    reward_fraction: float = Field(0.5, gt=0, le=1, description="with --reward-source share, generation or "
+                                   "corpus: a text (an occurrence) counts when the feature reaches this share of "
+                                   "its max there (generation's default)")
     reward_texts: int = Field(4, ge=1, description="texts the LLM writes from each candidate")
     reward_repeats: int = Field(1, ge=1, description="independent sets of texts per candidate (sampled, seeded); "
                                 "the reward is their mean, and with 2 or more the round measures its reward noise "
