@@ -10,8 +10,9 @@ mean is set beside the model's held-out generation delta against SFT, read from 
 STAGE is sft, round1 or round2; RAW_JSON is the bench/saeexplainer.py result holding `<STAGE>_minus_sft_gen` (SFT's
 delta is 0 by definition). The LLM requests go through the store's request cache, so a rerun costs the model
 loads and greedy generation only. `--check-features N` checks on N unseen features (the folder's and the next
-of the same draw). Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
-bench/results/saeexplainer_unseen_check[N].json."""
+of the same draw). `--generation-reward` rewards each explanation with the generation scorer itself (its prompt,
+10 sentences, greedy: the score the evaluation gives it) instead of the folder's reward. Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
+bench/results/saeexplainer_unseen_check[N][_generation].json."""
 
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ def main() -> None:
     ap.add_argument("--check-features", type=int, default=None, help="check on this many unseen features instead "
                     "of the folder's (the folder's first ones and more of the same draw; the settings go to a "
                     "sibling folder <check-dir>-check<N>, since a folder's config is fixed)")
+    ap.add_argument("--generation-reward", action="store_true", help="reward each explanation with the "
+                    "generation scorer itself (10 sentences, greedy, half the feature's max: the evaluation's score) "
+                    "instead of the folder's reward (the settings go to a sibling folder <check-dir>[-check<N>]-gen)")
     ap.add_argument("--tokens", default="262144")
     args = ap.parse_args()
     models = [parse_model(m) for m in args.model]
@@ -84,10 +88,13 @@ def main() -> None:
     if cfg.dpo_features != "unseen" or cfg.dpo_check != "reward":
         raise SystemExit(f"--check-dir {check_dir}: made with --dpo-features {cfg.dpo_features} --dpo-check "
                          f"{cfg.dpo_check}, not unseen / reward")
-    sibling = bool(args.check_features) and args.check_features != cfg.dpo_check_features
-    if sibling:
+    more = bool(args.check_features) and args.check_features != cfg.dpo_check_features
+    if more:
         cfg = cfg.model_copy(update={"dpo_check_features": args.check_features,
                                      "dir": str(check_dir.parent / f"{check_dir.name}-check{args.check_features}")})
+    if args.generation_reward:
+        cfg = cfg.model_copy(update={"reward_source": "generation", "reward_texts": 10, "reward_repeats": 1,
+                                     "reward_fraction": 0.5, "dir": f"{cfg.folder()}-gen"})
     store = cfg.store or str(home() / "bench.db")
     stages = cpu_preset("", "", "", args.tokens, store=store)
     t = Training(cfg, stages, echo=lambda m: print(m, flush=True))
@@ -123,8 +130,10 @@ def main() -> None:
               f"{'n/a' if d is None else f'{d:+.1f}'} |")
     both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
     rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
-    name = "saeexplainer_unseen_check" + (f"{args.check_features}" if sibling else "")
+    name = ("saeexplainer_unseen_check" + (f"{args.check_features}" if more else "")
+            + ("_generation" if args.generation_reward else ""))
     record(name, {"check_dir": str(check_dir), "check_features": len(t.check_features()), "spearman": rho,
+                  "reward_source": cfg.reward_source,
                   "models": len(both),
                   "check_reward": {f"{Path(r['folder']).name}:{r['stage']}": r["check_reward"] for r in rows}},
            rows)
