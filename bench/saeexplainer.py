@@ -36,9 +36,10 @@ evaluation on held-out features against one-shot, every method judged by the sam
   list with one right word earns it in full). `--reuse` of an LLM-reward folder copies its candidates and
   measures their stored texts again (the oracle only, no LLM call).
 - `--reward-source generation`: the generation scorer itself rewards each candidate — its prompt writes
-  `--reward-texts` sentences (10 and greedy, as the evaluation writes them), the reward the share reaching half
-  the feature's max: a candidate's reward is the score the evaluation would give it, so DPO optimises the goal's
-  metric (on training features; the held-out ones stay unseen). One reward call writes 10 sentences.
+  `--reward-texts` sentences (greedy, as the evaluation writes them; default the CPU preset's generation count,
+  8, which the evaluation below uses), the reward the share reaching half the feature's max: a candidate's reward
+  is the score the evaluation would give it, so DPO optimises the goal's metric (on training features; the
+  held-out ones stay unseen). One reward call writes those sentences (≈ 10 s for 10 on this machine).
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
   and round-1 candidates into it, for other pair rules, DPO settings or more pair features on the same
   candidates; only the SFT model when the candidates or their reward differ, e.g. `--reward-source corpus`). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
@@ -81,8 +82,8 @@ def main() -> None:
                     help="llm: the LLM writes texts from each candidate, the oracle measures them (the highest "
                     "activation); share: the same texts, the share of them reaching half the feature's max "
                     "(generation's count); generation: the generation scorer itself (its prompt; with "
-                    "--reward-texts 10 the evaluation's score of the candidate); corpus: no LLM call, the "
-                    "candidate's quoted words looked up in the latent cache (cheap: more pair features)")
+                    "the evaluation's --reward-texts, the evaluation's score of the candidate); corpus: no LLM "
+                    "call, the candidate's quoted words looked up in the latent cache (cheap: more pair features)")
     ap.add_argument("--reward-repeats", type=int, default=None, help="sets of reward texts per candidate "
                     "(default 2 with --reward-source llm or share; 1 with generation, greedy as the evaluation "
                     "writes; the corpus reward is exact: 1)")
@@ -109,7 +110,8 @@ def main() -> None:
     ap.add_argument("--tokens", default="262144")
     ap.add_argument("--sft-epochs", type=int, default=3)
     ap.add_argument("--candidates", type=int, default=12)
-    ap.add_argument("--reward-texts", type=int, default=4)
+    ap.add_argument("--reward-texts", type=int, default=None, help="texts (sentences) per reward call (default 4; "
+                    "with --reward-source generation the CPU preset's generation sentences, as the evaluation)")
     ap.add_argument("--dir", default=None, help="training folder (default: $SAEXPLAIN_HOME/saeexplainer/bench)")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--stop-after", choices=("sft", "round1"), default=None,
@@ -145,7 +147,9 @@ def main() -> None:
     heldout_id, heldout_features = runs[-1][0], runs[-1][1]["features"]  # evaluated on exactly these
     tdir = args.dir or str(home() / "saeexplainer" / "bench")
     cfg = TrainConfig(dir=tdir, store=store, features=f"random:{args.train_features}", heldout_runs=str(heldout_id),
-                      sft_epochs=args.sft_epochs, candidates=args.candidates, reward_texts=args.reward_texts,
+                      sft_epochs=args.sft_epochs, candidates=args.candidates,
+                      reward_texts=args.reward_texts or (cpu_preset("", "", "", args.tokens).generation.sentences
+                                                         if args.reward_source == "generation" else 4),
                       references=args.references if args.references == "top-tokens" else "store",
                       pair_features=args.pair_features, reward_source=args.reward_source,
                       reward_repeats=args.reward_repeats or (

@@ -11,7 +11,8 @@ STAGE is sft, round1 or round2; RAW_JSON is the bench/saeexplainer.py result hol
 delta is 0 by definition). The LLM requests go through the store's request cache, so a rerun costs the model
 loads and greedy generation only. `--check-features N` checks on N unseen features (the folder's and the next
 of the same draw). `--generation-reward` rewards each explanation with the generation scorer itself (its prompt,
-10 sentences, greedy: the score the evaluation gives it) instead of the folder's reward. Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
+the CPU preset's sentence count, greedy: the score bench/saeexplainer.py's evaluation gives it) instead of the
+folder's reward. Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
 bench/results/saeexplainer_unseen_check[N][_generation].json."""
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
                     "of the folder's (the folder's first ones and more of the same draw; the settings go to a "
                     "sibling folder <check-dir>-check<N>, since a folder's config is fixed)")
     ap.add_argument("--generation-reward", action="store_true", help="reward each explanation with the "
-                    "generation scorer itself (10 sentences, greedy, half the feature's max: the evaluation's score) "
+                    "generation scorer itself (the CPU preset's sentences, greedy, half the feature's max: the score "
+                    "bench/saeexplainer.py's evaluation gives) "
                     "instead of the folder's reward (the settings go to a sibling folder <check-dir>[-check<N>]-gen)")
     ap.add_argument("--tokens", default="262144")
     args = ap.parse_args()
@@ -93,8 +95,9 @@ def main() -> None:
         cfg = cfg.model_copy(update={"dpo_check_features": args.check_features,
                                      "dir": str(check_dir.parent / f"{check_dir.name}-check{args.check_features}")})
     if args.generation_reward:
-        cfg = cfg.model_copy(update={"reward_source": "generation", "reward_texts": 10, "reward_repeats": 1,
-                                     "reward_fraction": 0.5, "dir": f"{cfg.folder()}-gen"})
+        gen = cpu_preset("", "", "", args.tokens).generation
+        cfg = cfg.model_copy(update={"reward_source": "generation", "reward_texts": gen.sentences,
+                                     "reward_repeats": 1, "reward_fraction": gen.fraction, "dir": f"{cfg.folder()}-gen"})
     store = cfg.store or str(home() / "bench.db")
     stages = cpu_preset("", "", "", args.tokens, store=store)
     t = Training(cfg, stages, echo=lambda m: print(m, flush=True))

@@ -46,8 +46,9 @@ class TrainConfig(Config):
         "feature's max), 'share' (the same texts; the reward is the share of them on which the feature reaches "
         "--reward-fraction × its max: the generation score's own count, so a list with one right word among wrong "
         "ones is not fully rewarded), 'generation' (the generation scorer itself: its prompt writes "
-        "--reward-texts sentences, counted as 'share' does; with --reward-texts 10 and --reward-fraction 0.5 a "
-        "candidate's reward is the evaluation's generation score of it, so DPO optimises what the evaluation "
+        "--reward-texts sentences, counted as 'share' does; with --reward-texts and --reward-fraction set to the "
+        "evaluation's generation settings (the scorer's defaults: 10 and 0.5) a candidate's reward is the "
+        "evaluation's generation score of it, so DPO optimises what the evaluation "
         "measures) or 'corpus' (no LLM call: each word it quotes is looked up in the feature's explain-pool "
         "contexts of the latent cache; the reward is the mean, over the words, of the share of their occurrences "
         "where the feature reaches --reward-fraction × its max; cheap enough for pairs on hundreds of features)")

@@ -226,8 +226,9 @@ async def generation_reward(candidate: str, record, llm, oracle, n_texts: int, r
     """The generation scorer's own score of a candidate (`reward_source` 'generation'): the scorer's prompt and
     writer ask the LLM for `n_texts` sentences (greedy, as the evaluation writes them; with `repeats` > 1, that
     many sets sampled at T 0.7 with seeds 0, 1, …), the oracle measures the feature on them, and a set's reward is
-    the share of sentences reaching `fraction` × the feature's max — with `n_texts` 10 and `fraction` 0.5, the
-    evaluation's generation score of that explanation (the same request, so the LLM cache shares it)."""
+    the share of sentences reaching `fraction` × the feature's max — with the evaluation's `sentences` and
+    `fraction` (the scorer's defaults: 10 and 0.5), the evaluation's generation score of that explanation (the
+    same request, so the LLM cache shares it)."""
     sets, acts = [], []
     for i in range(repeats):
         cfg = GenerationConfig(sentences=n_texts, fraction=fraction, reference="max",
