@@ -3,12 +3,16 @@
 - the mean reward of two rounds' candidates over the features both have rewarded (e.g. round 1 = the SFT model's
   candidates, round 2 = the round-1 model's, under the same reward), and the mean per-feature best;
 - how many preference pairs two folders' rounds share (same feature, chosen and rejected text);
+- with `--rewards-of OTHER_FOLDER` (the same round-1 candidates under another reward, e.g. the share reward's
+  texts against the generation scorer's): how the two rewards agree on the candidates both rewarded — Spearman
+  within each feature (the order pairs are drawn from) — and each folder's pairs ordered by the other's reward;
 - per round trained with the reward check (`--dpo-check reward`, its `early_stop.json`): the check's mean reward
   by epoch, and from epoch 0 to the kept one how many check features' rewards rose or fell and texts changed;
   with `--check-of OTHER_FOLDER`, the same means over OTHER's check features only (two trainings compared on
   the features they share).
 
-    .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER_FOLDER] [--check-of OTHER]
+    .venv/bin/python bench/saeexplainer_compare_rounds.py --dir FOLDER [--pairs-of OTHER] [--check-of OTHER] \
+        [--rewards-of OTHER]
 
 Last line, where the folder has both rounds' candidates: `round2 - round1 mean reward: <delta> (n=<features>)`."""
 
@@ -70,12 +74,50 @@ def moves(first: dict[int, dict], to: dict[int, dict]) -> dict[str, int]:
             "changed": sum(to[f]["text"] != first[f]["text"] for f in first if f in to)}
 
 
+def by_text(rows: dict) -> dict[int, dict[str, float]]:
+    """Each feature's rewarded candidates (`load_jsonl` rows): text → reward (empty and failed ones left out)."""
+    return {f: {c["text"]: c["reward"] for c in r["candidates"] if c["text"] and c["reward"] is not None}
+            for f, r in rows.items()}
+
+
+def reward_agreement(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]]) -> dict:
+    """Two rewards of the same candidates (`by_text` of two folders): over the features where both rewards vary,
+    the Spearman correlation between them within each feature (median, mean), and the number of candidates
+    both rewarded."""
+    from scipy.stats import spearmanr
+
+    rhos, n = [], 0
+    for f in sorted(set(mine) & set(other)):
+        common = [t for t in mine[f] if t in other[f]]
+        n += len(common)
+        a, b = [mine[f][t] for t in common], [other[f][t] for t in common]
+        if len(set(a)) > 1 and len(set(b)) > 1:
+            rhos.append(float(spearmanr(a, b)[0]))
+    return {"candidates": n, "features": len(rhos), "median": float(np.median(rhos)) if rhos else None,
+            "mean": float(np.mean(rhos)) if rhos else None}
+
+
+def pairs_ordered(pairs: list[tuple[int, str, str]], reward: dict[int, dict[str, float]]) -> dict[str, int]:
+    """Preference pairs (feature, chosen, rejected) ordered by another reward of the same texts: how many it
+    orders the same way, ties or reverses (pairs with a text it did not reward are left out)."""
+    out = {"pairs": 0, "same": 0, "tie": 0, "reversed": 0}
+    for f, c, r in pairs:
+        rc, rr = reward.get(f, {}).get(c.strip()), reward.get(f, {}).get(r.strip())
+        if rc is None or rr is None:
+            continue
+        out["pairs"] += 1
+        out["same" if rc > rr else "tie" if rc == rr else "reversed"] += 1
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dir", required=True)
     ap.add_argument("--pairs-of", default=None, help="another folder: count round-1 pairs the two share")
     ap.add_argument("--check-of", default=None, help="another folder trained with the reward check: this folder's "
                     "check means over its check features")
+    ap.add_argument("--rewards-of", default=None, help="another folder with the same round-1 candidates under "
+                    "another reward: how the two rewards agree")
     a = ap.parse_args()
     folder = Path(a.dir).expanduser()
     for rnd in ("round1", "round2"):
@@ -110,6 +152,21 @@ def main() -> None:
             return {(r["feature"], r["chosen"], r["rejected"]) for r in load_from_disk(str(d / "round1" / "pairs"))}
         mine, other = pairs(folder), pairs(Path(a.pairs_of).expanduser())
         print(f"round-1 pairs: {len(mine)} here, {len(other)} in {a.pairs_of}, {len(mine & other)} the same")
+    if a.rewards_of:
+        from datasets import load_from_disk
+
+        other_dir = Path(a.rewards_of).expanduser()
+        mine, other = (by_text(load_jsonl(d / "round1" / "candidates.jsonl")) for d in (folder, other_dir))
+        ag = reward_agreement(mine, other)
+        print(f"round-1 rewards here and in {a.rewards_of}: {ag['candidates']} candidates both rewarded; "
+              f"Spearman within a feature over {ag['features']} features: median {ag['median']:.2f}, "
+              f"mean {ag['mean']:.2f}")
+        for name, d, reward in (("this folder's", folder, other), (f"{a.rewards_of}'s", other_dir, mine)):
+            ps = [(r["feature"], r["chosen"], r["rejected"]) for r in load_from_disk(str(d / "round1" / "pairs"))
+                  if r["feature"] in mine and r["feature"] in other]
+            o = pairs_ordered(ps, reward)
+            print(f"{name} round-1 pairs on the features both rewarded, by the other reward: {o['pairs']} pairs, "
+                  f"{o['same']} the same order, {o['tie']} tied, {o['reversed']} reversed")
     if not all((folder / f"round{i}" / "candidates.jsonl").is_file() for i in (1, 2)):
         return
     r1, r2 = (load_jsonl(folder / f"round{i}" / "candidates.jsonl") for i in (1, 2))

@@ -66,6 +66,19 @@ def test_compare_rounds_counts_only_features_both_rounds_rewarded():
     assert fig["best"] == pytest.approx({"round1": (0.4 + 0.0) / 2, "round2": (0.8 + 0.5) / 2})
 
 
+def test_reward_agreement_within_features_and_pairs_ordered_by_the_other_reward():
+    mod = _bench_module("saeexplainer_compare_rounds")
+    mine = mod.by_text({1: _line(1, 0.1, 0.5, 0.9), 2: _line(2, 1.0, 0.0, None), 3: _line(3, 0.3, 0.3)})
+    other = mod.by_text({1: _line(1, 0.0, 0.2, 0.4), 2: _line(2, 0.0, 1.0), 3: _line(3, 0.1, 0.7), 4: _line(4, 1.0)})
+    assert mine[2] == {"c0": 1.0, "c1": 0.0}  # a failed reward is no reward
+    ag = mod.reward_agreement(mine, other)
+    # feature 1 agrees (+1), 2 disagrees (−1), 3 has one reward constant here: left out of the correlation
+    assert ag == {"candidates": 7, "features": 2, "median": pytest.approx(0.0), "mean": pytest.approx(0.0)}
+    pairs = [(1, " c2", " c0"), (2, " c0", " c1"), (3, " c0", " c1"), (1, " c2", " missing")]
+    assert mod.pairs_ordered(pairs, other) == {"pairs": 3, "same": 1, "tie": 0, "reversed": 2}
+    assert mod.pairs_ordered(pairs, mine)["tie"] == 1  # feature 3's two candidates tie here
+
+
 def test_dropped_reasons_count_a_reason_whatever_its_figures():
     mod = _bench_module("saeexplainer_compare_rounds")
     dropped = {"1": "best reward 0.000 < 0.1", "2": "best reward 0.050 < 0.1", "3": "spread 0.000 ≤ 0.1",
