@@ -82,18 +82,20 @@ def by_text(rows: dict) -> dict[int, dict[str, float]]:
 
 def reward_agreement(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]]) -> dict:
     """Two rewards of the same candidates (`by_text` of two folders): over the features where both rewards vary,
-    the Spearman correlation between them within each feature (median, mean), and the number of candidates
-    both rewarded."""
+    the Spearman correlation between them within each feature (median, mean), the number of candidates both
+    rewarded and each reward's mean over them."""
     from scipy.stats import spearmanr
 
-    rhos, n = [], 0
+    rhos, all_a, all_b = [], [], []
     for f in sorted(set(mine) & set(other)):
         common = [t for t in mine[f] if t in other[f]]
-        n += len(common)
         a, b = [mine[f][t] for t in common], [other[f][t] for t in common]
+        all_a += a
+        all_b += b
         if len(set(a)) > 1 and len(set(b)) > 1:
             rhos.append(float(spearmanr(a, b)[0]))
-    return {"candidates": n, "features": len(rhos), "median": float(np.median(rhos)) if rhos else None,
+    return {"candidates": len(all_a), "mean_here": float(np.mean(all_a)) if all_a else None,
+            "mean_other": float(np.mean(all_b)) if all_b else None, "features": len(rhos), "median": float(np.median(rhos)) if rhos else None,
             "mean": float(np.mean(rhos)) if rhos else None}
 
 
@@ -158,7 +160,8 @@ def main() -> None:
         other_dir = Path(a.rewards_of).expanduser()
         mine, other = (by_text(load_jsonl(d / "round1" / "candidates.jsonl")) for d in (folder, other_dir))
         ag = reward_agreement(mine, other)
-        print(f"round-1 rewards here and in {a.rewards_of}: {ag['candidates']} candidates both rewarded; "
+        print(f"round-1 rewards here and in {a.rewards_of}: {ag['candidates']} candidates both rewarded, mean "
+              f"reward {ag['mean_here']:.3f} here, {ag['mean_other']:.3f} there; "
               f"Spearman within a feature over {ag['features']} features: median {ag['median']:.2f}, "
               f"mean {ag['mean']:.2f}")
         for name, d, reward in (("this folder's", folder, other), (f"{a.rewards_of}'s", other_dir, mine)):

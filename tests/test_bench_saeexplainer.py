@@ -73,7 +73,8 @@ def test_reward_agreement_within_features_and_pairs_ordered_by_the_other_reward(
     assert mine[2] == {"c0": 1.0, "c1": 0.0}  # a failed reward is no reward
     ag = mod.reward_agreement(mine, other)
     # feature 1 agrees (+1), 2 disagrees (−1), 3 has one reward constant here: left out of the correlation
-    assert ag == {"candidates": 7, "features": 2, "median": pytest.approx(0.0), "mean": pytest.approx(0.0)}
+    assert ag == {"candidates": 7, "features": 2, "median": pytest.approx(0.0), "mean": pytest.approx(0.0),
+                  "mean_here": pytest.approx(3.1 / 7), "mean_other": pytest.approx(2.4 / 7)}
     pairs = [(1, " c2", " c0"), (2, " c0", " c1"), (3, " c0", " c1"), (1, " c2", " missing")]
     assert mod.pairs_ordered(pairs, other) == {"pairs": 3, "same": 1, "tie": 0, "reversed": 2}
     assert mod.pairs_ordered(pairs, mine)["tie"] == 1  # feature 3's two candidates tie here
