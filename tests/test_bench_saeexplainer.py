@@ -166,3 +166,26 @@ def test_results_record_counts_an_untracked_script_as_uncommitted(tmp_path):
     (repo / "bench" / "new_bench.py").unlink()
     (repo / "src" / "mod.py").write_text("x = 1\n")
     assert dirty() is True
+
+
+def test_sample_size_pairs_features_both_scored_and_sizes_from_the_unseen_spread():
+    mod = _bench_module("saeexplainer_sample_size")
+    unseen_raw = {"raw": [
+        {"folder": "/x/bench-a", "stage": "sft", "features": [{"feature": f, "reward": 0.5} for f in range(4)]},
+        {"folder": "/x/bench-a", "stage": "round2",
+         "features": [{"feature": 0, "reward": 1.0}, {"feature": 1, "reward": 0.5}, {"feature": 2, "reward": 0.75},
+                      {"feature": 3, "reward": None}]},
+        {"folder": "/x/bench-b", "stage": "round2", "features": [{"feature": 0, "reward": 0.0}]}]}
+    heldout_raw = {"raw": {"values": {
+        "saeexplainer@sft|generation": {"7": 0.0, "8": 1.0, "9": None},
+        "saeexplainer@round2|generation": {"7": 0.5, "8": 1.0, "9": 1.0},
+        "saeexplainer@round2|detection": {"7": 9.0}, "oneshot|generation": {"7": 9.0}}}}
+    rows = mod.compare(mod.unseen_values(unseen_raw, "bench-a"), mod.heldout_values(heldout_raw))
+    assert [r["stage"] for r in rows] == ["round2"]  # round1 is in neither file
+    (r,) = rows
+    assert r["unseen"]["n"] == 3 and r["unseen"]["mean"] == pytest.approx(25.0)  # 50, 0, 25; the None left out
+    assert r["heldout"]["n"] == 2 and r["heldout"]["mean"] == pytest.approx(25.0)  # 50, 0; 9 has no SFT score
+    assert r["unseen"]["sd"] == pytest.approx(25.0)
+    assert r["gap"] == pytest.approx(0.0)
+    assert r["needed"]["gain5"] == 97  # (1.96 × 25 / 5)² = 96.04 → 97
+    assert r["needed"]["gain10_power80"] == 50  # (2.80 × 25 / 10)² = 49.05 → 50
