@@ -42,7 +42,9 @@ evaluation on held-out features against one-shot, every method judged by the sam
   held-out ones stay unseen). One reward call writes those sentences (≈ 10 s for 10 on this machine).
 - Training folder: $SAEXPLAIN_HOME/saeexplainer/bench (`--dir` another; `--reuse FOLDER` copies FOLDER's SFT model
   and round-1 candidates into it, for other pair rules, DPO settings or more pair features on the same
-  candidates; only the SFT model when the candidates or their reward differ, e.g. `--reward-source corpus`). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
+  candidates; only the SFT model when the candidates or their reward differ, e.g. `--reward-source corpus`; its round 1
+  and round 2's candidates too when only round-2 settings differ, e.g. `--greedy-rounds 2`: the round-1 model's
+  greedy explanation of each pair feature joins round 2's candidates and takes its first pair). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
   benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
 `round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
@@ -88,6 +90,9 @@ def main() -> None:
                     "(default 2 with --reward-source llm or share; 1 with generation, greedy as the evaluation "
                     "writes; the corpus reward is exact: 1)")
     ap.add_argument("--pairs-per-feature", type=int, default=1)
+    ap.add_argument("--greedy-rounds", default="", help="rounds whose candidates include the policy's greedy "
+                    "explanation, which takes each feature's first pair ('2': round 2 only; with --reuse of a "
+                    "folder whose round 1 this folder shares, its round 1 and round 2's candidates are copied)")
     ap.add_argument("--reuse", default=None, metavar="FOLDER", help="copy FOLDER's SFT model and round-1 "
                     "candidates into --dir first (FOLDER must agree on every setting but the pair rules, DPO's and "
                     "--pair-features)")
@@ -154,7 +159,7 @@ def main() -> None:
                       pair_features=args.pair_features, reward_source=args.reward_source,
                       reward_repeats=args.reward_repeats or (
                           1 if args.reward_source in ("corpus", "generation") else 2),
-                      pairs_per_feature=args.pairs_per_feature,
+                      pairs_per_feature=args.pairs_per_feature, greedy_rounds=args.greedy_rounds,
                       dpo_preset=args.dpo_preset, dpo_epochs=args.dpo_epochs, dpo_check=args.dpo_check,
                       dpo_check_features=args.dpo_check_features, dpo_features=args.dpo_features,
                       dpo_holdout=args.dpo_holdout, dpo_patience=args.dpo_patience)

@@ -196,6 +196,34 @@ def test_several_pairs_per_feature_pair_distinct_texts_beyond_the_margin():
     assert build_pairs(7, _cands(0.9, 0.88, 0.86, 0.85), cfg) == ([], "spread 0.056 ≤ 0.1")
 
 
+def test_greedy_text_takes_the_first_pair_kept_when_good_moved_from_when_bad():
+    """`greedy_rounds`: the policy's greedy text (what the evaluation reads) joins the candidates and takes the
+    feature's first pair — chosen from the upper half, rejected from the lower half; the rest follow the rules."""
+    cfg = TrainConfig(min_reward=0.1, min_spread=0.10, min_margin=0.15, pairs_per_feature=2)
+    cands = _cands(0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.2)  # c0..c7
+    # in the upper half (0.75): chosen against the closest lower-half text beyond 15 % (c4: 0.55 trails by 27 %)
+    pairs, why = build_pairs(7, cands, cfg, greedy=Candidate("g", 0.75))
+    assert why == "ok" and [(p.chosen, p.rejected) for p in pairs] == [("g", "c4"), ("c0", "c5")]
+    # in the lower half (0.25): rejected against the best that beats it; the next pair is c1's
+    pairs, _ = build_pairs(7, cands, cfg, greedy=Candidate("g", 0.25))
+    assert [(p.chosen, p.rejected) for p in pairs] == [("c0", "g"), ("c1", "c5")]
+    # a greedy text sampled too is that candidate (one text, one pair), here c0: the best, so the same pairs
+    assert build_pairs(7, cands, cfg, greedy=Candidate("c0", 0.9)) == build_pairs(7, cands, cfg)
+    # a greedy text whose reward failed takes no pair; with one pair per feature, the greedy one is that pair
+    assert build_pairs(7, cands, cfg, greedy=Candidate("g", None, error="x")) == build_pairs(7, cands, cfg)
+    one = cfg.model_copy(update={"pairs_per_feature": 1})
+    assert [(p.chosen, p.rejected) for p in build_pairs(7, cands, one, greedy=Candidate("g", 0.25))[0]] == [
+        ("c0", "g")]
+    # a greedy text in the upper half (0.52 of c0 .9, c1 .85, g, c2 .5, c3 .45) that no lower-half text trails by
+    # the margin takes no pair: the usual pairs follow
+    pairs, _ = build_pairs(7, _cands(0.9, 0.85, 0.5, 0.45), cfg, greedy=Candidate("g", 0.52))
+    assert [(p.chosen, p.rejected) for p in pairs] == [("c0", "c2"), ("c1", "c3")]
+    assert TrainConfig(greedy_rounds="2, 1").greedy_rounds == "1,2" and TrainConfig(greedy_rounds="2").greedy_in(2)
+    assert not TrainConfig().greedy_in(1)
+    with pytest.raises(ConfigError, match="greedy_rounds.*rounds 1 and/or 2"):
+        TrainConfig.build(greedy_rounds="3")
+
+
 def test_set_reward_max_and_share_on_hand_made_activations():
     from saexplain.train.data import measured, remeasure, set_reward
 
@@ -561,6 +589,42 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     t.pairs(2, scripted_llm(reward_writer)[0])
     t.dpo(2, max_steps=1)
     t.close()
+    # --greedy-rounds 2 (and another round-2 beta) on a folder whose round 1 this one shares: --reuse copies SFT,
+    # round 1's record and round 2's candidates; round 2 adds each pair feature's greedy text of the round-1 model
+    # (what the evaluation would read), rewarded once — a text sampled too is not asked again
+    tg = Training(cfg.model_copy(update={"dir": str(tmp_path / "train_g"), "greedy_rounds": "2", "beta2": 0.3}),
+                  stages, echo=lambda m: None)
+    assert tg.reuse(tmp_path / "train") == ["sft", "round1", "round2/candidates.jsonl"]
+    assert (tmp_path / "train_g" / "round1" / "adapter" / "adapter_model.safetensors").read_bytes() == (
+        tmp_path / "train" / "round1" / "adapter" / "adapter_model.safetensors").read_bytes()
+    llm_g, writer_g = scripted_llm(reward_writer)
+    tg.pairs(2, llm_g)
+    rows_g = {r["feature"]: r for r in map(json.loads, (tmp_path / "train_g" / "round2" / "candidates.jsonl")
+                                           .read_text().splitlines())}  # the last line of each feature
+    r1 = tg.policy("round1")
+    vecs = tg.vectors()
+    for f, r in rows_g.items():
+        assert r["greedy"]["text"] == r1.generate([tg.prompt(r1, f)], vecs[f], n=1, temperature=0.0,
+                                                  max_new_tokens=tg.explainer.max_new_tokens)[0][0]
+    new_texts = [r["greedy"]["text"] for r in rows_g.values()
+                 if r["greedy"]["text"] not in {c["text"] for c in r["candidates"]}]
+    assert len(writer_g.requests) == len(new_texts) and all(r["greedy"]["reward"] is not None
+                                                            for r in rows_g.values())
+    g_sum = json.loads((tmp_path / "train_g" / "round2" / "pairs.json").read_text())["rewards"]["greedy"]
+    assert g_sum["features"] == g_sum["rewarded"] == 4 and g_sum["sampled_too"] == 4 - len(new_texts)
+    pairs_g = load_from_disk(str(tmp_path / "train_g" / "round2" / "pairs"))
+    took = sum(" " + rows_g[f]["greedy"]["text"] in (c, j) for f, c, j in
+               zip(pairs_g["feature"], pairs_g["chosen"], pairs_g["rejected"]))
+    assert took == g_sum["chosen"] + g_sum["rejected"] >= 1
+    llm_g2, writer_g2 = scripted_llm(reward_writer)
+    tg.pairs(2, llm_g2)  # resumed: every greedy text has its reward, nothing is asked again
+    assert writer_g2.requests == []
+    tg.close()
+    # greedy texts in round 1 too: round 1 differs, so only SFT and round 1's sampled candidates are copied
+    tg1 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train_g1"), "greedy_rounds": "1,2"}), stages,
+                   echo=lambda m: None)
+    assert tg1.reuse(tmp_path / "train") == ["sft", "round1/candidates.jsonl"]
+    tg1.close()
     assert all((tmp_path / "train" / s / "adapter" / "adapter_config.json").is_file()
                for s in ("sft", "round1", "round2"))
     # another setting in the same folder is refused, not silently mixed

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from saexplain.config import Config
 from saexplain.paths import home
@@ -69,6 +69,12 @@ class TrainConfig(Config):
                                    "upper-half candidate against the next lower-half one, and so on (each text in "
                                    "one pair at most)")
     min_margin: float = Field(0.15, ge=0, description="rejected trails the chosen by more than this (relative)")
+    greedy_rounds: str = Field("", description="rounds (comma-separated: '1,2', '2') whose candidates include "
+                               "the policy's greedy explanation of each pair feature — the text the evaluation "
+                               "reads —, rewarded as the sampled ones are; it takes the feature's first pair: "
+                               "chosen against the closest lower-half candidate beyond the margin when it is in "
+                               "the upper half (keep what works), else rejected against the best that beats it "
+                               "(move away from what does not): on-policy pairs for greedy decoding")
     # LoRA
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
@@ -110,6 +116,18 @@ class TrainConfig(Config):
                               "candidates (cuda on a GPU)")
     train_dtype: Literal["float32", "bfloat16"] = Field("float32", description="the explainer's base weights while "
                                                         "training (bfloat16 on a GPU: TRL's bf16 mixed precision)")
+
+    @field_validator("greedy_rounds")
+    @classmethod
+    def _rounds(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        if any(p not in ("1", "2") for p in parts):
+            raise ValueError(f"rounds 1 and/or 2, comma-separated (got {v!r})")
+        return ",".join(sorted(set(parts)))
+
+    def greedy_in(self, round_: int) -> bool:
+        """Whether round `round_`'s candidates include the policy's greedy explanation."""
+        return str(round_) in self.greedy_rounds.split(",")
 
     @model_validator(mode="before")
     @classmethod

@@ -349,15 +349,19 @@ def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
     return list(seen.values())
 
 
-def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None
-                ) -> tuple[list[Pair], str]:
+def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None,
+                greedy: Candidate | None = None) -> tuple[list[Pair], str]:
     """The pairs of one feature (up to `pairs_per_feature`), or none with the reason it was dropped. Chosen texts
     come from the upper half (distinct, best first, each at least `min_reward`), rejected ones from the lower half
     (distinct, each used once, the closest one beyond the margin first), so the first pair is the best candidate
     against the closest lower-half one that trails it clearly. With the round's measured reward `noise` (a
     standard deviation of one set's reward), a rejected candidate must trail its chosen one by more than
     `min_gap_sigmas` standard errors of the difference of two means of `reward_repeats` sets, instead of the
-    relative `min_margin`."""
+    relative `min_margin`. With the policy's `greedy` explanation (rewarded; `greedy_rounds`) among the
+    candidates, it takes the first pair where it can: chosen when it is in the upper half, rejected against the
+    best candidate that beats it when in the lower half; the other pairs follow the rules above."""
+    if greedy is not None and greedy.reward is not None and greedy.text not in {c.text for c in candidates}:
+        candidates = [*candidates, greedy]
     scored = sorted((c for c in candidates if c.reward is not None), key=lambda c: -c.reward)
     if len(scored) < 2:
         return [], f"{len(scored)} scored candidates"
@@ -381,6 +385,20 @@ def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig,
         why = f"no lower-half candidate trails the best by > {cfg.min_margin:.0%}"
     pairs: list[Pair] = []
     used: set[str] = set()  # a text is in one pair at most, as chosen or as rejected
+    g = greedy.text if greedy is not None and greedy.reward is not None else None
+    if g is not None and any(c.text == g for c in upper):
+        c = next(c for c in upper if c.text == g)
+        r = next((r for r in lower if r.text != g and beats(c, r)), None)
+    elif g is not None and any(r.text == g for r in lower):
+        r = next(r for r in lower if r.text == g)
+        c = next((c for c in upper if c.text != g and beats(c, r)), None)
+    else:
+        c = r = None
+    if c is not None and r is not None:
+        used |= {c.text, r.text}
+        pairs.append(Pair(feature, c.text, r.text, c.reward, r.reward))
+        if len(pairs) >= cfg.pairs_per_feature:
+            return pairs, "ok"
     for c in upper:
         if c.text in used:
             continue

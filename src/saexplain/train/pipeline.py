@@ -66,7 +66,9 @@ _FREE = {"training.save_steps", "training.references", "training.reference_run",
 _REUSABLE = {f"training.{k}" for k in (
     "pairs_per_feature", "min_gap_sigmas", "min_reward", "min_spread", "min_margin", "dpo_preset", "dpo_holdout",
     "dpo_patience", "dpo_check", "dpo_check_features", "dpo_epochs", "dpo_batch", "beta1", "lr1", "beta2", "lr2",
-    "pair_features")}
+    "pair_features", "greedy_rounds")}
+# settings only round 2 reads: a folder that differs from another in these alone has the same round 1 (`reuse`)
+_ROUND2_ONLY = {"training.beta2", "training.lr2", "training.greedy_rounds"}
 # settings that change a round's candidates or rewards but not the SFT model: `Training.reuse` copies only SFT
 _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
     "candidates", "candidate_temperature", "reward_source", "reward_fraction", "reward_texts", "reward_repeats",
@@ -169,6 +171,21 @@ class Training:
             else:
                 shutil.copyfile(src / "round1" / "candidates.jsonl", cand)
                 copied.append("round1/candidates.jsonl")
+        # round 1 trained as this folder would train it (every setting round 1 reads agrees): its record — pairs,
+        # adapter, logs — and round 2's candidates, which the round-1 model wrote, for another round 2
+        r1, r2 = src / "round1", self.dir / "round2" / "candidates.jsonl"
+        same_r1 = (_first_difference(saved, now, _FREE | _ROUND2_ONLY | {"training.dir"})[0] is None
+                   and ("1" in str(saved.get("training", {}).get("greedy_rounds", "")).split(","))
+                   == self.cfg.greedy_in(1))
+        if ("sft" in copied and same_r1 and (r1 / "adapter" / "adapter_config.json").is_file()
+                and not (self.dir / "round1" / "adapter").exists()):
+            shutil.rmtree(self.dir / "round1", ignore_errors=True)
+            shutil.copytree(r1, self.dir / "round1", ignore=shutil.ignore_patterns("checkpoint-*"))
+            copied = ["sft", "round1"]
+            if (src / "round2" / "candidates.jsonl").is_file():
+                r2.parent.mkdir(exist_ok=True)
+                shutil.copyfile(src / "round2" / "candidates.jsonl", r2)
+                copied.append("round2/candidates.jsonl")
         self.echo(f"reused from {src}: {', '.join(copied) or 'nothing (this folder has its own SFT model)'}")
         return copied
 
@@ -273,30 +290,44 @@ class Training:
         # in the draw's order: a round stopped part-way has the first features of the draw done, which a folder
         # with fewer --pair-features (reusing these candidates) can use as they are
         order = {f: i for i, f in enumerate(feature_order(self.pool, self.cfg))}
-        todo = sorted((f for f in feats if f not in done or any(c["reward"] is None and c["error"] != EMPTY
-                                                                for c in done[f]["candidates"])), key=order.get)
+        greedy = self.cfg.greedy_in(round_)
+
+        def due(f: int) -> bool:
+            if f not in done:
+                return True
+            rows = done[f]["candidates"] + ([done[f]["greedy"]] if done[f].get("greedy") else [])
+            return (greedy and not done[f].get("greedy")) or any(c["reward"] is None and c["error"] != EMPTY
+                                                                 for c in rows)
+        todo = sorted((f for f in feats if due(f)), key=order.get)
 
         async def go():
             with open(path, "a") as fh:
                 for i, f in enumerate(todo):
                     t_f = time.perf_counter()
                     by_text: dict[str, Candidate] = {}
+                    g_text = None
                     if f in done:  # a retry: the same candidates, only the failed rewards are asked again
                         texts = [c["text"] for c in done[f]["candidates"]]
-                        by_text = {c["text"]: Candidate(**c) for c in done[f]["candidates"]
+                        kept = done[f]["candidates"] + ([done[f]["greedy"]] if done[f].get("greedy") else [])
+                        by_text = {c["text"]: Candidate(**c) for c in kept
                                    if c["reward"] is not None or c["error"] == EMPTY}
+                        g_text = (done[f].get("greedy") or {}).get("text")
                     else:
                         texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
                                             n=self.cfg.candidates, temperature=self.cfg.candidate_temperature,
                                             max_new_tokens=self.explainer.max_new_tokens,
                                             seed=self.cfg.train_seed + 1000 * round_ + f)[0]
+                    if greedy and g_text is None:  # the text the evaluation would read: the policy's greedy one
+                        g_text = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None, n=1,
+                                             temperature=0.0, max_new_tokens=self.explainer.max_new_tokens)[0][0]
                     # each distinct candidate is rewarded once, all of them in flight together (the LLM client
                     # bounds them by its max_concurrency); a failure is recorded and retried by the next run
-                    new = [t for t in dict.fromkeys(texts) if t not in by_text]
+                    new = [t for t in dict.fromkeys([*texts, *([g_text] if greedy else [])]) if t not in by_text]
                     by_text |= zip(new, await asyncio.gather(*(self._reward(f, t, llm, self.cfg.reward_repeats)
                                                                for t in new)))
                     cands = [asdict(by_text[t]) for t in texts]
                     line = {"feature": f, "max_act": self.records[f].max_act, "candidates": cands,
+                            **({"greedy": asdict(by_text[g_text])} if greedy else {}),
                             # generation + rewards of this feature, over its attempts (a retry adds its time)
                             "seconds": done.get(f, {}).get("seconds", 0.0) + time.perf_counter() - t_f}
                     fh.write(json.dumps(line) + "\n")
@@ -312,7 +343,8 @@ class Training:
         noise = reward_noise([Candidate(**c) for f in feats for c in done[f]["candidates"]])
         for f in feats:
             cands = [Candidate(**c) for c in done[f]["candidates"]]
-            got, why = build_pairs(f, cands, self.cfg, noise)
+            g = done[f].get("greedy") if greedy else None
+            got, why = build_pairs(f, cands, self.cfg, noise, Candidate(**g) if g else None)
             pairs += got
             if not got:
                 dropped[f] = why
@@ -325,6 +357,17 @@ class Training:
                    "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
                    "best_median": float(np.median(best)) if best else None,
                    "best_mean": float(np.mean(best)) if best else None}
+        if greedy:  # how the greedy texts fared and which pairs they took
+            g_rows = [done[f]["greedy"] for f in feats if done[f].get("greedy")]
+            g_rew = [c["reward"] for c in g_rows if c["reward"] is not None]
+            g_texts = {(p.feature, done[p.feature]["greedy"]["text"]) for p in pairs if done[p.feature].get("greedy")}
+            summary["greedy"] = {
+                "features": len(g_rows), "rewarded": len(g_rew),
+                "mean_reward": float(np.mean(g_rew)) if g_rew else None,
+                "chosen": sum((p.feature, p.chosen) in g_texts for p in pairs),
+                "rejected": sum((p.feature, p.rejected) in g_texts for p in pairs),
+                "sampled_too": sum(c["text"] in {x["text"] for x in done[f]["candidates"]}
+                                   for f in feats if (c := done[f].get("greedy")))}
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
