@@ -620,6 +620,17 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     tg.pairs(2, llm_g2)  # resumed: every greedy text has its reward, nothing is asked again
     assert writer_g2.requests == []
     tg.close()
+    # a folder restored with its own round-2 candidates (a snapshot without SFT and round 1): --reuse brings SFT and
+    # round 1 back and keeps its candidates (greedy texts and all)
+    (tmp_path / "train_g3" / "round2").mkdir(parents=True)
+    for name in ("split.json", "round2/candidates.jsonl"):
+        shutil.copyfile(tmp_path / "train_g" / name, tmp_path / "train_g3" / name)
+    tg3 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train_g3"), "greedy_rounds": "2", "beta2": 0.3}),
+                   stages, echo=lambda m: None)
+    assert tg3.reuse(tmp_path / "train") == ["sft", "round1"]
+    assert (tmp_path / "train_g3" / "round2" / "candidates.jsonl").read_bytes() == (
+        tmp_path / "train_g" / "round2" / "candidates.jsonl").read_bytes()
+    tg3.close()
     # greedy texts in round 1 too: round 1 differs, so only SFT and round 1's sampled candidates are copied
     tg1 = Training(cfg.model_copy(update={"dir": str(tmp_path / "train_g1"), "greedy_rounds": "1,2"}), stages,
                    echo=lambda m: None)

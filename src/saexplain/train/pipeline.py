@@ -182,7 +182,7 @@ class Training:
             shutil.rmtree(self.dir / "round1", ignore_errors=True)
             shutil.copytree(r1, self.dir / "round1", ignore=shutil.ignore_patterns("checkpoint-*"))
             copied = ["sft", "round1"]
-            if (src / "round2" / "candidates.jsonl").is_file():
+            if (src / "round2" / "candidates.jsonl").is_file() and not r2.is_file():  # never replaces its own
                 r2.parent.mkdir(exist_ok=True)
                 shutil.copyfile(src / "round2" / "candidates.jsonl", r2)
                 copied.append("round2/candidates.jsonl")
