@@ -37,9 +37,14 @@ def needed(sd: float, gain: float, power_z: float = 0.0) -> int:
     return math.ceil(((Z95 + power_z) * sd / gain) ** 2)
 
 
-def unseen_values(raw: dict, folder: str) -> dict[str, dict[int, float | None]]:
-    return {r["stage"]: {x["feature"]: x["reward"] for x in r["features"]}
-            for r in raw["raw"] if Path(r["folder"]).name == folder}
+def unseen_values(raw: dict, folder: str, sft_folder: str | None = None) -> dict[str, dict[int, float | None]]:
+    """The folder's stages on the unseen features; SFT's from `sft_folder` when given (a folder that reused
+    another's SFT model, e.g. with --reuse, and was checked on its later stages only)."""
+    out = {r["stage"]: {x["feature"]: x["reward"] for x in r["features"]}
+           for r in raw["raw"] if Path(r["folder"]).name == folder}
+    if sft_folder:
+        out["sft"] = unseen_values(raw, sft_folder)["sft"]
+    return out
 
 
 def heldout_values(raw: dict) -> dict[str, dict[int, float | None]]:
@@ -70,8 +75,10 @@ def main() -> None:
     ap.add_argument("--unseen", required=True, help="bench/saeexplainer_unseen_check.py's raw file")
     ap.add_argument("--heldout", required=True, help="bench/saeexplainer.py's raw file of the same training folder")
     ap.add_argument("--folder", required=True, help="the training folder's name in the unseen raw file")
+    ap.add_argument("--sft-folder", default=None, help="the folder whose SFT row is the baseline in the unseen raw "
+                    "file (default --folder; the same SFT model, e.g. the folder --reuse copied it from)")
     args = ap.parse_args()
-    unseen = unseen_values(json.loads(Path(args.unseen).read_text()), args.folder)
+    unseen = unseen_values(json.loads(Path(args.unseen).read_text()), args.folder, args.sft_folder)
     heldout = heldout_values(json.loads(Path(args.heldout).read_text()))
     rows = compare(unseen, heldout)
     if not rows:

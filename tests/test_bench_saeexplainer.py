@@ -175,7 +175,8 @@ def test_sample_size_pairs_features_both_scored_and_sizes_from_the_unseen_spread
         {"folder": "/x/bench-a", "stage": "round2",
          "features": [{"feature": 0, "reward": 1.0}, {"feature": 1, "reward": 0.5}, {"feature": 2, "reward": 0.75},
                       {"feature": 3, "reward": None}]},
-        {"folder": "/x/bench-b", "stage": "round2", "features": [{"feature": 0, "reward": 0.0}]}]}
+        {"folder": "/x/bench-b", "stage": "round2",
+         "features": [{"feature": 0, "reward": 0.0}, {"feature": 1, "reward": 0.5}]}]}
     heldout_raw = {"raw": {"values": {
         "saeexplainer@sft|generation": {"7": 0.0, "8": 1.0, "9": None},
         "saeexplainer@round2|generation": {"7": 0.5, "8": 1.0, "9": 1.0},
@@ -189,3 +190,7 @@ def test_sample_size_pairs_features_both_scored_and_sizes_from_the_unseen_spread
     assert r["gap"] == pytest.approx(0.0)
     assert r["needed"]["gain5"] == 97  # (1.96 × 25 / 5)² = 96.04 → 97
     assert r["needed"]["gain10_power80"] == 50  # (2.80 × 25 / 10)² = 49.05 → 50
+    # a folder checked on round 2 only (it reused bench-a's SFT model): bench-a's SFT row is its baseline
+    assert mod.compare(mod.unseen_values(unseen_raw, "bench-b"), mod.heldout_values(heldout_raw)) == []
+    (b,) = mod.compare(mod.unseen_values(unseen_raw, "bench-b", "bench-a"), mod.heldout_values(heldout_raw))
+    assert b["unseen"]["n"] == 2 and b["unseen"]["mean"] == pytest.approx(-25.0)  # -50, 0
