@@ -316,6 +316,15 @@ def test_training_page_shows_the_pairs_from_the_rounds_record(tmp_path):
     assert training_rounds(cfgs, 5) == []  # a split from before the unseen pool: no round feature to show
     (folder / "split.json").write_text(json.dumps({"train": [1, 2], "heldout": [], "unseen": [5, 6]}))
     assert [r.round for r in training_rounds(cfgs, 5)] == [1, 2] and training_rounds(cfgs, 1) == []
+    # a round with greedy texts (`greedy_rounds`): the model's own text is shown among the candidates, marked; one
+    # that was also sampled is that candidate, marked
+    g_row = {**row(5), "greedy": {"text": "g", "reward": 0.7}}
+    (folder / "round2" / "candidates.jsonl").write_text(json.dumps(g_row) + "\n")
+    (folder / "round1" / "candidates.jsonl").write_text(json.dumps({**row(5), "greedy": {"text": "c1",
+                                                                                        "reward": 0.5}}) + "\n")
+    r1, r2 = training_rounds(cfgs, 5)
+    assert [(c.text, c.greedy) for c in r2.candidates] == [("c0", False), ("g", True), ("c1", False), ("c2", False)]
+    assert [(c.text, c.greedy) for c in r1.candidates] == [("c0", False), ("c1", True), ("c2", False)]
 
 
 def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):

@@ -140,6 +140,7 @@ class CandidateView(BaseModel):
     reward: float | None  # max activation on texts written from it ÷ the feature's max
     error: str | None
     texts: list[str]
+    greedy: bool = False  # the round's model's own greedy explanation (`greedy_rounds`), not a sampled one
 
 
 class PairView(BaseModel):
@@ -471,10 +472,14 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
             if feature not in rows:
                 continue
             cands = [Candidate(**c) for c in rows[feature]["candidates"]]
+            g = rows[feature].get("greedy")
+            if g and g["text"] not in {c.text for c in cands}:  # shown with the sampled ones, marked
+                cands.append(Candidate(**g))
             pairs, why = round_pairs(folder / f"round{rnd}", feature)
             out.append(TrainingRound(
                 folder=str(folder), round=rnd, pair_reason=why, pairs=pairs, reward=reward_text(tcfg),
-                candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts) for c in
+                candidates=[CandidateView(text=c.text, reward=c.reward, error=c.error, texts=c.texts,
+                                          greedy=bool(g) and c.text == g["text"]) for c in
                             sorted(cands, key=lambda c: (c.reward is None, -(c.reward or 0.0)))]))
     return out
 
