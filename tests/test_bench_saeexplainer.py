@@ -194,3 +194,23 @@ def test_sample_size_pairs_features_both_scored_and_sizes_from_the_unseen_spread
     assert mod.compare(mod.unseen_values(unseen_raw, "bench-b"), mod.heldout_values(heldout_raw)) == []
     (b,) = mod.compare(mod.unseen_values(unseen_raw, "bench-b", "bench-a"), mod.heldout_values(heldout_raw))
     assert b["unseen"]["n"] == 2 and b["unseen"]["mean"] == pytest.approx(-25.0)  # -50, 0
+
+
+def test_heldout_compare_diffs_levels_and_same_texts_from_raw_files():
+    mod = _bench_module("saeexplainer_heldout_compare")
+
+    def raw(rows):  # feature → {stage: (generation, text)}
+        return {"raw": {"features": {str(f): {f"saeexplainer@{s}": {"description": t, "scores": {"generation": g}}
+                                              for s, (g, t) in st.items()} for f, st in rows.items()}}}
+    a = raw({1: {"sft": (0.0, "x"), "round1": (1.0, "y")}, 2: {"sft": (1.0, "z"), "round1": (0.5, "z2")},
+             3: {"sft": (0.5, "w"), "round1": (0.5, "w")}, 4: {"sft": (None, "v"), "round1": (1.0, "v")}})
+    sft, r1 = mod.stage_rows(a, "sft"), mod.stage_rows(a, "round1")
+    d = mod.diff(sft, r1)
+    assert (d["n"], d["up"], d["down"], d["same_text"]) == (3, 1, 1, 2)  # feature 4 unscored by SFT; w and v same
+    assert d["mean"] == pytest.approx((100 - 50 + 0) / 3)
+    assert mod.by_sft_level(sft, r1) == {"0": (1, 100.0), "between": (1, 0.0), "1": (1, -50.0)}
+    assert mod.parse_model("g2=bench/x.json:round2") == ("g2", Path("bench/x.json"), "round2")
+    with pytest.raises(SystemExit, match="LABEL=RAW_JSON:STAGE"):
+        mod.parse_model("bench/x.json:round2")
+    with pytest.raises(SystemExit, match="no saeexplainer@round2 rows"):
+        mod.stage_rows(a, "round2")
