@@ -13,7 +13,7 @@ loads and greedy generation only. `--check-features N` checks on N unseen featur
 of the same draw). `--generation-reward` rewards each explanation with the generation scorer itself (its prompt,
 the CPU preset's sentence count, greedy: the score bench/saeexplainer.py's evaluation gives it) instead of the
 folder's reward. Last line: `unseen check vs held-out delta Spearman: <rho> (n=<models>)`; raw:
-bench/results/saeexplainer_unseen_check[N][_generation].json."""
+bench/results/saeexplainer_unseen_check[N][_generation][_TAG].json (`--tag TAG`)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,12 @@ def paired_delta(base: list[dict], other: list[dict]) -> tuple[float | None, ...
     return bootstrap_ci(diffs)
 
 
+def raw_name(check_features: int | None, generation: bool, tag: str = "") -> str:
+    """The raw file's name: the check's size when not the folder's, the generation reward, a tag."""
+    return ("saeexplainer_unseen_check" + (f"{check_features}" if check_features else "")
+            + ("_generation" if generation else "") + (f"_{tag}" if tag else ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check-dir", required=True, help="a training folder made with --dpo-features unseen "
@@ -81,6 +87,8 @@ def main() -> None:
                     "generation scorer itself (the CPU preset's sentences, greedy, half the feature's max: the score "
                     "bench/saeexplainer.py's evaluation gives) "
                     "instead of the folder's reward (the settings go to a sibling folder <check-dir>[-check<N>]-gen)")
+    ap.add_argument("--tag", default="", help="append _<tag> to the raw file's name (a check of other models "
+                    "that must not replace an earlier check's record)")
     ap.add_argument("--tokens", default="262144")
     args = ap.parse_args()
     models = [parse_model(m) for m in args.model]
@@ -133,8 +141,7 @@ def main() -> None:
               f"{'n/a' if d is None else f'{d:+.1f}'} |")
     both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
     rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
-    name = ("saeexplainer_unseen_check" + (f"{args.check_features}" if more else "")
-            + ("_generation" if args.generation_reward else ""))
+    name = raw_name(args.check_features if more else None, args.generation_reward, args.tag)
     record(name, {"check_dir": str(check_dir), "check_features": len(t.check_features()), "spearman": rho,
                   "reward_source": cfg.reward_source,
                   "models": len(both),

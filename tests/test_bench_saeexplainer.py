@@ -109,6 +109,9 @@ def test_check_summary_means_by_epoch_and_changes_to_the_kept_and_last_epochs():
 
 def test_unseen_check_reads_models_deltas_and_counts_moves(tmp_path):
     mod = _bench_module("saeexplainer_unseen_check")
+    assert mod.raw_name(None, False) == "saeexplainer_unseen_check"
+    assert mod.raw_name(144, True) == "saeexplainer_unseen_check144_generation"  # the committed record's name
+    assert mod.raw_name(144, True, "g1") == "saeexplainer_unseen_check144_generation_g1"
     with pytest.raises(SystemExit, match="FOLDER:STAGE"):
         mod.parse_model(f"{tmp_path}:round3")
     with pytest.raises(SystemExit, match="no trained adapter"):
