@@ -349,6 +349,15 @@ def _distinct(candidates: Sequence[Candidate]) -> list[Candidate]:
     return list(seen.values())
 
 
+def with_greedy(line: Mapping[str, Any]) -> list[dict]:
+    """A candidates.jsonl line's candidates, and its greedy one (`greedy_rounds`) when that is another text."""
+    rows = list(line["candidates"])
+    g = line.get("greedy")
+    if g and g["text"] not in {c["text"] for c in rows}:
+        rows.append(g)
+    return rows
+
+
 def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None,
                 greedy: Candidate | None = None) -> tuple[list[Pair], str]:
     """The pairs of one feature (up to `pairs_per_feature`), or none with the reason it was dropped. Chosen texts

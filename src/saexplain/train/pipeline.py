@@ -51,6 +51,7 @@ from saexplain.train.data import (
     round_pool,
     save_pairs,
     unseen_features,
+    with_greedy,
 )
 from saexplain.train.dpo import pair_margins, train_dpo
 from saexplain.train.sft import train_sft
@@ -174,9 +175,9 @@ class Training:
         # round 1 trained as this folder would train it (every setting round 1 reads agrees): its record — pairs,
         # adapter, logs — and round 2's candidates, which the round-1 model wrote, for another round 2
         r1, r2 = src / "round1", self.dir / "round2" / "candidates.jsonl"
+        src_cfg = TrainConfig(**{k: v for k, v in saved.get("training", {}).items() if k in TrainConfig.model_fields})
         same_r1 = (_first_difference(saved, now, _FREE | _ROUND2_ONLY | {"training.dir"})[0] is None
-                   and ("1" in str(saved.get("training", {}).get("greedy_rounds", "")).split(","))
-                   == self.cfg.greedy_in(1))
+                   and src_cfg.greedy_in(1) == self.cfg.greedy_in(1))
         if ("sft" in copied and same_r1 and (r1 / "adapter" / "adapter_config.json").is_file()
                 and not (self.dir / "round1" / "adapter").exists()):
             shutil.rmtree(self.dir / "round1", ignore_errors=True)
@@ -293,11 +294,8 @@ class Training:
         greedy = self.cfg.greedy_in(round_)
 
         def due(f: int) -> bool:
-            if f not in done:
-                return True
-            rows = done[f]["candidates"] + ([done[f]["greedy"]] if done[f].get("greedy") else [])
-            return (greedy and not done[f].get("greedy")) or any(c["reward"] is None and c["error"] != EMPTY
-                                                                 for c in rows)
+            return f not in done or (greedy and not done[f].get("greedy")) or any(
+                c["reward"] is None and c["error"] != EMPTY for c in with_greedy(done[f]))
         todo = sorted((f for f in feats if due(f)), key=order.get)
 
         async def go():
@@ -308,8 +306,7 @@ class Training:
                     g_text = None
                     if f in done:  # a retry: the same candidates, only the failed rewards are asked again
                         texts = [c["text"] for c in done[f]["candidates"]]
-                        kept = done[f]["candidates"] + ([done[f]["greedy"]] if done[f].get("greedy") else [])
-                        by_text = {c["text"]: Candidate(**c) for c in kept
+                        by_text = {c["text"]: Candidate(**c) for c in with_greedy(done[f])
                                    if c["reward"] is not None or c["error"] == EMPTY}
                         g_text = (done[f].get("greedy") or {}).get("text")
                     else:

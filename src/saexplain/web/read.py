@@ -443,7 +443,7 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
     (their `saeexplainer.train_dir`) and those under $SAEXPLAIN_HOME/saeexplainer/ trained on the same model
     and SAE with this feature among the features their DPO rounds drew candidates for."""
     from saexplain.train.config import TrainConfig
-    from saexplain.train.data import Candidate, load_jsonl, pair_features, round_pool
+    from saexplain.train.data import Candidate, load_jsonl, pair_features, round_pool, with_greedy
 
     folders = [Path(d).expanduser() for c in run_cfgs if (d := c.get("saeexplainer", {}).get("train_dir"))]
     root = home() / "saeexplainer"
@@ -471,10 +471,8 @@ def training_rounds(run_cfgs: list[dict], feature: int) -> list[TrainingRound]:
             rows = load_jsonl(folder / f"round{rnd}" / "candidates.jsonl")
             if feature not in rows:
                 continue
-            cands = [Candidate(**c) for c in rows[feature]["candidates"]]
+            cands = [Candidate(**c) for c in with_greedy(rows[feature])]  # its greedy text shown too, marked
             g = rows[feature].get("greedy")
-            if g and g["text"] not in {c.text for c in cands}:  # shown with the sampled ones, marked
-                cands.append(Candidate(**g))
             pairs, why = round_pairs(folder / f"round{rnd}", feature)
             out.append(TrainingRound(
                 folder=str(folder), round=rnd, pair_reason=why, pairs=pairs, reward=reward_text(tcfg),
