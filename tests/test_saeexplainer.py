@@ -224,6 +224,33 @@ def test_greedy_text_takes_the_first_pair_kept_when_good_moved_from_when_bad():
         TrainConfig.build(greedy_rounds="3")
 
 
+def test_rewards_summary_counts_failed_greedy_rewards_and_leaves_empty_candidates_out_of_the_failures():
+    """pairs.json's "rewards": a failed reward of a greedy text that no candidate sampled is a failed reward of the
+    round (counted once, also under "greedy"); an empty candidate is "empty", not "failed"."""
+    from dataclasses import asdict
+
+    from saexplain.train.data import EMPTY, Pair, rewards_summary
+
+    def row(text, reward, error=None):
+        return asdict(Candidate(text, reward, error=error))
+
+    lines = [
+        {"feature": 1, "candidates": [row("a", 0.8), row("b", 0.2), row("", None, EMPTY)],
+         "greedy": row("g", None, "LLMParseError: no JSON object found")},  # a greedy text of its own, failed
+        {"feature": 2, "candidates": [row("c", None, "timeout"), row("d", 0.5)],
+         "greedy": row("c", None, "timeout")},  # sampled too: the same failure, counted once
+        {"feature": 3, "candidates": [row("e", 0.0), row("f", 0.6)], "greedy": row("f", 0.6)}]
+    pairs = [Pair(3, "f", "e", 0.6, 0.0), Pair(1, "a", "b", 0.8, 0.2)]
+    s = rewards_summary(lines, pairs, greedy=True)
+    assert (s["candidates"], s["nonzero"], s["failed"], s["empty"]) == (5, 4, 2, 1)
+    assert s["mean_reward"] == pytest.approx(2.1 / 5) and s["features_rewarded"] == 3
+    assert s["greedy"] == {"features": 3, "rewarded": 1, "mean_reward": 0.6, "failed": 2, "chosen": 1,
+                           "rejected": 0, "sampled_too": 2}
+    # without greedy texts in the round, its greedy lines' extra text is none of its business
+    plain = rewards_summary(lines, pairs, greedy=False)
+    assert plain["failed"] == 1 and "greedy" not in plain
+
+
 def test_set_reward_max_and_share_on_hand_made_activations():
     from saexplain.train.data import measured, remeasure, set_reward
 

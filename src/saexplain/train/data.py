@@ -29,6 +29,8 @@ from saexplain.store import Store
 from saexplain.train.config import TrainConfig
 
 TEXT_CHARS = 240
+# the error of a candidate with no text (nothing to reward): stays empty, never retried, not a failed reward
+EMPTY = "empty candidate"
 
 
 # ----------------------------------------------------------------------------------------- the split
@@ -356,6 +358,36 @@ def with_greedy(line: Mapping[str, Any]) -> list[dict]:
     if g and g["text"] not in {c["text"] for c in rows}:
         rows.append(g)
     return rows
+
+
+def rewards_summary(lines: Sequence[Mapping[str, Any]], pairs: Sequence[Pair], greedy: bool) -> dict[str, Any]:
+    """A round's rewards over its pair features' candidates.jsonl lines (`pairs.json` "rewards"): the sampled
+    candidates' (count, non-zero, mean, each feature's best), and `failed` / `empty` over every text the round
+    rewarded — sampled candidates and, with `greedy`, greedy texts that are no sampled one — so a failed greedy
+    reward is counted too; with `greedy`, how the greedy texts fared (`failed` among them) and which pairs they
+    took."""
+    rewards = [c["reward"] for x in lines for c in x["candidates"] if c["reward"] is not None]
+    best = [max(r) for x in lines  # features with no reward at all (failed, empty) are left out
+            if (r := [c["reward"] for c in x["candidates"] if c["reward"] is not None])]
+    texts = [c for x in lines for c in (with_greedy(x) if greedy else x["candidates"])]
+    out: dict[str, Any] = {
+        "candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
+        "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
+        "best_median": float(np.median(best)) if best else None, "best_mean": float(np.mean(best)) if best else None,
+        "failed": sum(c["error"] is not None and c["error"] != EMPTY for c in texts),
+        "empty": sum(c["error"] == EMPTY for c in texts)}
+    if greedy:
+        g_rows = {x["feature"]: x["greedy"] for x in lines if x.get("greedy")}
+        g_rew = [c["reward"] for c in g_rows.values() if c["reward"] is not None]
+        g_texts = {(f, c["text"]) for f, c in g_rows.items()}
+        out["greedy"] = {
+            "features": len(g_rows), "rewarded": len(g_rew), "mean_reward": float(np.mean(g_rew)) if g_rew else None,
+            "failed": sum(c["error"] is not None and c["error"] != EMPTY for c in g_rows.values()),
+            "chosen": sum((p.feature, p.chosen) in g_texts for p in pairs),
+            "rejected": sum((p.feature, p.rejected) in g_texts for p in pairs),
+            "sampled_too": sum(g_rows[x["feature"]]["text"] in {c["text"] for c in x["candidates"]}
+                               for x in lines if x["feature"] in g_rows)}
+    return out
 
 
 def build_pairs(feature: int, candidates: Sequence[Candidate], cfg: TrainConfig, noise: float | None = None,

@@ -31,6 +31,7 @@ from saexplain.store import Store
 from saexplain.subject.oracle import Oracle
 from saexplain.train.config import TrainConfig
 from saexplain.train.data import (
+    EMPTY,
     Candidate,
     build_pairs,
     check_features,
@@ -48,6 +49,7 @@ from saexplain.train.data import (
     remeasure,
     reward,
     reward_noise,
+    rewards_summary,
     round_pool,
     save_pairs,
     unseen_features,
@@ -78,7 +80,6 @@ _CANDIDATE_SETTINGS = {f"training.{k}" for k in (
 _MEASURES = {"llm": "max", "share": "share"}
 # the stage configs a training depends on (the others — scorers, other explainers — are not its business)
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
-EMPTY = "empty candidate"
 
 
 class Training:
@@ -346,25 +347,9 @@ class Training:
             if not got:
                 dropped[f] = why
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
-        failed = sum(c["error"] is not None for f in feats for c in done[f]["candidates"])
-        rewards = [c["reward"] for f in feats for c in done[f]["candidates"] if c["reward"] is not None]
-        best = [max(r) for f in feats  # features with no reward at all (failed, empty) are left out
-                if (r := [c["reward"] for c in done[f]["candidates"] if c["reward"] is not None])]
-        summary = {"candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
-                   "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
-                   "best_median": float(np.median(best)) if best else None,
-                   "best_mean": float(np.mean(best)) if best else None}
-        if greedy:  # how the greedy texts fared and which pairs they took
-            g_rows = [done[f]["greedy"] for f in feats if done[f].get("greedy")]
-            g_rew = [c["reward"] for c in g_rows if c["reward"] is not None]
-            g_texts = {(p.feature, done[p.feature]["greedy"]["text"]) for p in pairs if done[p.feature].get("greedy")}
-            summary["greedy"] = {
-                "features": len(g_rows), "rewarded": len(g_rew),
-                "mean_reward": float(np.mean(g_rew)) if g_rew else None,
-                "chosen": sum((p.feature, p.chosen) in g_texts for p in pairs),
-                "rejected": sum((p.feature, p.rejected) in g_texts for p in pairs),
-                "sampled_too": sum(c["text"] in {x["text"] for x in done[f]["candidates"]}
-                                   for f in feats if (c := done[f].get("greedy")))}
+        rows = [done[f] for f in feats]
+        summary = rewards_summary(rows, pairs, greedy)
+        failed = summary["failed"]
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
@@ -376,7 +361,9 @@ class Training:
                                                    "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
         self.echo(f"round {round_}: {len(pairs)} pairs from {len(feats) - len(dropped)} of {len(feats)} features "
-                  f"({len(dropped)} dropped, {failed} failed rewards) → {out / 'pairs'}")
+                  f"({len(dropped)} dropped, {failed} failed rewards"
+                  + (f", {summary['greedy']['failed']} of them greedy texts" if greedy else "")
+                  + f") → {out / 'pairs'}")
         return out / "pairs"
 
     async def _reward(self, feature: int, text: str, llm, repeats: int) -> Candidate:
