@@ -707,6 +707,17 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     assert writer5.requests == [] and json.loads((tmp_path / "train5" / "round1" / "pairs.json").read_text())[
         "rewards"]["features_rewarded"] == 2
     t5.close()
+    # a folder restored from a snapshot without its SFT model (its split and own round-1 candidates): --reuse
+    # brings SFT back and keeps its candidates — here 2 features' against the other folder's 4
+    (tmp_path / "train5b" / "round1").mkdir(parents=True)
+    for name in ("split.json", "round1/candidates.jsonl"):
+        shutil.copyfile(tmp_path / "train5" / name, tmp_path / "train5b" / name)
+    t5b = Training(cfg.model_copy(update={"dir": str(tmp_path / "train5b"), "pair_features": 2}), stages,
+                   echo=lambda m: None)
+    assert t5b.reuse(tmp_path / "train") == ["sft"]
+    assert (tmp_path / "train5b" / "round1" / "candidates.jsonl").read_bytes() == (
+        tmp_path / "train5" / "round1" / "candidates.jsonl").read_bytes()
+    t5b.close()
     # DPO's reward check: after each epoch, the greedy explanations of training features outside the pair
     # features (what the evaluation would write), rewarded as the candidates are; every pair is trained on
     chk = cfg.model_copy(update={"dir": str(tmp_path / "train9"), "pair_features": 2, "dpo_check": "reward",

@@ -163,9 +163,11 @@ class Training:
             shutil.rmtree(self.dir / "sft", ignore_errors=True)  # an unfinished SFT of this folder
             shutil.copytree(src / "sft", self.dir / "sft")
             copied.append("sft")
-        # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from
+        # round 1's candidates were written by the SFT model: only copied beside the SFT model they came from, and
+        # never over this folder's own (a folder restored from a snapshot without its SFT model, e.g. one with more
+        # pair features than `src`: its candidates came from the same SFT model, and are more)
         cand = self.dir / "round1" / "candidates.jsonl"
-        if copied and differ != "other" and (src / "round1" / "candidates.jsonl").is_file():
+        if copied and differ != "other" and (src / "round1" / "candidates.jsonl").is_file() and not cand.is_file():
             cand.parent.mkdir(exist_ok=True)
             if differ == "measure":  # the same texts under another measure: copied, re-measured
                 self._remeasure(src / "round1" / "candidates.jsonl", cand)
