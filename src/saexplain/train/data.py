@@ -360,6 +360,11 @@ def with_greedy(line: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
+def failed(c: Mapping[str, Any]) -> bool:
+    """A stored candidate whose reward failed (retried by the next run); an empty candidate has none to ask."""
+    return c["reward"] is None and c["error"] != EMPTY
+
+
 def rewards_summary(lines: Sequence[Mapping[str, Any]], pairs: Sequence[Pair], greedy: bool) -> dict[str, Any]:
     """A round's rewards over its pair features' candidates.jsonl lines (`pairs.json` "rewards"): the sampled
     candidates' (count, non-zero, mean, each feature's best), and `failed` / `empty` over every text the round
@@ -374,7 +379,7 @@ def rewards_summary(lines: Sequence[Mapping[str, Any]], pairs: Sequence[Pair], g
         "candidates": len(rewards), "nonzero": sum(r > 0 for r in rewards),
         "mean_reward": float(np.mean(rewards)) if rewards else None, "features_rewarded": len(best),
         "best_median": float(np.median(best)) if best else None, "best_mean": float(np.mean(best)) if best else None,
-        "failed": sum(c["error"] is not None and c["error"] != EMPTY for c in texts),
+        "failed": sum(map(failed, texts)),
         "empty": sum(c["error"] == EMPTY for c in texts)}
     if greedy:
         g_rows = {x["feature"]: x["greedy"] for x in lines if x.get("greedy")}
@@ -382,11 +387,10 @@ def rewards_summary(lines: Sequence[Mapping[str, Any]], pairs: Sequence[Pair], g
         g_texts = {(f, c["text"]) for f, c in g_rows.items()}
         out["greedy"] = {
             "features": len(g_rows), "rewarded": len(g_rew), "mean_reward": float(np.mean(g_rew)) if g_rew else None,
-            "failed": sum(c["error"] is not None and c["error"] != EMPTY for c in g_rows.values()),
+            "failed": sum(map(failed, g_rows.values())),
             "chosen": sum((p.feature, p.chosen) in g_texts for p in pairs),
             "rejected": sum((p.feature, p.rejected) in g_texts for p in pairs),
-            "sampled_too": sum(g_rows[x["feature"]]["text"] in {c["text"] for c in x["candidates"]}
-                               for x in lines if x["feature"] in g_rows)}
+            "sampled_too": sum(len(with_greedy(x)) == len(x["candidates"]) for x in lines if x.get("greedy"))}
     return out
 
 

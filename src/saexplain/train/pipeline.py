@@ -37,6 +37,7 @@ from saexplain.train.data import (
     check_features,
     choose_train_features,
     corpus_reward,
+    failed,
     feature_order,
     generation_reward,
     heldout_features,
@@ -297,8 +298,7 @@ class Training:
         greedy = self.cfg.greedy_in(round_)
 
         def due(f: int) -> bool:
-            return f not in done or (greedy and not done[f].get("greedy")) or any(
-                c["reward"] is None and c["error"] != EMPTY for c in with_greedy(done[f]))
+            return f not in done or (greedy and not done[f].get("greedy")) or any(map(failed, with_greedy(done[f])))
         todo = sorted((f for f in feats if due(f)), key=order.get)
 
         async def go():
@@ -309,8 +309,7 @@ class Training:
                     g_text = None
                     if f in done:  # a retry: the same candidates, only the failed rewards are asked again
                         texts = [c["text"] for c in done[f]["candidates"]]
-                        by_text = {c["text"]: Candidate(**c) for c in with_greedy(done[f])
-                                   if c["reward"] is not None or c["error"] == EMPTY}
+                        by_text = {c["text"]: Candidate(**c) for c in with_greedy(done[f]) if not failed(c)}
                         g_text = (done[f].get("greedy") or {}).get("text")
                     else:
                         texts = lm.generate([self.prompt(lm, f)], vectors[f] if vectors else None,
@@ -349,21 +348,19 @@ class Training:
             if not got:
                 dropped[f] = why
         prompts = {p.feature: self.prompt(lm, p.feature) for p in pairs}
-        rows = [done[f] for f in feats]
-        summary = rewards_summary(rows, pairs, greedy)
-        failed = summary["failed"]
+        summary = rewards_summary([done[f] for f in feats], pairs, greedy)
         # seconds over every invocation (a resumed round adds its features to the earlier ones'); lines written
         # before candidates.jsonl kept their time are counted in `features_timed`, not guessed
         timed = [done[f]["seconds"] for f in feats if "seconds" in done[f]]
         (out / "pairs.json").write_text(json.dumps({"pairs": len(pairs), "reward_source": self.cfg.reward_source,
-                                                   "dropped": dropped, "failed": failed,
+                                                   "dropped": dropped, "failed": summary["failed"],
                                                    "features_with_pairs": len(feats) - len(dropped),
                                                    "reward_noise": noise,
                                                    "rewards": summary, "seconds": float(sum(timed)),
                                                    "features_timed": len(timed)}, indent=1))
         save_pairs(pairs, prompts, out / "pairs")
         self.echo(f"round {round_}: {len(pairs)} pairs from {len(feats) - len(dropped)} of {len(feats)} features "
-                  f"({len(dropped)} dropped, {failed} failed rewards"
+                  f"({len(dropped)} dropped, {summary['failed']} failed rewards"
                   + (f", {summary['greedy']['failed']} of them greedy texts" if greedy else "")
                   + f") → {out / 'pairs'}")
         return out / "pairs"
