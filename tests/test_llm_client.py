@@ -355,3 +355,46 @@ def test_identical_requests_in_flight_share_one_call(tmp_path):
 
         run(unseeded())
         assert len(server.requests) == 5
+
+
+class OneSlotBackend:
+    """A fake in-process backend that serves one request at a time, as llama.cpp in this process does: each
+    request holds a lock for `seconds` of work in a worker thread (no LLM)."""
+
+    name, model, local, chat_model, supports_json_schema, slots = "one-slot", "fake", True, True, False, 1
+
+    def __init__(self, seconds: float):
+        import threading
+
+        self.seconds, self.lock, self.served = seconds, threading.Lock(), 0
+
+    async def complete(self, request, timeout):
+        from saexplain.llm.base import Completion
+
+        def work():
+            with self.lock:
+                time.sleep(self.seconds)
+                self.served += 1
+                return Completion([f"reply {self.served}"], None, None, tokens_in=1, tokens_out=1,
+                                  seconds=self.seconds)
+
+        return await asyncio.to_thread(work)
+
+    async def aclose(self):
+        return None
+
+
+def test_a_one_slot_backend_is_queued_by_the_client_so_the_wait_is_not_counted_in_the_timeout():
+    """Four requests of 0.3 s each against a one-slot backend, a 0.5 s timeout, max_concurrency 4: each one's
+    timeout counts its own work only, so all four are answered on the first attempt (with the four in the
+    backend at once, the third and fourth would wait 0.6 and 0.9 s on its lock and time out)."""
+    backend = OneSlotBackend(0.3)
+    llm = LLM(LLMConfig(llm="default", max_concurrency=4, timeout=0.5, retries=0, cache=False), backend=backend)
+    assert llm.max_in_flight == 1
+
+    async def four():
+        return await asyncio.gather(*(llm.generate([("user", str(i))]) for i in range(4)))
+
+    comps = run(four())
+    assert sorted(c.text for c in comps) == [f"reply {i}" for i in range(1, 5)]
+    assert backend.served == 4 and llm.usage.failures == 0 and llm.usage.queued > 0.9

@@ -54,3 +54,28 @@ def test_in_process_default_llm_with_grammar_and_logprobs():
     assert set(obj) >= {"colour", "confidence"}
     comp = asyncio.run(llm.generate([("user", "Is water wet? Answer yes or no.")], max_tokens=1, logprobs=5))
     assert len(comp.logprobs[0][0]) == 5
+
+
+def test_in_process_request_that_times_out_stops_generating_and_frees_the_model():
+    """A long request (up to 400 tokens, 30 s or more here) and a short one sent right after it, a 5 s timeout
+    and no retry: the long one fails at its timeout and its thread stops within a token — rather than generating
+    on for nobody — so the short one, queued in the client meanwhile (the model has one slot), is answered
+    with its own timeout counting its own work only, and the whole exchange ends in seconds."""
+    import time
+
+    from saexplain.llm import LLMError
+
+    llm = LLM(LLMConfig(llm="default", n_ctx=1024, timeout=5.0, retries=0, cache=False))
+
+    async def both():
+        long = asyncio.create_task(llm.generate([("user", "Count from 1 to 500, one number per line.")],
+                                                max_tokens=400))
+        await asyncio.sleep(0.1)
+        short = asyncio.create_task(llm.generate([("user", "Is water wet? Answer yes or no.")], max_tokens=2))
+        return await asyncio.gather(long, short, return_exceptions=True)
+
+    t0 = time.perf_counter()
+    long, short = asyncio.run(both())  # asyncio.run also waits for the worker threads to end
+    assert isinstance(long, LLMError) and "no reply within 5s" in str(long)
+    assert not isinstance(short, Exception) and short.text.strip()
+    assert time.perf_counter() - t0 < 20 and not llm.backend.lock.locked()

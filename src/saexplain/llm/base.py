@@ -113,6 +113,10 @@ class Backend(ABC):
     supports_json_schema: bool = False
     chat_model: bool = True  # instruction-tuned with a chat template (else: completion prompts)
     local: bool = False  # runs in this process: calls cost nothing (remote models without a known price: unknown)
+    # requests it serves at once (None: as many as the client sends). The client keeps no more in flight, so a
+    # request waits for its turn in the client's queue — not counted in its timeout — rather than inside the
+    # backend, where the wait would count and a queue of long requests would time out the last ones.
+    slots: int | None = None
 
     @abstractmethod
     async def complete(self, request: Request, timeout: float) -> Completion: ...

@@ -90,10 +90,16 @@ class LLM:
         self._loop = None
         self._inflight: dict[str, asyncio.Future] = {}  # request key → the reply of the identical request in flight
 
+    @property
+    def max_in_flight(self) -> int:
+        """Requests in flight at once: `max_concurrency`, at most the backend's slots."""
+        slots = getattr(self.backend, "slots", None)
+        return min(self.cfg.max_concurrency, slots) if slots else self.cfg.max_concurrency
+
     def _sem(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._loop is not loop:
-            self._semaphore, self._loop = asyncio.Semaphore(self.cfg.max_concurrency), loop
+            self._semaphore, self._loop = asyncio.Semaphore(self.max_in_flight), loop
         return self._semaphore
 
     # ------------------------------------------------------------------------------------------- generate

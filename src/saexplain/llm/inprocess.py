@@ -13,14 +13,22 @@ from saexplain.batching import Batcher, alone
 from saexplain.llm.base import BACKENDS, Backend, Completion, LLMError, Request
 
 
+class _Stopped(Exception):
+    """The request's caller has gone (timed out or cancelled): stop generating for it."""
+
+
 class LlamaCpp(Backend):
     """llama-cpp-python in this process. Calls run in a worker thread, one at a time (a Llama object is not
-    thread-safe). llama.cpp keeps the KV cache of the previous prompt and re-evaluates only the tokens after
-    the common prefix, which is what an agent whose conversation grows call by call needs."""
+    thread-safe): one slot, so the client queues the others. A request whose caller gives up (its timeout, a
+    cancelled run) stops at its next token instead of generating on for nobody while the requests behind it
+    wait — a thread cannot be killed, so every token the library yields passes a check of the request's stop
+    flag. llama.cpp keeps the KV cache of the previous prompt and re-evaluates only the tokens after the common
+    prefix, which is what an agent whose conversation grows call by call needs."""
 
     name = "llamacpp"
     local = True
     supports_json_schema = True
+    slots = 1
 
     def __init__(self, path: str, n_ctx: int, threads: int | None, logits_all: bool):
         try:
@@ -38,37 +46,68 @@ class LlamaCpp(Backend):
                          logits_all=logits_all, verbose=False)
         self.lock = threading.Lock()
         self.chat_model = bool(self.llm.metadata.get("tokenizer.chat_template"))
+        self._stop: threading.Event | None = None  # the stop flag of the request generating now (under the lock)
+        self._watch_tokens()
+
+    def _watch_tokens(self) -> None:
+        """Route the library's token loop (Llama.generate, which create_completion and create_chat_completion
+        iterate token by token in Python) through a check of the current request's stop flag."""
+        generate = self.llm.generate
+
+        def generate_until_stopped(*args, **kwargs):
+            for token in generate(*args, **kwargs):
+                if self._stop is not None and self._stop.is_set():
+                    raise _Stopped
+                yield token
+
+        self.llm.generate = generate_until_stopped
 
     async def complete(self, request: Request, timeout: float) -> Completion:
         if request.logprobs and not self.logits_all:
             raise LLMError("logprobs need the llamacpp backend loaded with logits_all (LLMConfig.logprobs=True)")
-        return await asyncio.to_thread(self._complete, request)
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(self._complete, request, stop)
+        except asyncio.CancelledError:  # the client's timeout, or the run torn down: the thread stops too
+            stop.set()
+            raise
 
-    def _complete(self, request: Request) -> Completion:
+    def _complete(self, request: Request, stop: threading.Event | None = None) -> Completion | None:
+        with self.lock:
+            if stop is not None and stop.is_set():
+                return None  # given up while waiting for the model: nobody reads this
+            self._stop = stop
+            try:
+                return self._generate(request)
+            except _Stopped:
+                return None
+            finally:
+                self._stop = None
+
+    def _generate(self, request: Request) -> Completion:
         t0 = time.perf_counter()
         texts, logprobs, tin, tout = [], [] if request.logprobs else None, 0, 0
         tokens: list[list[str]] | None = [] if request.logprobs else None
-        with self.lock:
-            for i in range(request.n):
-                seed = None if request.seed is None else request.seed + i
-                kwargs = {"max_tokens": request.max_tokens, "temperature": request.temperature,
-                          "stop": list(request.stop) or None, "seed": seed}
-                if request.messages is not None:
-                    if request.json_schema is not None:
-                        kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
-                    out = self.llm.create_chat_completion(
-                        messages=[{"role": r, "content": c} for r, c in request.messages], **kwargs)
-                    texts.append(out["choices"][0]["message"]["content"] or "")
-                else:
-                    out = self.llm.create_completion(prompt=request.prompt, **kwargs)
-                    texts.append(out["choices"][0]["text"])
-                n_in, n_out = out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"]
-                if logprobs is not None:
-                    top, toks = self._logprobs(n_in, n_out, request.logprobs)
-                    logprobs.append(top)
-                    tokens.append(toks)
-                tin += n_in
-                tout += n_out
+        for i in range(request.n):
+            seed = None if request.seed is None else request.seed + i
+            kwargs = {"max_tokens": request.max_tokens, "temperature": request.temperature,
+                      "stop": list(request.stop) or None, "seed": seed}
+            if request.messages is not None:
+                if request.json_schema is not None:
+                    kwargs["response_format"] = {"type": "json_object", "schema": request.json_schema}
+                out = self.llm.create_chat_completion(
+                    messages=[{"role": r, "content": c} for r, c in request.messages], **kwargs)
+                texts.append(out["choices"][0]["message"]["content"] or "")
+            else:
+                out = self.llm.create_completion(prompt=request.prompt, **kwargs)
+                texts.append(out["choices"][0]["text"])
+            n_in, n_out = out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"]
+            if logprobs is not None:
+                top, toks = self._logprobs(n_in, n_out, request.logprobs)
+                logprobs.append(top)
+                tokens.append(toks)
+            tin += n_in
+            tout += n_out
         return Completion(texts, logprobs, tokens, tokens_in=tin, tokens_out=tout, seconds=time.perf_counter() - t0)
 
     def _logprobs(self, n_in: int, n_out: int, k: int) -> tuple[list[dict[str, float]], list[str]]:

@@ -502,7 +502,7 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
                 llm = LLM(cfgs.llm, store=store, run_id=h.run_id, backend=backend)
                 executor = LocalExecutor(llm, oracle)
                 concurrency = run_concurrency(cfgs.run, llm)
-                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency}")
+                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {llm.max_in_flight}")
             else:
                 executor = ray.executor(cfgs, h.run_id, store)
                 concurrency = executor.concurrency(cfgs.run.run_concurrency)
