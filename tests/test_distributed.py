@@ -151,6 +151,7 @@ def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_sto
                                  check=False)
         assert resumed.returncode in (0, 1), resumed.stderr
         assert "ray: 2 run worker(s)" in resumed.stdout
+        assert "LLM requests in flight ≤ 4 per worker" in resumed.stdout  # the workers' clients' cap
     assert 0 < partial
     assert _stored(str(killed)) == _stored(local.run.store)
 

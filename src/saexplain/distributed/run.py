@@ -92,7 +92,8 @@ class RunWorker:
 
     def ready(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "node": self.node, "pid": os.getpid(), "d_sae": self.oracle.d_sae,
-                "local_llm": bool(getattr(self.llm.backend, "local", False)), "llm": self.llm.cfg.llm}
+                "local_llm": bool(getattr(self.llm.backend, "local", False)), "llm": self.llm.cfg.llm,
+                "llm_in_flight": self.llm.max_in_flight}
 
     def _explainer(self, name: str, fingerprint: str):
         explainer, fp = self.components.explainer(name)
@@ -140,6 +141,7 @@ class RayExecutor:
                                name="run worker")
         info = self.workers.ready()
         self.local_llm = info[0]["local_llm"]
+        self.llm_in_flight = max(i["llm_in_flight"] for i in info)  # per worker (the client's and backend's cap)
         hosts = sorted({i["host"] for i in info})
         echo(f"ray: {n} run worker(s) on {len(hosts)} node(s) ({', '.join(hosts)}), each with its own oracle and "
              f"LLM client ({', '.join(sorted({i['llm'] for i in info}))})")

@@ -506,7 +506,7 @@ def run_all(cfgs: StageConfigs, echo: Callable[[str], None] = print, backend=Non
             else:
                 executor = ray.executor(cfgs, h.run_id, store)
                 concurrency = executor.concurrency(cfgs.run.run_concurrency)
-                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {cfgs.llm.max_concurrency} "
+                echo(f"{concurrency} feature(s) in flight; LLM requests in flight ≤ {executor.llm_in_flight} "
                      f"per worker")
 
             async def go():
