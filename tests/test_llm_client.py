@@ -5,6 +5,7 @@ parsing and fault handling, never what an LLM would say."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from fault_server import FaultServer
 from saexplain.llm import LLM, LLMConfig, LLMError, LLMParseError, parse_json
 from saexplain.store import Store
+from scripted_llm import ScriptedBackend
 
 MSG = [("user", "Say ok.")]
 
@@ -357,31 +359,23 @@ def test_identical_requests_in_flight_share_one_call(tmp_path):
         assert len(server.requests) == 5
 
 
-class OneSlotBackend:
+class OneSlotBackend(ScriptedBackend):
     """A fake in-process backend that serves one request at a time, as llama.cpp in this process does: each
     request holds a lock for `seconds` of work in a worker thread (no LLM)."""
 
-    name, model, local, chat_model, supports_json_schema, slots = "one-slot", "fake", True, True, False, 1
+    local, slots = True, 1
 
     def __init__(self, seconds: float):
-        import threading
-
-        self.seconds, self.lock, self.served = seconds, threading.Lock(), 0
+        super().__init__(lambda request: "ok")
+        self.seconds, self.lock = seconds, threading.Lock()
 
     async def complete(self, request, timeout):
-        from saexplain.llm.base import Completion
-
         def work():
             with self.lock:
                 time.sleep(self.seconds)
-                self.served += 1
-                return Completion([f"reply {self.served}"], None, None, tokens_in=1, tokens_out=1,
-                                  seconds=self.seconds)
 
-        return await asyncio.to_thread(work)
-
-    async def aclose(self):
-        return None
+        await asyncio.to_thread(work)
+        return await super().complete(request, timeout)
 
 
 def test_a_one_slot_backend_is_queued_by_the_client_so_the_wait_is_not_counted_in_the_timeout():
@@ -396,5 +390,5 @@ def test_a_one_slot_backend_is_queued_by_the_client_so_the_wait_is_not_counted_i
         return await asyncio.gather(*(llm.generate([("user", str(i))]) for i in range(4)))
 
     comps = run(four())
-    assert sorted(c.text for c in comps) == [f"reply {i}" for i in range(1, 5)]
-    assert backend.served == 4 and llm.usage.failures == 0 and llm.usage.queued > 0.9
+    assert [c.text for c in comps] == ["ok"] * 4 and len(backend.requests) == 4
+    assert llm.usage.failures == 0 and llm.usage.queued > 0.9

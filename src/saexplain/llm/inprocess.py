@@ -72,9 +72,9 @@ class LlamaCpp(Backend):
             stop.set()
             raise
 
-    def _complete(self, request: Request, stop: threading.Event | None = None) -> Completion | None:
+    def _complete(self, request: Request, stop: threading.Event) -> Completion | None:
         with self.lock:
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 return None  # given up while waiting for the model: nobody reads this
             self._stop = stop
             try:
