@@ -79,3 +79,62 @@ def test_in_process_request_that_times_out_stops_generating_and_frees_the_model(
     assert isinstance(long, LLMError) and "no reply within 5s" in str(long)
     assert not isinstance(short, Exception) and short.text.strip()
     assert time.perf_counter() - t0 < 20 and not llm.backend.lock.locked()
+
+
+def test_in_process_grammar_last_sampling_gives_the_library_texts_and_skips_the_vocabulary_pass():
+    """Greedy JSON-schema requests take the grammar-last sampler: the same texts as llama-cpp-python's own chain
+    (grammar over the whole vocabulary at every token) — with repetition penalties too, and when the grammar
+    refuses the model's favourite token (an enum it would not write) — while the library's chain runs for a few
+    tokens only. Sampled requests keep the library's sampler."""
+    import llama_cpp._internals as internals
+
+    from saexplain.llm.inprocess import _GrammarLast
+
+    llm = LLM(LLMConfig(llm="default", n_ctx=1024, cache=False))
+    model = llm.backend.llm
+    library_init = type(model)._init_sampler.__get__(model)
+    chain_runs = []
+    library_sample = internals.LlamaSampler.sample
+
+    def counted(self, ctx, idx=-1):
+        chain_runs.append(1)
+        return library_sample(self, ctx, idx)
+
+    enum = {"type": "object", "properties": {"animal": {"enum": ["zebra", "okapi"]}}, "required": ["animal"]}
+    cases = [({"messages": [{"role": "user", "content": "Name a colour and a confidence from 1 to 10."}],
+               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.0),
+             ({"messages": [{"role": "user", "content": "Give a colour you like and how sure you are, 1 to 10, as JSON."}],
+               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.3),
+             ({"messages": [{"role": "user", "content": "Which animal barks? Say dog."}],
+               "response_format": {"type": "json_object", "schema": enum}}, 1.0)]
+    internals.LlamaSampler.sample = counted
+    try:
+        for kwargs, penalty in cases:
+            def ask(kwargs=kwargs, penalty=penalty):
+                model.reset()
+                out = model.create_chat_completion(max_tokens=40, temperature=0.0, repeat_penalty=penalty, **kwargs)
+                return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"]
+
+            chain_runs.clear()
+            fast, n_fast = ask()
+            fast_chain_runs = len(chain_runs)
+            wrapped, model._init_sampler = model._init_sampler, library_init
+            try:
+                chain_runs.clear()
+                plain, n_plain = ask()
+                assert len(chain_runs) >= n_plain  # the library's chain chose every token (and the end)
+            finally:
+                model._init_sampler = wrapped
+            assert fast == plain and n_fast == n_plain, (kwargs, penalty)
+            if "enum" in str(kwargs):  # the grammar refused the model's "dog": the chain chose then
+                assert fast_chain_runs >= 1 and ('"zebra"' in fast or '"okapi"' in fast), fast
+            else:  # a prompt that asks for what the schema holds: the model's favourite token is mostly allowed
+                assert fast_chain_runs < n_fast / 2, (fast, fast_chain_runs, n_fast)
+    finally:
+        internals.LlamaSampler.sample = library_sample
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_json_schema(__import__("json").dumps(SCHEMA), verbose=False)
+    assert isinstance(model._init_sampler(grammar=grammar, temp=0.0), _GrammarLast)
+    assert not isinstance(model._init_sampler(grammar=grammar, temp=0.8), _GrammarLast)
+    assert not isinstance(model._init_sampler(grammar=None, temp=0.0), _GrammarLast)
