@@ -91,6 +91,19 @@ def main() -> None:
                "grammar_last_tok_s": out / fast_s, "library_chain_tok_s": out / plain_s, "same_text": same,
                "same_as_stored": sum(r["same_as_stored"] for r in rows), "threads": args.threads,
                "grammar_last_speedup": plain_s / fast_s}
+    by_kind: dict[str, list[dict]] = {}
+    for r in rows:
+        by_kind.setdefault(r["kind"], []).append(r)
+    figures["by_kind"] = {}
+    for kind, rs in by_kind.items():
+        k = {"requests": len(rs), "tokens_in": sum(r["tokens_in"] for r in rs),
+             "tokens_out": sum(r["tokens_out"] for r in rs),
+             "grammar_last_s": sum(r["grammar_last_s"] for r in rs),
+             "library_chain_s": sum(r["library_chain_s"] for r in rs)}
+        figures["by_kind"][kind] = k
+        print(f"{kind!r}: {k['requests']} requests, {k['tokens_in']} tokens in, {k['tokens_out']} out: grammar-last "
+              f"{k['grammar_last_s']:.1f} s, library chain {k['library_chain_s']:.1f} s "
+              f"({k['library_chain_s'] / k['grammar_last_s']:.2f}x)")
     record("llm_grammar", figures, rows)
     print(f"{len(rows)} requests, {out} tokens out: grammar-last {fast_s:.1f} s ({out / fast_s:.1f} tok/s), "
           f"library chain {plain_s:.1f} s ({out / plain_s:.1f} tok/s); same text {same}/{len(rows)}")
