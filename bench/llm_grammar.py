@@ -3,11 +3,12 @@ requests with it and with llama-cpp-python's own sampler chain (the grammar appl
 every token), on the same model object, and whether the texts are the same.
 
 The requests are the store's own: greedy (temperature 0) JSON-schema calls to the default model that succeeded,
-taken in the order of their request keys (a hash: a draw that does not favour any stage), one per distinct
-system prompt in turn so that every kind of greedy JSON request in the store is in it. Each is answered twice,
+taken in the order of their request keys (a hash: a draw that does not favour any stage), one of each kind
+in turn (a kind: a system prompt and the keys its schema asks for) so that every kind of greedy JSON request in the
+store is in it. Each is answered twice,
 each way first in turn, with llama.cpp's KV cache emptied before every answer (both pay the whole prompt).
 
-    .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 12] [--threads 2]
+    .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 15] [--threads 2]
 
 Last line: `grammar_last_speedup: <library chain seconds / grammar-last seconds, summed over the requests>`."""
 
@@ -27,21 +28,28 @@ from saexplain.llm.inprocess import LlamaCpp
 from saexplain.paths import home
 
 
-def load_requests(store: Path, n: int) -> list[tuple[Request, str]]:
-    """Up to n (request, stored text) pairs, spread over the kinds of request (their system prompts)."""
+def kind(request: dict) -> str:
+    """A request's kind, for the printout: the keys its JSON schema asks for and the start of its system prompt
+    (prompts that start alike — the generation and contrast scorers' — differ in their keys)."""
+    keys = ",".join(sorted((request["json_schema"] or {}).get("properties", {})))
+    system = str(request["messages"][0][1]) if request["messages"] else ""
+    return f"{{{keys}}} {system[:40]}"
+
+
+def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
+    """Up to n (kind, request, stored text), spread over the kinds of request (their system prompts)."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     rows = db.execute(
         "SELECT request, response FROM llm_calls WHERE model = ? AND error IS NULL AND response IS NOT NULL "
         "AND json_extract(request, '$.json_schema') IS NOT NULL AND json_extract(request, '$.temperature') = 0 "
         "AND json_extract(request, '$.n') = 1 GROUP BY request_key ORDER BY request_key", (QWEN_FILE,)).fetchall()
-    kinds: dict[str, list[tuple[Request, str]]] = {}
+    kinds: dict[str, list[tuple[str, Request, str]]] = {}
     for req, resp in rows:
         d = json.loads(req)
         d["messages"] = tuple(tuple(m) for m in d["messages"]) if d["messages"] is not None else None
         d["stop"] = tuple(d["stop"])
-        kinds.setdefault(str(d["messages"][0][1] if d["messages"] else "")[:80], []).append(
-            (Request(**d), json.loads(resp)["texts"][0]))
-    picked: list[tuple[Request, str]] = []
+        kinds.setdefault(kind(d), []).append((kind(d), Request(**d), json.loads(resp)["texts"][0]))
+    picked: list[tuple[str, Request, str]] = []
     while len(picked) < n and any(kinds.values()):
         for reqs in kinds.values():
             if reqs and len(picked) < n:
@@ -52,7 +60,7 @@ def load_requests(store: Path, n: int) -> list[tuple[Request, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=Path, default=None, help="default: $SAEXPLAIN_HOME/bench.db")
-    ap.add_argument("--requests", type=int, default=12)
+    ap.add_argument("--requests", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     store = args.store or home() / "bench.db"
@@ -73,13 +81,13 @@ def main() -> None:
         comp = backend._generate(req)
         return comp.texts[0], comp.seconds, comp.tokens_in, comp.tokens_out
 
-    answer(requests[0][0], True)  # warm-up (weights into memory)
+    answer(requests[0][1], True)  # warm-up (weights into memory)
     rows = []
-    for i, (req, stored) in enumerate(requests):
+    for i, (what, req, stored) in enumerate(requests):
         order = (True, False) if i % 2 == 0 else (False, True)
         got = {fast: answer(req, fast) for fast in order}
         (ft, fs, tin, tout), (pt, ps, _, _) = got[True], got[False]
-        rows.append({"kind": req.messages[0][1][:60], "tokens_in": tin, "tokens_out": tout, "grammar_last_s": fs,
+        rows.append({"kind": what, "tokens_in": tin, "tokens_out": tout, "grammar_last_s": fs,
                      "library_chain_s": ps, "same_text": ft == pt, "same_as_stored": ft == stored})
         print(f"request {i + 1}/{len(requests)}: {tin} in, {tout} out: grammar-last {fs:.2f} s, library chain "
               f"{ps:.2f} s, same text {ft == pt}, same as the store's {ft == stored}", flush=True)
