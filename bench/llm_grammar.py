@@ -3,10 +3,9 @@ requests with it and with llama-cpp-python's own sampler chain (the grammar appl
 every token), on the same model object, and whether the texts are the same.
 
 The requests are the store's own: greedy (temperature 0) JSON-schema calls to the default model that succeeded,
-taken in the order of their request keys (a hash: a draw that does not favour any stage), one of each kind
-in turn (a kind: a system prompt and the keys its schema asks for) so that every kind of greedy JSON request in the
-store is in it. Each is answered twice,
-each way first in turn, with llama.cpp's KV cache emptied before every answer (both pay the whole prompt).
+taken in the order of their request keys (a hash: a draw that does not favour any stage), one of each kind in
+turn (a kind: a system prompt and the keys its schema asks for) so that every kind of greedy JSON request in the
+store is in it. Each is answered twice, each way first in turn, with llama.cpp's KV cache emptied before every answer (both pay the whole prompt).
 
     .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 15] [--threads 2]
 
@@ -37,7 +36,7 @@ def kind(request: dict) -> str:
 
 
 def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
-    """Up to n (kind, request, stored text), spread over the kinds of request (their system prompts)."""
+    """Up to n (kind, request, stored text), spread over the kinds of request."""
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     rows = db.execute(
         "SELECT request, response FROM llm_calls WHERE model = ? AND error IS NULL AND response IS NOT NULL "
@@ -103,13 +102,13 @@ def main() -> None:
     for r in rows:
         by_kind.setdefault(r["kind"], []).append(r)
     figures["by_kind"] = {}
-    for kind, rs in by_kind.items():
+    for name, rs in by_kind.items():
         k = {"requests": len(rs), "tokens_in": sum(r["tokens_in"] for r in rs),
              "tokens_out": sum(r["tokens_out"] for r in rs),
              "grammar_last_s": sum(r["grammar_last_s"] for r in rs),
              "library_chain_s": sum(r["library_chain_s"] for r in rs)}
-        figures["by_kind"][kind] = k
-        print(f"{kind!r}: {k['requests']} requests, {k['tokens_in']} tokens in, {k['tokens_out']} out: grammar-last "
+        figures["by_kind"][name] = k
+        print(f"{name!r}: {k['requests']} requests, {k['tokens_in']} tokens in, {k['tokens_out']} out: grammar-last "
               f"{k['grammar_last_s']:.1f} s, library chain {k['library_chain_s']:.1f} s "
               f"({k['library_chain_s'] / k['grammar_last_s']:.2f}x)")
     record("llm_grammar", figures, rows)
