@@ -5,7 +5,8 @@ every token), on the same model object, and whether the texts are the same.
 The requests are the store's own: greedy (temperature 0) JSON-schema calls to the default model that succeeded,
 taken in the order of their request keys (a hash: a draw that does not favour any stage), one of each kind in
 turn (a kind: a system prompt and the keys its schema asks for) so that every kind of greedy JSON request in the
-store is in it. Each is answered twice, each way first in turn, with llama.cpp's KV cache emptied before every answer (both pay the whole prompt).
+store is in it. Each is answered twice, each way first in turn, with llama.cpp's KV cache emptied before every
+answer (both pay the whole prompt).
 
     .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 15] [--threads 2]
 
