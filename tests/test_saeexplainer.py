@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import zlib
 
@@ -580,8 +581,15 @@ def test_train_loop_end_to_end_then_evaluate_on_held_out_features(ground_truth, 
     rows = [json.loads(x) for x in (tmp_path / "train" / "round1" / "candidates.jsonl").read_text().splitlines()]
     assert {r["feature"] for r in rows} == {1, 2, 3, 4} and all(len(r["candidates"]) == 6 for r in rows)
     calls = len(writer.requests)
+    log = (tmp_path / "train" / "train.log").read_text().splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", x) for x in log)
+    assert any(re.fullmatch(r"\S+ \S+ training folder .*: 4 training features, 1 held out", x) for x in log)
+    assert any(re.fullmatch(rf"\S+ \S+ round 1: {summary['pairs']} pairs from .*", x) for x in log)
     t.pairs(1, scripted_llm(reward_writer)[0])  # resumed: every feature is done, no new reward call
     assert calls == sum(len({c["text"] for c in r["candidates"]}) for r in rows)
+    # the folder's log keeps every invocation's messages, the resumed one's after the first's
+    again = (tmp_path / "train" / "train.log").read_text().splitlines()
+    assert again[:len(log)] == log and len(again) > len(log) and "round 1:" in again[-1]
     # the resumed invocation did no feature: pairs.json still reports the first one's time, feature by feature
     summary = json.loads((tmp_path / "train" / "round1" / "pairs.json").read_text())
     assert summary["features_timed"] == 4 and summary["seconds"] == pytest.approx(sum(r["seconds"] for r in rows))

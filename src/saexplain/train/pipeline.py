@@ -83,13 +83,24 @@ _MEASURES = {"llm": "max", "share": "share"}
 _SECTIONS = ("subject", "corpus", "cache", "sampling", "llm")
 
 
+def _logged(echo: Callable[[str], None], log: Path) -> Callable[[str], None]:
+    """`echo`, and each message appended to the folder's log with its UTC time: a training's record of what each
+    invocation did survives the terminal it ran in (runs last hours and resume across sessions)."""
+    def both(message: str) -> None:
+        echo(message)
+        with log.open("a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} {message}\n")
+    return both
+
+
 class Training:
     """One training folder with its configs, store, oracle, records and explainer settings."""
 
     def __init__(self, cfg: TrainConfig, stages: StageConfigs, echo: Callable[[str], None] = print):
-        self.cfg, self.stages, self.echo = cfg, stages, echo
+        self.cfg, self.stages = cfg, stages
         self.dir = cfg.folder()
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.echo = echo = _logged(echo, self.dir / "train.log")
         self.explainer = stages.saeexplainer.model_copy(update={"train_dir": None, "stage": "base"})
         config = self._check_config()
         self.store = Store(cfg.store or stages.run.store or _default_store())
