@@ -1,14 +1,14 @@
-"""Grammar-last sampling in the in-process llama.cpp backend: the wall time of real greedy JSON-schema
-requests with it and with llama-cpp-python's own sampler chain (the grammar applied to the whole vocabulary at
+"""Grammar-last sampling in the in-process llama.cpp backend: the wall time of real JSON-schema requests, greedy
+and sampled, with it and with llama-cpp-python's own sampler chain (the grammar applied to the whole vocabulary at
 every token), on the same model object, and whether the texts are the same.
 
-The requests are the store's own: greedy (temperature 0) JSON-schema calls to the default model that succeeded,
-taken in the order of their request keys (a hash: a draw that does not favour any stage), one of each kind in
-turn (a kind: a system prompt and the keys its schema asks for) so that every kind of greedy JSON request in the
-store is in it. Each is answered twice, each way first in turn, with llama.cpp's KV cache emptied before every
-answer (both pay the whole prompt).
+The requests are the store's own: JSON-schema calls to the default model that succeeded (greedy, or sampled with
+a seed, so that both ways draw the same random numbers), taken in the order of their request keys (a hash: a draw
+that does not favour any stage), one of each kind in turn (a kind: a system prompt, the keys its schema asks for
+and the temperature) so that every kind of JSON request in the store is in it. Each is answered twice, each way
+first in turn, with llama.cpp's KV cache emptied before every answer (both pay the whole prompt).
 
-    .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 15] [--threads 2]
+    .venv/bin/python bench/llm_grammar.py [--store $SAEXPLAIN_HOME/bench.db] [--requests 24] [--threads 2]
 
 Last line: `grammar_last_speedup: <library chain seconds / grammar-last seconds, summed over the requests>`."""
 
@@ -29,11 +29,11 @@ from saexplain.paths import home
 
 
 def kind(request: dict) -> str:
-    """A request's kind, for the printout: the keys its JSON schema asks for and the start of its system prompt
-    (prompts that start alike — the generation and contrast scorers' — differ in their keys)."""
+    """A request's kind, for the printout: the keys its JSON schema asks for, its temperature and the start of its
+    system prompt (prompts that start alike — the generation and contrast scorers' — differ in their keys)."""
     keys = ",".join(sorted((request["json_schema"] or {}).get("properties", {})))
     system = str(request["messages"][0][1]) if request["messages"] else ""
-    return f"{{{keys}}} {system[:40]}"
+    return f"{{{keys}}} T{request['temperature']:g} {system[:40]}"
 
 
 def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
@@ -41,7 +41,8 @@ def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
     db = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
     rows = db.execute(
         "SELECT request, response FROM llm_calls WHERE model = ? AND error IS NULL AND response IS NOT NULL "
-        "AND json_extract(request, '$.json_schema') IS NOT NULL AND json_extract(request, '$.temperature') = 0 "
+        "AND json_extract(request, '$.json_schema') IS NOT NULL AND (json_extract(request, '$.temperature') = 0 "
+        "OR json_extract(request, '$.seed') IS NOT NULL) "
         "AND json_extract(request, '$.n') = 1 GROUP BY request_key ORDER BY request_key", (QWEN_FILE,)).fetchall()
     kinds: dict[str, list[tuple[str, Request, str]]] = {}
     for req, resp in rows:
@@ -60,7 +61,7 @@ def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", type=Path, default=None, help="default: $SAEXPLAIN_HOME/bench.db")
-    ap.add_argument("--requests", type=int, default=15)
+    ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     store = args.store or home() / "bench.db"
@@ -69,7 +70,7 @@ def main() -> None:
                  "(bench/store_snapshot.py restore) or name one with --store")
     requests = load_requests(store, args.requests)
     if not requests:
-        sys.exit(f"{store}: no successful greedy JSON-schema request to {QWEN_FILE} in its llm_calls")
+        sys.exit(f"{store}: no successful JSON-schema request to {QWEN_FILE} (greedy or seeded) in its llm_calls")
     backend = LlamaCpp(str(qwen_gguf()), 4096, args.threads, False)
     model = backend.llm
     grammar_last = model._init_sampler

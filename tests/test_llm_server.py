@@ -82,10 +82,10 @@ def test_in_process_request_that_times_out_stops_generating_and_frees_the_model(
 
 
 def test_in_process_grammar_last_sampling_gives_the_library_texts_and_skips_the_vocabulary_pass():
-    """Greedy JSON-schema requests take the grammar-last sampler: the same texts as llama-cpp-python's own chain
-    (grammar over the whole vocabulary at every token) — with repetition penalties too, and when the grammar
-    refuses the model's favourite token (an enum it would not write) — while the library's chain runs for a few
-    tokens only. Sampled requests keep the library's sampler."""
+    """JSON-schema requests take the grammar-last sampler: the same texts as llama-cpp-python's own chain
+    (grammar over the whole vocabulary at every token) — greedy, with repetition penalties too, when the grammar
+    refuses the model's favourite token (an enum it would not write), and sampled with seeds at two
+    temperatures — while the library's chain runs for a few tokens only. Other chains keep the library's sampler."""
     import llama_cpp._internals as internals
 
     from saexplain.llm.inprocess import _GrammarLast
@@ -101,18 +101,28 @@ def test_in_process_grammar_last_sampling_gives_the_library_texts_and_skips_the_
         return library_sample(self, ctx, idx)
 
     enum = {"type": "object", "properties": {"animal": {"enum": ["zebra", "okapi"]}}, "required": ["animal"]}
+    texts = {"type": "object", "properties": {"texts": {"type": "array", "items": {"type": "string"}}},
+             "required": ["texts"]}
+    river = ("Write two short texts (15 to 30 words each) in which the word 'river' appears. "
+             'Reply with JSON {"texts": [...]}')
     cases = [({"messages": [{"role": "user", "content": "Name a colour and a confidence from 1 to 10."}],
-               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.0),
+               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.0, 0.0, None),
              ({"messages": [{"role": "user", "content": "Give a colour you like and how sure you are, 1 to 10, as JSON."}],
-               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.3),
+               "response_format": {"type": "json_object", "schema": SCHEMA}}, 1.3, 0.0, None),
              ({"messages": [{"role": "user", "content": "Which animal barks? Say dog."}],
-               "response_format": {"type": "json_object", "schema": enum}}, 1.0)]
+               "response_format": {"type": "json_object", "schema": enum}}, 1.0, 0.0, None),
+             # sampled: the chain's own top-k … dist on the 40 best allowed tokens, its random state included
+             ({"messages": [{"role": "user", "content": river}],
+               "response_format": {"type": "json_object", "schema": texts}}, 1.0, 0.7, 1),
+             ({"messages": [{"role": "user", "content": river}],
+               "response_format": {"type": "json_object", "schema": texts}}, 1.0, 1.0, 3)]
     internals.LlamaSampler.sample = counted
     try:
-        for kwargs, penalty in cases:
-            def ask(kwargs=kwargs, penalty=penalty):
+        for kwargs, penalty, temp, seed in cases:
+            def ask(kwargs=kwargs, penalty=penalty, temp=temp, seed=seed):
                 model.reset()
-                out = model.create_chat_completion(max_tokens=40, temperature=0.0, repeat_penalty=penalty, **kwargs)
+                out = model.create_chat_completion(max_tokens=40, temperature=temp, repeat_penalty=penalty,
+                                                   seed=seed, **kwargs)
                 return out["choices"][0]["message"]["content"], out["usage"]["completion_tokens"]
 
             chain_runs.clear()
@@ -125,7 +135,7 @@ def test_in_process_grammar_last_sampling_gives_the_library_texts_and_skips_the_
                 assert len(chain_runs) >= n_plain  # the library's chain chose every token (and the end)
             finally:
                 model._init_sampler = wrapped
-            assert fast == plain and n_fast == n_plain, (kwargs, penalty)
+            assert fast == plain and n_fast == n_plain, (kwargs, penalty, temp, fast, plain)
             if "enum" in str(kwargs):  # the grammar refused the model's "dog": the chain chose then
                 assert fast_chain_runs >= 1 and ('"zebra"' in fast or '"okapi"' in fast), fast
             else:  # a prompt that asks for what the schema holds: the model's favourite token is mostly allowed
@@ -136,5 +146,9 @@ def test_in_process_grammar_last_sampling_gives_the_library_texts_and_skips_the_
 
     grammar = LlamaGrammar.from_json_schema(__import__("json").dumps(SCHEMA), verbose=False)
     assert isinstance(model._init_sampler(grammar=grammar, temp=0.0), _GrammarLast)
-    assert not isinstance(model._init_sampler(grammar=grammar, temp=0.8), _GrammarLast)
+    assert isinstance(model._init_sampler(grammar=grammar, temp=0.8, top_k=40), _GrammarLast)
     assert not isinstance(model._init_sampler(grammar=None, temp=0.0), _GrammarLast)
+    # chains whose draw needs the whole vocabulary stay the library's: no top-k, mirostat, dist alone
+    assert not isinstance(model._init_sampler(grammar=grammar, temp=0.8, top_k=0), _GrammarLast)
+    assert not isinstance(model._init_sampler(grammar=grammar, temp=0.8, top_k=40, mirostat_mode=2), _GrammarLast)
+    assert not isinstance(model._init_sampler(grammar=grammar, temp=-1.0), _GrammarLast)

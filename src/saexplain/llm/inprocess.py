@@ -19,43 +19,72 @@ class _Stopped(Exception):
 
 
 class _GrammarLast:
-    """Greedy sampling under a grammar with the grammar checked on the chosen token only.
+    """Sampling under a grammar with the grammar asked about the most likely tokens only.
 
-    llama-cpp-python's chain (penalties, grammar, greedy) applies the grammar to every token of the vocabulary
-    at every step: about 40 % of a JSON-schema request's time on the default model. This takes the most likely
-    token first and asks the grammar about that one token; only when the grammar refuses it does the library's
-    chain run as before (llama.cpp's own common sampler does the same). Under greedy decoding the token is the
-    same either way: the best token that the grammar allows is the best token whenever the grammar allows it
-    (ties go to the lowest id in both), so the texts do not change, only the time.
-    """
+    llama-cpp-python's chain (penalties, grammar, then greedy or top-k … dist) applies the grammar to every token
+    of the vocabulary at every step: about 40 % of a JSON-schema request's time on the default model. The
+    samplers after the grammar only ever look at a few of the best tokens the grammar allows, so this asks the
+    grammar about the best tokens first, in order, and gives the rest of the library's chain exactly those:
 
-    def __init__(self, sampler, before: list, grammar, n_vocab: int):
+    - greedy: the most likely token; if the grammar allows it, it is the best allowed token (ties go to the lowest
+      id both ways);
+    - top-k, typical, top-p, min-p, temperature, dist: the `top_k` most likely tokens the grammar allows, found
+      among the `SCAN` most likely ones, with their logits, in the same order — which is all top-k keeps of the
+      grammar's output, so the same samplers (the chain's own, with its random state) draw the same token.
+
+    When that is not so — the grammar refuses the greedy token, fewer than `top_k` allowed tokens among the
+    `SCAN` most likely (the grammar forces a few structural tokens), or a sampler moved or cut the array — the
+    library's chain runs on the whole vocabulary as before. Texts do not change, only the time (a slow test
+    compares them with the library's, greedy and sampled with seeds)."""
+
+    SCAN = 1024  # the most likely tokens asked about, 64 at a time, before the library's chain runs instead
+    BLOCK = 64
+
+    def __init__(self, sampler, before: list, grammar, after: list, n_vocab: int, top_k: int | None):
         import numpy as np
         from llama_cpp import llama_cpp as C
 
         self.C, self.np = C, np
         self.sampler = sampler  # the library's LlamaSampler; owns the chain, freed with it
-        self.before, self.grammar, self.n_vocab = before, grammar, n_vocab
+        self.before, self.grammar, self.after, self.n_vocab, self.top_k = before, grammar, after, n_vocab, top_k
         # one llama_token_data per vocabulary entry (id int32, logit float32, p float32: 12 bytes, no padding)
-        self.cur = np.zeros(n_vocab, dtype=np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)]))
+        self.dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        self.cur = np.zeros(n_vocab, dtype=self.dtype)
         self.cur["id"] = np.arange(n_vocab, dtype=np.int32)
-        self.one = (C.llama_token_data * 1)()
+        self.block = np.zeros(self.BLOCK, dtype=self.dtype)
+        self.kept = np.zeros(max(top_k or 1, 1), dtype=self.dtype)
 
     @classmethod
-    def around(cls, sampler, n_vocab: int) -> _GrammarLast | None:
-        """Wrap a chain that is samplers without state in their apply, then the grammar, then greedy; None
-        for any other chain (it is used as it is)."""
+    def around(cls, sampler, n_vocab: int, top_k: int | None = None) -> _GrammarLast | None:
+        """Wrap a chain that is samplers without state in their apply (the repetition penalties), then the
+        grammar, then greedy or llama-cpp-python's sampling tail (top-k with `top_k` > 0, typical, top-p, min-p,
+        temp, dist); None for any other chain (it is used as it is)."""
         from llama_cpp import llama_cpp as C
 
         chain = sampler.sampler
         parts = [C.llama_sampler_chain_get(chain, i) for i in range(C.llama_sampler_chain_n(chain))]
         # llama.cpp names a sampler that leaves every logit as it is with a leading "?" ("?penalties")
         names = [C.llama_sampler_name(p).decode().lstrip("?") for p in parts]
-        if names.count("grammar") != 1 or names[-1] != "greedy" or names.index("grammar") != len(names) - 2:
+        if names.count("grammar") != 1:
             return None
-        if any(name not in ("penalties",) for name in names[:-2]):
+        g = names.index("grammar")
+        if any(name != "penalties" for name in names[:g]):
             return None
-        return cls(sampler, parts[:-2], parts[-2], n_vocab)
+        tail = names[g + 1:]
+        if tail == ["greedy"]:
+            return cls(sampler, parts[:g], parts[g], [], n_vocab, None)
+        if tail == ["top-k", "typical", "top-p", "min-p", "temp", "dist"] and top_k and 0 < top_k <= cls.SCAN:
+            return cls(sampler, parts[:g], parts[g], parts[g + 1:], n_vocab, top_k)
+        return None
+
+    def _allowed(self, ids) -> list[int]:
+        """The ids (at most BLOCK) the grammar allows in its present state, in their order."""
+        C, np = self.C, self.np
+        block = self.block[:len(ids)]
+        block["id"], block["logit"], block["p"] = ids, 0.0, 0.0
+        arr = C.llama_token_data_array(block.ctypes.data_as(C.llama_token_data_p), len(ids), -1, False)
+        C.llama_sampler_apply(self.grammar, ctypes.byref(arr))
+        return [int(i) for i in ids[np.isfinite(block["logit"])]]
 
     def sample(self, ctx, idx: int = -1) -> int:
         C, np = self.C, self.np
@@ -67,12 +96,29 @@ class _GrammarLast:
             C.llama_sampler_apply(part, ctypes.byref(arr))
         if arr.size != self.n_vocab or ctypes.addressof(arr.data.contents) != cur.ctypes.data:
             return self.sampler.sample(ctx, idx)  # a sampler that moved or cut the array: the library's way
-        token = int(np.argmax(cur["logit"]))
-        self.one[0].id, self.one[0].logit, self.one[0].p = token, float(cur["logit"][token]), 0.0
-        one = C.llama_token_data_array(self.one, 1, -1, False)
-        C.llama_sampler_apply(self.grammar, ctypes.byref(one))
-        if not np.isfinite(self.one[0].logit):
-            return self.sampler.sample(ctx, idx)  # refused: the whole vocabulary through the chain
+        scores = cur["logit"]
+        if self.top_k is None:  # greedy
+            token = int(np.argmax(scores))
+            if not self._allowed(np.array([token], dtype=np.int32)):
+                return self.sampler.sample(ctx, idx)  # refused: the whole vocabulary through the chain
+        else:
+            # the SCAN most likely tokens, best first (ties: lowest id first)
+            top = np.argpartition(-scores, self.SCAN)[:self.SCAN]
+            top = top[np.lexsort((top, -scores[top]))].astype(np.int32)
+            allowed: list[int] = []
+            for start in range(0, self.SCAN, self.BLOCK):
+                allowed += self._allowed(top[start:start + self.BLOCK])
+                if len(allowed) >= self.top_k:
+                    break
+            if len(allowed) < self.top_k:
+                return self.sampler.sample(ctx, idx)  # the grammar allows few of them: the library's way
+            kept = self.kept[:self.top_k]
+            kept["id"] = allowed[:self.top_k]
+            kept["logit"], kept["p"] = scores[kept["id"]], 0.0
+            small = C.llama_token_data_array(kept.ctypes.data_as(C.llama_token_data_p), self.top_k, -1, False)
+            for part in self.after:  # the chain's own top-k … dist (dist's random state included)
+                C.llama_sampler_apply(part, ctypes.byref(small))
+            token = int(small.data[small.selected].id)
         C.llama_sampler_accept(self.sampler.sampler, token)  # what the chain's sample does after choosing
         return token
 
@@ -127,18 +173,17 @@ class LlamaCpp(Backend):
         self.llm.generate = generate_until_stopped
 
     def _grammar_last(self) -> None:
-        """Greedy requests under a grammar (JSON schemas) take the grammar-last sampler below: the library's
-        sampler builds a new one per request (Llama._init_sampler), so its greedy, grammar-holding ones are
-        wrapped as they are made; any other stays as it is."""
+        """Requests under a grammar (JSON schemas) take the grammar-last sampler above: the library's sampler
+        builds a new one per request (Llama._init_sampler), so its grammar-holding ones are wrapped as they are
+        made; any other stays as it is."""
         init = self.llm._init_sampler
         n_vocab = self.llm.n_vocab()
 
         def init_sampler(*args, **kwargs):
             sampler = init(*args, **kwargs)
-            if (args or kwargs.get("grammar") is None or kwargs.get("temp") != 0.0
-                    or kwargs.get("logits_processor") is not None):
+            if args or kwargs.get("grammar") is None or kwargs.get("logits_processor") is not None:
                 return sampler
-            return _GrammarLast.around(sampler, n_vocab) or sampler
+            return _GrammarLast.around(sampler, n_vocab, kwargs.get("top_k")) or sampler
 
         self.llm._init_sampler = init_sampler
 
