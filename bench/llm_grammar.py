@@ -49,7 +49,8 @@ def load_requests(store: Path, n: int) -> list[tuple[str, Request, str]]:
         d = json.loads(req)
         d["messages"] = tuple(tuple(m) for m in d["messages"]) if d["messages"] is not None else None
         d["stop"] = tuple(d["stop"])
-        kinds.setdefault(kind(d), []).append((kind(d), Request(**d), json.loads(resp)["texts"][0]))
+        what = kind(d)
+        kinds.setdefault(what, []).append((what, Request(**d), json.loads(resp)["texts"][0]))
     picked: list[tuple[str, Request, str]] = []
     while len(picked) < n and any(kinds.values()):
         for reqs in kinds.values():

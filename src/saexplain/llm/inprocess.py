@@ -48,11 +48,11 @@ class _GrammarLast:
         self.sampler = sampler  # the library's LlamaSampler; owns the chain, freed with it
         self.before, self.grammar, self.after, self.n_vocab, self.top_k = before, grammar, after, n_vocab, top_k
         # one llama_token_data per vocabulary entry (id int32, logit float32, p float32: 12 bytes, no padding)
-        self.dtype = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-        self.cur = np.zeros(n_vocab, dtype=self.dtype)
+        token_data = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+        self.cur = np.zeros(n_vocab, dtype=token_data)
         self.cur["id"] = np.arange(n_vocab, dtype=np.int32)
-        self.block = np.zeros(self.BLOCK, dtype=self.dtype)
-        self.kept = np.zeros(max(top_k or 1, 1), dtype=self.dtype)
+        self.block = np.zeros(self.BLOCK, dtype=token_data)  # the tokens one grammar call is asked about
+        self.kept = np.zeros(top_k or 0, dtype=token_data)  # the top_k best allowed tokens, for the tail
 
     @classmethod
     def around(cls, sampler, n_vocab: int, top_k: int | None = None) -> _GrammarLast | None:
@@ -73,7 +73,7 @@ class _GrammarLast:
         tail = names[g + 1:]
         if tail == ["greedy"]:
             return cls(sampler, parts[:g], parts[g], [], n_vocab, None)
-        if tail == ["top-k", "typical", "top-p", "min-p", "temp", "dist"] and top_k and 0 < top_k <= cls.SCAN:
+        if tail == ["top-k", "typical", "top-p", "min-p", "temp", "dist"] and 0 < (top_k or 0) <= cls.SCAN:
             return cls(sampler, parts[:g], parts[g], parts[g + 1:], n_vocab, top_k)
         return None
 
@@ -112,7 +112,7 @@ class _GrammarLast:
                     break
             if len(allowed) < self.top_k:
                 return self.sampler.sample(ctx, idx)  # the grammar allows few of them: the library's way
-            kept = self.kept[:self.top_k]
+            kept = self.kept
             kept["id"] = allowed[:self.top_k]
             kept["logit"], kept["p"] = scores[kept["id"]], 0.0
             small = C.llama_token_data_array(kept.ctypes.data_as(C.llama_token_data_p), self.top_k, -1, False)
