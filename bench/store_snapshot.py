@@ -1,8 +1,14 @@
 """Carry a benchmark's store from one machine to the next: a long benchmark (bench/explainers.py at 60 features is
-about 3.3 h on 2 cores) outlives a session, and $SAEXPLAIN_HOME does not travel — the repository does.
+about 3.3 h on 2 cores) outlives a session, and $SAEXPLAIN_HOME does not travel.
 
-    .venv/bin/python bench/store_snapshot.py save    [--store $SAEXPLAIN_HOME/bench.db] [--to bench/state/bench.db.gz]
-    .venv/bin/python bench/store_snapshot.py restore [--store $SAEXPLAIN_HOME/bench.db] [--to bench/state/bench.db.gz]
+    .venv/bin/python bench/store_snapshot.py save    [--store $SAEXPLAIN_HOME/bench.db] [--to FILE]
+    .venv/bin/python bench/store_snapshot.py restore [--store $SAEXPLAIN_HOME/bench.db] [--to FILE]
+
+The default FILE is $SAEXPLAIN_HOME/snapshots/bench.db.gz. Snapshots are not committed: the repository takes no
+file over 2 MB (tests/test_repository.py) and `bench/state/` is ignored; copy a snapshot the way you copy any
+large file. The snapshots the SAEExplainer study and the explainer benchmark used until commit 15f6447 stay in
+git history: `git show 15f6447:bench/state/bench.db.gz > bench.db.gz` (the same for the `saeexplainer*.tar.gz`
+folders listed by `git ls-tree 15f6447 bench/state/`).
 
 `save` copies the store with SQLite's online backup (safe while the benchmark keeps writing to it: the copy is one
 consistent state), then gzips it; the LLM request cache goes with it, so features remade after a code change cost
@@ -14,8 +20,8 @@ A folder goes the same way (bench/saeexplainer.py's training folder: LoRA adapte
 saved while its benchmark is stopped; `--exclude checkpoint.pt` leaves out the resume checkpoints (optimizer state)
 of stages whose adapter is written:
 
-    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz [--exclude checkpoint.pt] [--exclude round1/dpo]
-    .venv/bin/python bench/store_snapshot.py restore --folder $SAEXPLAIN_HOME/saeexplainer/bench --to bench/state/saeexplainer.tar.gz
+    .venv/bin/python bench/store_snapshot.py save    --folder $SAEXPLAIN_HOME/saeexplainer/bench --to FILE.tar.gz [--exclude checkpoint.pt] [--exclude round1/dpo]
+    .venv/bin/python bench/store_snapshot.py restore --folder $SAEXPLAIN_HOME/saeexplainer/bench --to FILE.tar.gz
 
 Prints `snapshot: <path> <bytes>` at the end."""
 
@@ -30,8 +36,6 @@ import tempfile
 from pathlib import Path
 
 from saexplain.paths import home
-
-DEFAULT_SNAPSHOT = Path(__file__).with_name("state") / "bench.db.gz"
 
 
 def save(store: Path, to: Path) -> int:
@@ -124,7 +128,7 @@ def main() -> None:
     ap.add_argument("action", choices=["save", "restore"])
     ap.add_argument("--store", default=None, help="the store (default: $SAEXPLAIN_HOME/bench.db)")
     ap.add_argument("--folder", default=None, help="carry this folder (tar.gz) instead of a store")
-    ap.add_argument("--to", default=None, help="the snapshot file (default: bench/state/bench.db.gz for the store)")
+    ap.add_argument("--to", default=None, help="the snapshot file (default: $SAEXPLAIN_HOME/snapshots/bench.db.gz for the store)")
     ap.add_argument("--force", action="store_true", help="restore over an existing store")
     ap.add_argument("--exclude", action="append", default=[], metavar="NAME",
                     help="with --folder save: leave out files of this name or this path inside the folder "
@@ -133,14 +137,15 @@ def main() -> None:
     store = Path(args.store) if args.store else home() / "bench.db"
     if args.folder:
         if not args.to:
-            raise SystemExit("--folder: give --to too (the snapshot file, e.g. bench/state/saeexplainer.tar.gz)")
+            raise SystemExit("--folder: give --to too (the snapshot file, "
+                             "e.g. $SAEXPLAIN_HOME/snapshots/saeexplainer.tar.gz)")
         folder, snap = Path(args.folder), Path(args.to)
         if args.action == "save":
             print(f"snapshot: {snap} {save_folder(folder, snap, tuple(args.exclude))}")
         else:
             print(f"snapshot: {snap} restored to {folder} ({restore_folder(folder, snap, args.force)} bytes)")
         return
-    snap = Path(args.to or DEFAULT_SNAPSHOT)
+    snap = Path(args.to) if args.to else home() / "snapshots" / "bench.db.gz"
     if args.action == "save":
         size = save(store, snap)
         print(f"snapshot: {snap} {size}")
