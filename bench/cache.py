@@ -4,7 +4,7 @@ sizes (it must stay flat), and bytes per stored non-zero — on the default stac
     .venv/bin/python bench/cache.py [--ratio-tokens 65536] [--rss-tokens 100000 800000]
 
 The RSS runs are separate processes (`bench/cache.py --child N`), each building a fresh cache of N tokens.
-The shared corpus holds about 823k tokens at 64-token contexts, so "1M" is capped there.
+The shipped corpus holds fewer than 1M tokens at 64-token contexts, so "1M" is capped there (or --corpus).
 Last line: `ratio: <cache tok/s ÷ raw forward tok/s>`."""
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ package is installed as on a new machine (from this machine's package index).
     .venv/bin/python bench/demo_time.py --mode cold          # then --mode warm-wheel
     (options: --workdir /tmp/saexplain-demo-time, --keep)
 
-The clone is of this checkout's HEAD, with ../shared beside it (a symlink to this checkout's). The demo runs
+The clone is of this checkout's HEAD, alone in an empty folder (nothing beside it: the default corpus, the
+default SAE and the tests' data come from the repository itself). The demo runs
 with DEMO_ARGS=--no-stay: it serves the web UI while it works and exits when the run is done (a user's demo keeps
 serving). Each line of the output is timestamped, so the time of each step comes from the log.
 Last line: `demo cold minutes: X` or `demo warm-wheel minutes: X`."""
@@ -46,8 +47,7 @@ def main() -> None:
     work = Path(args.workdir) / args.mode
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(work / "main")], check=True)
-    (work / "shared").symlink_to((ROOT.parent / "shared").resolve())
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(work / "lone" / "saexplain")], check=True)
     home = work / "home"
     home.mkdir()
     if args.mode == "warm-wheel":
@@ -62,7 +62,8 @@ def main() -> None:
     t0 = time.time()
     steps: dict[str, float] = {}
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["make", "demo", "DEMO_ARGS=--no-stay"], cwd=work / "main", env=env,
+        clone = work / "lone" / "saexplain"
+        proc = subprocess.Popen(["make", "demo", "DEMO_ARGS=--no-stay"], cwd=clone, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
         for line in proc.stdout:
             now = time.time() - t0

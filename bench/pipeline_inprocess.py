@@ -1,7 +1,7 @@
 """The concurrent pipeline with one slot: the in-process default LLM (llama.cpp, one request at a time) must not
 make `saexplain run` slower than the sequential pipeline it replaced. Runs the CPU preset (make demo's) on 4
-features of the AG News corpus (a CSV: every saexplain version reads it into the same documents, so both
-versions do the same work), one-shot + SAGE, scored by generation, detection and embedding, in a fresh store
+features of a corpus file (`--corpus`, default the shipped tiny-shakespeare; pass the same file to both
+versions so they do the same work — a CSV such as AG News reads into the same documents under every version), one-shot + SAGE, scored by generation, detection and embedding, in a fresh store
 (cold LLM request cache), and prints the explain and score stage times.
 
     .venv/bin/python bench/pipeline_inprocess.py                       # this checkout
@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--label", default="after")
     ap.add_argument("--tokens", type=int, default=65_536)
     ap.add_argument("--compare", action="store_true")
+    ap.add_argument("--corpus", default=None, help="one corpus file (default: the shipped tiny-shakespeare)")
     args = ap.parse_args()
     if args.compare:
         runs = json.loads((RESULTS / "pipeline_inprocess.json").read_text())["raw"]
@@ -46,7 +47,9 @@ def main() -> None:
     store = Path(tempfile.mkdtemp(prefix="saexplain-inprocess-")) / "store.db"
     cfgs = cpu_preset(f"random:{FEATURES}", "oneshot,sage", "generation,detection,embedding", args.tokens, 0,
                       store=str(store))
-    corpus = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news_test.csv"  # whichever code runs
+    from saexplain.data.corpus import default_corpus
+
+    corpus = args.corpus or default_corpus()[-1]
     cfgs = dataclasses.replace(cfgs, corpus=CorpusConfig(corpus=[str(corpus)]))
     lines: list[str] = []
     t0 = time.perf_counter()

@@ -3,7 +3,7 @@
     .venv/bin/python bench/planted.py [--contexts 2000] [--tokens 262144] [--llm default]
 
 1. Planted SAE (subject/planted.py): linear probes, fitted on Gemma 3 270M's residual stream at the default SAE's
-   hookpoint (blocks.6.hook_resid_post) over the shared corpora's first 64 tokens of each document (`--contexts`
+   hookpoint (blocks.6.hook_resid_post) over the default corpus's first 64 tokens of each document (`--contexts`
    of them; 60/20/20 fit / threshold / held-out by context), for lexical sets and context rules; the threshold of
    each is the lowest with precision ≥ 0.8 on the threshold split; precision and recall are the held-out split's.
    Written in SAELens JumpReLU format under $SAEXPLAIN_HOME/saes/planted-<settings>/ (reused when there).
@@ -41,12 +41,14 @@ def planted_sae(args) -> Path:
     from itertools import zip_longest
 
     from saexplain.data.corpus import default_corpus, iter_documents
+    from saexplain.fingerprint import path_fingerprint
     from saexplain.paths import home
     from saexplain.subject.oracle import Oracle, SubjectConfig
     from saexplain.subject.planted import CONCEPTS, collect_residuals, fit_planted, write_planted_sae
 
     key = hashlib.sha256(json.dumps({"contexts": args.contexts, "length": 64, "min_precision": args.min_precision,
                                      "concepts": [(c.name, c.description, c.keywords) for c in CONCEPTS],
+                                     "corpus": [path_fingerprint(f) for f in default_corpus()],
                                      "version": 1}).encode()).hexdigest()[:12]
     folder = home() / "saes" / f"planted-{key}"
     if (folder / "planted.json").is_file():
@@ -54,7 +56,7 @@ def planted_sae(args) -> Path:
     t0 = time.perf_counter()
     oracle = Oracle.from_config(SubjectConfig())
     subject = oracle.subject
-    # the shared corpora (fairy tales, news, Shakespeare) cut into 400-character pieces, interleaved so every
+    # the default corpus (fairy tales, Shakespeare) cut into 400-character pieces, interleaved so every
     # concept has examples from each
     per_file = []
     for f in default_corpus():

@@ -31,7 +31,7 @@ def main() -> None:
     model, tok = load_model_and_tokenizer("default")
     subject = SubjectModel(model, tok, "layers.6", name="default")
     docs = [d.text for d in iter_documents(default_corpus())]
-    # held-out: the last documents (Shakespeare's tail); training uses the first documents (AG News first)
+    # held-out: the last documents (Shakespeare's tail); training uses the first documents (Grimm's tales first)
     eval_acts, _ = collect_activations(subject, iter(docs[-600:]), CONTEXT, 20_000)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,5 @@
 """Feature-page latency of `saexplain serve` on a real cache: the default SAE (4,096 features) over the default
-corpus (the largest cache of it: the shared corpus holds ≈ 858k tokens at 64-token contexts, short of 1M).
+corpus (the largest cache of it: the shipped corpus holds fewer than 1M tokens at 64-token contexts).
 
     .venv/bin/python bench/web.py [--features 64] [--rounds 3] [--tokens 1000000]
 

@@ -32,7 +32,7 @@ def tiny_run(tmp: Path) -> tuple[str, int]:
 
     gt = write_ground_truth_sae(write_tiny_model(tmp / "model"), tmp / "sae")
     corpus = tmp / "tales.txt"
-    corpus.write_text((ROOT.parent / "shared/data/grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((ROOT / "tests/data/grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     cfgs = StageConfigs(run=RunConfig(features="0,1,2", explainers="oneshot,sage",
                                       scorers="detection,generation,embedding", store=str(tmp / "store.db")),
                         subject=SubjectConfig(model=str(gt["model"]), sae=str(gt["sae"])),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import (D_MODEL, D_SAE, GROUND_TRUTH_WORD, SHARED, make_saelens_sae,  # noqa: F401  (re-exported)
+from tiny import (D_MODEL, D_SAE, GROUND_TRUTH_WORD, TEST_DATA,  # noqa: F401  (re-exported)
+                  make_saelens_sae,
                   write_ground_truth_sae, write_tiny_model)
 
 SENTENCES = [

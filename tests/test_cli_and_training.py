@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cli import app
-from saexplain.data.corpus import ReadStats, iter_documents
+from saexplain.data.corpus import ReadStats, default_corpus, iter_documents
 from saexplain.errors import SaexplainError
 
 runner = CliRunner()
@@ -52,7 +53,7 @@ def test_lens_command(tiny_model_dir, sae_folders):
 
 def test_train_sae_command_produces_a_loadable_sae_with_metrics(tiny_model_dir, tmp_path):
     corpus = tmp_path / "c.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:60_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:60_000])
     out = tmp_path / "sae"
     args = ["train-sae", "--model", str(tiny_model_dir), "--hookpoint", "layers.0", "--corpus", str(corpus),
             "--context", "32", "--tokens", "8192", "--d-sae", "128", "--k", "4", "--batch-tokens", "512",
@@ -71,17 +72,22 @@ def test_train_sae_command_produces_a_loadable_sae_with_metrics(tiny_model_dir, 
     assert "already trained" in again.output
 
 
-def test_corpus_reader_on_shared_files():
+def test_corpus_reader_on_the_shipped_and_test_files():
     stats = ReadStats()
-    docs = list(iter_documents([SHARED / "ag_news_test.csv"], stats=stats))
-    assert len(docs) == 7600 and stats.documents == 7600
-    assert docs[0].text.startswith("Fears for T N pension after talks Unions representing")  # title + description
-    tales = list(iter_documents([SHARED / "grimm_tales.txt"]))
+    docs = list(iter_documents([TEST_DATA / "news_sample.csv"], stats=stats))
+    assert len(docs) == 6 and stats.documents == 6
+    # title + description joined; the label column and the number-only column are left out
+    assert docs[0].text == "Harbour bridge reopens after repairs The old harbour bridge reopened on Monday " \
+                           "after six weeks of repairs, the city council said."
+    assert not any(d.text[0].isdigit() or d.text.rstrip()[-1].isdigit() for d in docs)
+    shipped = default_corpus()
+    assert [Path(p).name for p in shipped] == ["grimm_tales.txt", "tinyshakespeare.txt"]
+    tales = list(iter_documents([shipped[0]]))
     assert len(tales) > 1000 and all("\r" not in d.text and "\n\n" not in d.text for d in tales)
     assert not tales[0].text.startswith("\ufeff")
     # kept as written: the line breaks of a hard-wrapped paragraph, a dialogue's speaker turns
     assert any("\n" in d.text for d in tales[:50])
-    lines = list(iter_documents([SHARED / "tinyshakespeare.txt"]))
+    lines = list(iter_documents([shipped[1]]))
     assert lines[0].text == "First Citizen:\nBefore we proceed any further, hear me speak."
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig, LatentCache
 from saexplain.cache.pipeline import build_cache
 from saexplain.data.contexts import CorpusConfig, build_contexts
@@ -32,7 +32,7 @@ CONTEXT = 48
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("corpus") / "tales.txt"
-    path.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[20_000:60_000])
+    path.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[20_000:60_000])
     return path
 
 

@@ -12,7 +12,7 @@ def test_copy_with_new_mtime_keeps_the_key_and_new_bytes_change_it(tmp_path):
     (a / "one.txt").write_text("once upon a time\n")
     (a / "two.txt").write_text("there was a river\n")
     before = CorpusConfig(corpus=[str(a)]).fingerprint()
-    # the same files written again (as ../shared is at every session start): new mtimes, same bytes
+    # the same files written again (as a corpus folder copied afresh): new mtimes, same bytes
     for f in a.iterdir():
         data = f.read_bytes()
         f.unlink()

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.explain import EXPLAINERS
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 def setup(ground_truth, tmp_path_factory):
     home = tmp_path_factory.mktemp("gt_home")
     corpus = home / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     cfgs = StageConfigs(
         run=RunConfig(features="0"),
         subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),

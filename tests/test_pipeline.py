@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig
 from saexplain.cli import app
 from saexplain.data.contexts import CorpusConfig
@@ -27,7 +27,7 @@ from scripted_llm import ScriptedBackend, universal
 @pytest.fixture()
 def cfgs(ground_truth, tmp_path):
     corpus = tmp_path / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     return StageConfigs(
         run=RunConfig(features="0,1", explainers="oneshot,sage", scorers="detection,generation,simulation",
                       store=str(tmp_path / "store.db")),

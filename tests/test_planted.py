@@ -8,7 +8,7 @@ import json
 import numpy as np
 import torch
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.subject.planted import (
     CONCEPTS,
     collect_residuals,
@@ -49,7 +49,7 @@ def test_a_planted_sae_loads_and_fires_where_its_rule_says(tiny_model_dir, tmp_p
 
     model, tok = load_model_and_tokenizer(str(tiny_model_dir))
     subject = SubjectModel(model, tok, "blocks.0.hook_resid_pre", name=str(tiny_model_dir))
-    text = (SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[200_000:400_000]
+    text = (TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[200_000:400_000]
     docs = [p for p in text.split("\n\n") if len(p) > 200]
     x, toks = collect_residuals(subject, docs, 48, 400)
     pronouns = lexical("pronouns", {"he", "she", "him", "her", "his"}, "third-person pronouns", r"pronoun")

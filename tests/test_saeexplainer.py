@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError, SaexplainError
@@ -532,7 +532,7 @@ def test_killed_sft_resumes_from_its_checkpoint_to_the_same_weights(tiny_model_d
 # ------------------------------------------------------------------------------ the whole loop, tiny
 def _stages(ground_truth, tmp_path, saex: SAEExplainerConfig | None = None, **run) -> StageConfigs:
     corpus = tmp_path / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     return StageConfigs(
         run=RunConfig(store=str(tmp_path / "store.db"), **run),
         subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
@@ -971,7 +971,7 @@ def test_cli_train_sft_then_dpo_without_pairs(ground_truth, tmp_path):
     from saexplain.cli import app
 
     corpus = tmp_path / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     refs = tmp_path / "np.json"
     refs.write_text(json.dumps({"explanations": [{"index": 1, "description": "the word the"}]}))
     common = ["--dir", str(tmp_path / "t"), "--store", str(tmp_path / "s.db"), "--model", str(ground_truth["model"]),
@@ -1073,7 +1073,7 @@ def test_top_token_references_warm_up_every_feature_without_an_llm(ground_truth,
     from saexplain.cli import app
 
     corpus = tmp_path / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     res = CliRunner().invoke(app, [
         "train", "sft", "--dir", str(tmp_path / "t"), "--store", str(tmp_path / "s.db"),
         "--model", str(ground_truth["model"]), "--sae", str(ground_truth["sae"]), "--corpus", str(corpus),

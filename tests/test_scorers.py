@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.llm import LLMError, LLMParseError
@@ -30,7 +30,7 @@ WRONG = 'the word "sea"'
 @pytest.fixture(scope="module")
 def gt(ground_truth, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("gt_corpus") / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
     cfgs = StageConfigs(
         run=RunConfig(features="0,1", explainers="oneshot", scorers="detection"),
         subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),

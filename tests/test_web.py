@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import SHARED
+from conftest import TEST_DATA
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.explain.sage import SAGEConfig
@@ -36,7 +36,7 @@ XSS = '<script>window.__xss = 1</script>"><img src=x onerror="window.__xss = 2">
 def site(ground_truth, tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     corpus = root / "tales.txt"
-    tales = (SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:100_000]
+    tales = (TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:100_000]
     corpus.write_text("\n\n".join(f"The fisherman's wife said {XSS} to him." for _ in range(12)) + "\n\n" + tales)
     home = tmp_path_factory.getbasetemp() / "saexplain_home"  # the home conftest gives every fast test
     mp = pytest.MonkeyPatch()

@@ -1,6 +1,6 @@
-"""The tiny *real* subject of the fast suite (and of bench/pipeline.py): a randomly initialised 2-block Gemma-3
-(d_model 64) with a BPE tokenizer trained on the shared corpus, SAEs written by sae-lens itself, and the
-ground-truth SAE whose feature 0 fires on exactly one token, "▁wife"."""
+"""The tiny *real* subject of the fast suite (and of bench/pipeline.py): a randomly initialised 2-block
+Gemma-3 (d_model 64) with a BPE tokenizer trained on the suite's own corpus (tests/data), SAEs written by sae-lens
+itself, and the ground-truth SAE whose feature 0 fires on exactly one token, "▁wife"."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEST_DATA = Path(__file__).resolve().parent / "data"  # the suite's own corpus (tests/data/README.md)
 D_MODEL = 64
 D_SAE = 96
 GROUND_TRUTH_WORD = "wife"
@@ -18,7 +18,7 @@ def train_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    text = (SHARED / "grimm_tales.txt").read_text(encoding="utf-8", errors="replace")[:200_000]
+    text = (TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8", errors="replace")[:200_000]
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()

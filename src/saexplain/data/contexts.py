@@ -36,7 +36,7 @@ class CorpusConfig(Config):
     cli_name: ClassVar[str] = "corpus"
     corpus: list[str] = Field(default_factory=list,
                               description="files/folders (txt, csv, jsonl, parquet) or hf:<dataset>[:split]; "
-                                          "default: ../shared/data")
+                                          "default: the public-domain texts shipped with saexplain")
     text_column: str | None = Field(None, description="text column (csv/jsonl/parquet/hf)")
     context: int = Field(64, ge=4, description="tokens per context, BOS first")
 

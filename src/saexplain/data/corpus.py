@@ -22,13 +22,15 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from saexplain.errors import SaexplainError
 from saexplain.registry import Registry
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+DEFAULT_CORPUS_FILES = ("grimm_tales.txt", "tinyshakespeare.txt")  # package data: data/default_corpus/
 READER_VERSION = 2  # 2: .txt keeps line breaks and indentation; CSV leaves number-only columns out
 MAX_BAD_SHARE = 0.01  # refuse a file when more than this share of its bytes is not UTF-8
 
@@ -192,8 +194,18 @@ def iter_documents(paths: list[str | Path], column: str | None = None,
         raise SaexplainError(f"empty corpus: no text in {', '.join(map(str, paths))}")
 
 
+_RESOURCES = ExitStack()  # keeps the default corpus's files on disk for the process if the package is zipped
+
+
 def default_corpus() -> list[str]:
-    """The offline corpora beside the checkout (../shared/data)."""
-    if not SHARED_DATA.is_dir():
-        raise SaexplainError(f"default corpus folder {SHARED_DATA} not found: pass --corpus")
-    return [str(p) for p in sorted(SHARED_DATA.glob("*")) if p.suffix in (".txt", ".csv", ".jsonl")]
+    """The public-domain texts shipped with the package (data/default_corpus/, its README names the sources and
+    licences), as file paths: read through importlib.resources, so a wheel install finds them too."""
+    folder = resources.files("saexplain.data") / "default_corpus"
+    paths = []
+    for name in DEFAULT_CORPUS_FILES:
+        res = folder / name
+        if not res.is_file():
+            raise SaexplainError(f"default corpus file {name} missing from the saexplain package "
+                                 f"({folder}): reinstall saexplain or pass --corpus")
+        paths.append(str(_RESOURCES.enter_context(resources.as_file(res))))
+    return paths

@@ -30,7 +30,8 @@ class TrainSAEConfig(Config):
     cli_name: ClassVar[str] = "train"
     model: str = Field("default", description="subject model (HF id, folder, .gguf or 'default')")
     hookpoint: str = Field("blocks.6.hook_resid_post", description="residual-stream hookpoint")
-    corpus: list[str] = Field(default_factory=list, description="corpus files/folders (default: ../shared/data)")
+    corpus: list[str] = Field(default_factory=list,
+                              description="corpus files/folders (default: the texts shipped with saexplain)")
     context: int = Field(128, ge=8, description="tokens per context (BOS first)")
     max_corpus_tokens: Count = Field(2_000_000, description="cap on distinct tokens of activations held in RAM")
     tokens: Count = Field(2_500_000, description="training tokens seen (passes repeat the activations)")

@@ -1,0 +1,72 @@
+"""The repository itself: it runs from a lone clone (nothing read from a folder beside it) and stays light
+(no file over 2 MB but the allow-listed default SAE)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_BYTES = 2 * 1024 * 1024
+LARGE_ALLOWED = {"src/saexplain/subject/default_sae/sae_weights.safetensors"}  # the shipped default SAE
+CHECKED = ("src/", "tests/", "bench/", "docs/", ".ci/", "Makefile", "README.md", "pyproject.toml")
+# a sibling folder named in a path: ../shared, shared/data, Path(...) / "shared"
+OUTSIDE = re.compile(r"""\.\./shared\b|\bshared/data\b|/\s*["']shared["']""")
+PARENTS = re.compile(r"Path\(__file__\)\.resolve\(\)\.parents\[(\d+)\]((?:\.parent)*)")
+
+
+def repository_files() -> list[str]:
+    """What a commit of this working tree would hold: tracked files plus untracked ones git does not ignore
+    (.ci/run copies exactly these into a fresh folder and runs the suite there)."""
+    if not (ROOT / ".git").exists():
+        pytest.fail(f"{ROOT} is not a git work tree: the repository checks need one (.ci/run makes its copy one)")
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, check=True).stdout.decode()
+    return sorted(f for f in out.split("\0") if f and (ROOT / f).is_file())
+
+
+def escapes_repository(rel: str, text: str) -> list[str]:
+    """The lines of a file that name a folder outside the repository."""
+    depth = len(Path(rel).parts)  # parents[depth - 1] of a file at this depth is the repository root
+    bad = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if OUTSIDE.search(line):
+            bad.append(f"{rel}:{n}: {line.strip()}")
+        for m in PARENTS.finditer(line):
+            if int(m.group(1)) + m.group(2).count(".parent") > depth - 1:
+                bad.append(f"{rel}:{n}: {line.strip()}")
+    return bad
+
+
+def test_the_checks_catch_what_they_are_for():
+    assert escapes_repository("tests/tiny.py", 'X = Path(__file__).resolve().parents[2] / "shared" / "data"')
+    assert escapes_repository("src/saexplain/data/corpus.py", "X = Path(__file__).resolve().parents[3].parent")
+    assert escapes_repository("docs/x.md", "saexplain cache --corpus ../shared/data")
+    assert not escapes_repository("bench/x.py", "ROOT = Path(__file__).resolve().parents[1]")
+    assert not escapes_repository("src/saexplain/data/corpus.py", "X = Path(__file__).resolve().parents[3]")
+    assert not escapes_repository("src/saexplain/x.py", "a shared filesystem, shared state")
+
+
+def test_nothing_reads_a_folder_beside_the_repository():
+    bad = []
+    for rel in repository_files():
+        if rel == "tests/test_repository.py" or not rel.startswith(CHECKED):
+            continue
+        path = ROOT / rel
+        if path.suffix not in (".py", ".md", ".toml", ".txt", ".cfg", ".sh", ".yml", ".yaml", "") \
+                and path.name not in ("Makefile", "run"):
+            continue
+        if path.stat().st_size > MAX_BYTES:
+            continue
+        bad += escapes_repository(rel, path.read_text(encoding="utf-8", errors="replace"))
+    assert not bad, "files that read outside the repository:\n" + "\n".join(bad)
+
+
+def test_no_large_file_outside_the_allow_list():
+    large = {rel: (ROOT / rel).stat().st_size for rel in repository_files()
+             if (ROOT / rel).stat().st_size > MAX_BYTES}
+    extra = {rel: size for rel, size in large.items() if rel not in LARGE_ALLOWED}
+    assert not extra, f"files over 2 MB (keep them out of git, or regenerate them): {extra}"
