@@ -379,6 +379,19 @@ def test_a_sage_run_killed_midway_resumes_to_what_an_uninterrupted_run_stores(wi
 
 
 # ---------------------------------------------------------------------------------------------- data at rest
+def test_bad_arguments_are_one_line_before_anything_is_opened(tmp_path):
+    """An out-of-range port and an unknown export format are refused from the arguments alone: no traceback,
+    and no complaint about a store that was never needed (the store here does not exist)."""
+    res = CliRunner().invoke(app, ["serve", "--port", "99999", "--no-probe", "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "--port" in res.output and "65535" in res.output, res.output
+    assert "Traceback" not in res.output and not (tmp_path / "s.db").exists()
+    res = CliRunner().invoke(app, ["export", "--format", "nosuch", "--store", str(tmp_path / "s.db")])
+    assert res.exit_code == 2 and "unknown export format 'nosuch' (known: delphi, neuronpedia)" in res.output, \
+        res.output
+    assert res.output.count("error:") == 1 and "run" not in res.output.replace("saexplain", "")
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_a_store_that_is_not_a_database_is_one_line(tmp_path):
     bad = tmp_path / "store.db"
     bad.write_bytes(os.urandom(4096))
@@ -598,7 +611,7 @@ def test_features_on_a_missing_or_non_cache_run_is_an_error(cfgs):
 
 @pytest.mark.parametrize("prepend_bos", [True, False])
 def test_cache_values_equal_the_oracles_whatever_the_saes_bos_setting(tiny_model_dir, tmp_path, prepend_bos):
-    from conftest import SHARED, make_saelens_sae
+    from conftest import TEST_DATA, make_saelens_sae
     from saexplain.cache.config import CacheConfig
     from saexplain.cache.pipeline import build_cache
     from saexplain.data.contexts import CorpusConfig
@@ -608,7 +621,7 @@ def test_cache_values_equal_the_oracles_whatever_the_saes_bos_setting(tiny_model
     sae.cfg.metadata.prepend_bos = prepend_bos
     sae.save_model(tmp_path / "sae")
     corpus = tmp_path / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[30_000:50_000])
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[30_000:50_000])
     subject = SubjectConfig(model=str(tiny_model_dir), sae=str(tmp_path / "sae"))
     oracle = Oracle.from_config(subject)
     assert oracle.subject.prepend_bos is prepend_bos

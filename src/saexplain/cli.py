@@ -451,7 +451,7 @@ def train_dpo_cmd(round_: int = typer.Option(1, "--round", min=1, max=2, help="D
 @friendly_errors
 def serve(store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
           host: str = typer.Option("127.0.0.1", help="address to bind (the default is this machine only)"),
-          port: int = typer.Option(8000, help="port"),
+          port: int = typer.Option(8000, min=1, max=65535, help="port"),
           probe: bool = typer.Option(True, help="load the subject model for the live probe and the logit lens"),
           device: str = typer.Option("cpu", help="torch device of the live probe")):
     """The web UI: runs, feature pages, SAGE traces, live probe, search and export (read-only on the store)."""
@@ -476,9 +476,11 @@ def export(run_id: int = typer.Option(None, "--run", help="run id (default: the 
            store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)")):
     """A run's ok explanations and scores in Neuronpedia's or delphi's file formats."""
     from saexplain.cache.pipeline import default_store_path
-    from saexplain.export import ExportOptions, export_files, write_export
+    from saexplain.export import ExportOptions, export_files, formats, write_export
     from saexplain.pipeline.runner import run_folder
 
+    if fmt not in formats():  # the arguments are checked before the store is opened
+        raise SaexplainError(f"unknown export format {fmt!r} (known: {', '.join(formats())})")
     with Store(store or default_store_path(), readonly=True) as db:
         run_id = run_id or _latest_run(db, "run")
         files = export_files(db, run_id, fmt, ExportOptions(model_id, sae_id))
@@ -505,7 +507,7 @@ def demo(features: int = typer.Option(4, help="features to explain (random, dens
          serve: bool = typer.Option(True, help="serve the web UI while the demo runs (results appear as they "
                                                "finish)"),
          stay: bool = typer.Option(True, help="keep serving the UI after the demo (Ctrl-C stops it)"),
-         port: int = typer.Option(8000, help="the UI's port (another free one when taken)")):
+         port: int = typer.Option(8000, min=1, max=65535, help="the UI's port (another free one when taken)")):
     """The offline default end to end: Gemma 3 270M + its TopK SAE (shipped with saexplain) → latent cache →
     features → explain (one-shot and SAGE, modest budgets) → score → report, with the default LLM, shown in the
     web UI on 127.0.0.1 as results land."""
