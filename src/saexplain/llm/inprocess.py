@@ -143,7 +143,8 @@ class LlamaCpp(Backend):
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise LLMError("llamacpp backends need llama-cpp-python (run `make setup-llm`)") from None
+            raise LLMError("llamacpp backends need llama-cpp-python "
+                           "(pip install 'saexplain[llama]'; in a checkout, `make setup-llm`)") from None
         if not Path(path).is_file():
             raise LLMError(f"GGUF file not found: {path}")
         self.model = Path(path).name
