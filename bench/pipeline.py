@@ -39,6 +39,7 @@ def main() -> None:
     from fault_server import FaultServerProcess
     from saexplain.cache.config import CacheConfig
     from saexplain.data.contexts import CorpusConfig
+    from saexplain.data.corpus import default_corpus
     from saexplain.explain.sage import SAGEConfig
     from saexplain.llm.client import LLMConfig
     from saexplain.pipeline.configs import RunConfig, StageConfigs
@@ -47,12 +48,14 @@ def main() -> None:
     from saexplain.score.simulation import SimulationConfig
     from saexplain.store import Store
     from saexplain.subject.config import SubjectConfig
-    from tiny import SHARED, write_ground_truth_sae, write_tiny_model
+    from tiny import write_ground_truth_sae, write_tiny_model
+
+    grimm = Path(default_corpus()[0])  # the shipped corpus's Grimm's tales
 
     model = write_tiny_model(tmp / "model")
     gt = write_ground_truth_sae(model, tmp / "sae")
     corpus = tmp / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:200_000])
+    corpus.write_text(grimm.read_text(encoding="utf-8")[:200_000])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -47,6 +47,7 @@ def main() -> None:
     from saexplain.cache.config import CacheConfig
     from saexplain.cache.pipeline import build_cache
     from saexplain.data.contexts import CorpusConfig
+    from saexplain.data.corpus import default_corpus
     from saexplain.distributed import RayConfig, RaySession
     from saexplain.explain.sage import SAGEConfig
     from saexplain.llm.client import LLMConfig
@@ -55,7 +56,9 @@ def main() -> None:
     from saexplain.sampling.sampler import SamplingConfig
     from saexplain.store import Store
     from saexplain.subject.config import SubjectConfig
-    from tiny import SHARED, write_ground_truth_sae, write_tiny_model
+    from tiny import write_ground_truth_sae, write_tiny_model
+
+    grimm, shakespeare = map(Path, default_corpus())  # the shipped corpus
 
     model = write_tiny_model(tmp / "model")
     gt = write_ground_truth_sae(model, tmp / "sae")
@@ -65,7 +68,7 @@ def main() -> None:
                 ("ray-2", RayConfig(ray="local", ray_workers=2))]
 
     # ---------------------------------------------------------------------------------------------- cache
-    corpus_cache = CorpusConfig(corpus=[str(SHARED / "tinyshakespeare.txt")], context=64)
+    corpus_cache = CorpusConfig(corpus=[str(shakespeare)], context=64)
     cache_cfg = CacheConfig.build(tokens=args.tokens, shard_contexts=64)
     cache_rows, manifests = {}, {}
     for name, ray_cfg in variants:
@@ -111,7 +114,7 @@ def main() -> None:
     # ------------------------------------------------------------------------------------------------ run
     os.environ["SAEXPLAIN_HOME"] = str(tmp / "home-run")
     corpus = tmp / "tales.txt"
-    corpus.write_text((SHARED / "grimm_tales.txt").read_text(encoding="utf-8")[:200_000])
+    corpus.write_text(grimm.read_text(encoding="utf-8")[:200_000])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
