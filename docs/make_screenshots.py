@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def tiny_run(tmp: Path) -> tuple[str, int]:
@@ -27,8 +25,8 @@ def tiny_run(tmp: Path) -> tuple[str, int]:
     from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
     from saexplain.sampling.sampler import SamplingConfig
     from saexplain.subject.oracle import SubjectConfig
-    from scripted_llm import ScriptedBackend, universal
-    from tiny import write_ground_truth_sae, write_tiny_model
+    from saexplain.testing.scripted import ScriptedBackend, universal
+    from saexplain.testing.tiny import write_ground_truth_sae, write_tiny_model
 
     gt = write_ground_truth_sae(write_tiny_model(tmp / "model"), tmp / "sae")
     corpus = tmp / "tales.txt"

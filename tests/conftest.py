@@ -1,5 +1,6 @@
-"""Tiny *real* models for the fast suite: a randomly initialised 2-block Gemma-3 (d_model 64) with a BPE
-tokenizer trained here, and SAEs of each architecture written by sae-lens itself (or in sparsify's format)."""
+"""Tiny *real* models for the fast suite (saexplain.testing.tiny): a randomly initialised 2-block Gemma-3
+(d_model 64) with a BPE tokenizer trained here, and SAEs of each architecture written by sae-lens itself (or in
+sparsify's format). TEST_DATA: the suite's own corpus files (tests/data/README.md)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny import (D_MODEL, D_SAE, GROUND_TRUTH_WORD, TEST_DATA,  # noqa: F401  (re-exported)
-                  make_saelens_sae,
-                  write_ground_truth_sae, write_tiny_model)
+from saexplain.testing.tiny import (  # noqa: F401  (re-exported)
+    D_MODEL,
+    D_SAE,
+    GROUND_TRUTH_WORD,
+    make_saelens_sae,
+    write_ground_truth_sae,
+    write_tiny_model,
+)
+
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 SENTENCES = [
     "The cat sat on the mat.",

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from fault_server import FaultServerProcess
 from saexplain.cache.config import CacheConfig
 from saexplain.cache.latents import LatentCache, shard_ranges
 from saexplain.cache.pipeline import build_cache
@@ -23,6 +22,7 @@ from saexplain.distributed import RayConfig, RaySession
 from saexplain.llm import LLMConfig
 from saexplain.pipeline.runner import run_all
 from saexplain.store import Store
+from saexplain.testing.fake_server import FaultServerProcess
 from test_pipeline import cfgs  # noqa: F401  (the fixture)
 from test_trust import _free_port, _stored, with_run
 
@@ -75,7 +75,7 @@ def _server_cfgs(cfgs, url: str, store, **run):  # noqa: F811
 
 
 def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_path):  # noqa: F811
-    with FaultServerProcess("scripted_llm:universal", port=_free_port()) as server:
+    with FaultServerProcess("universal", port=_free_port()) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)  # (some items of the fake LLM's replies fail, as they must: failures match too)
         remote = _server_cfgs(cfgs, server.url, tmp_path / "ray.db")
@@ -95,7 +95,7 @@ def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_pat
 def test_a_ray_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cfgs, tmp_path):  # noqa: F811
     import ray as ray_module
 
-    with FaultServerProcess("scripted_llm:universal", port=_free_port(), delay=0.05) as server:
+    with FaultServerProcess("universal", port=_free_port(), delay=0.05) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)
         total = server.requests
@@ -134,7 +134,7 @@ def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_sto
                 "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
                 "--sage-selection", "none", "--llm", f"openai-compatible:{url}#fake", "--max-concurrency", "4"]
 
-    with FaultServerProcess("scripted_llm:universal", port=_free_port(), delay=0.05) as server:
+    with FaultServerProcess("universal", port=_free_port(), delay=0.05) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)
         total = server.requests

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from fault_server import FaultServer
 from saexplain.llm import LLM, LLMConfig, LLMError, LLMParseError, parse_json
 from saexplain.store import Store
-from scripted_llm import ScriptedBackend
+from saexplain.testing.fake_server import FaultServer
+from saexplain.testing.scripted import ScriptedBackend
 
 MSG = [("user", "Say ok.")]
 

@@ -21,7 +21,7 @@ from saexplain.sampling.sampler import SamplingConfig
 from saexplain.score.simulation import SimulationConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import SubjectConfig
-from scripted_llm import ScriptedBackend, universal
+from saexplain.testing.scripted import ScriptedBackend, universal
 
 
 @pytest.fixture()

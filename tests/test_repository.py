@@ -70,3 +70,33 @@ def test_no_large_file_outside_the_allow_list():
              if (ROOT / rel).stat().st_size > MAX_BYTES}
     extra = {rel: size for rel, size in large.items() if rel not in LARGE_ALLOWED}
     assert not extra, f"files over 2 MB (keep them out of git, or regenerate them): {extra}"
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def test_dependencies_flow_one_way():
+    """Nothing imports the CLI; the web UI, the Ray layer and the test helpers are imported only from their own
+    package and the CLI (the stages below never depend on a face, a scale-out layer or a test fake)."""
+    package = ROOT / "src" / "saexplain"
+    faces = {"saexplain.cli": (), "saexplain.web": ("web",), "saexplain.distributed": ("distributed",),
+             "saexplain.testing": ("testing",)}
+    bad = []
+    for path in sorted(package.rglob("*.py")):
+        rel = path.relative_to(package)
+        for name in _imports(path):
+            for face, own in faces.items():
+                if (name == face or name.startswith(face + ".")) and rel.parts[0] not in own \
+                        and not (face != "saexplain.cli" and rel.name == "cli.py"):
+                    bad.append(f"{rel} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -27,11 +27,11 @@ from saexplain.score import generative
 from saexplain.store import Store
 from saexplain.subject.model import find_layers
 from saexplain.subject.oracle import SubjectConfig
+from saexplain.testing.scripted import ScriptedBackend, last_user, scripted_llm
 from saexplain.train.config import TrainConfig
 from saexplain.train.data import Candidate, build_pairs, corpus_reward, references_from_neuronpedia, reward
 from saexplain.train.dpo import train_dpo
 from saexplain.train.sft import train_sft
-from scripted_llm import ScriptedBackend, last_user, scripted_llm
 
 PLACEHOLDER = "wife"  # one token of the tiny tokenizer, not elsewhere in the prompt
 

@@ -21,7 +21,7 @@ from saexplain.score.classifier import DetectionConfig, FuzzingConfig
 from saexplain.score.simulation import SimulationConfig, expected_values
 from saexplain.store import Store
 from saexplain.subject.oracle import Oracle, SubjectConfig
-from scripted_llm import keyword_judge, last_user, scripted_llm, yes_no
+from saexplain.testing.scripted import keyword_judge, last_user, scripted_llm, yes_no
 
 GOOD = 'the word "wife"'
 WRONG = 'the word "sea"'

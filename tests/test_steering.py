@@ -13,7 +13,7 @@ from saexplain.sampling.record import FeatureRecord
 from saexplain.score.steering import Steering, SteeringConfig
 from saexplain.subject.oracle import Oracle, SubjectConfig
 from saexplain.subject.steering import calibrate, kl_from_clean, next_token_logprobs, steered
-from scripted_llm import scripted_llm
+from saexplain.testing.scripted import scripted_llm
 
 PROMPTS = ["Once upon a time", "The king said"]
 

@@ -1,6 +1,6 @@
 """Trustworthy results: a failure is never stored as a result, a score never lands on a text it was not computed
 on, and a resumed run stores what an uninterrupted one stores. Runs talk to a fake OpenAI-compatible server in a
-separate process (tests/fault_server.py: canned replies, named as a fake) or to a ScriptedLLM."""
+separate process (saexplain.testing.fake_server: canned replies, named as a fake) or to a ScriptedLLM."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fault_server import FaultServer, FaultServerProcess
 from saexplain.cli import app
 from saexplain.errors import SaexplainError
 from saexplain.explain.sage import SAGE, SAGEConfig
@@ -28,11 +27,15 @@ from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
 from saexplain.report import summarize
 from saexplain.score.classifier import DetectionConfig
 from saexplain.store import RunBusy, StaleScore, Store
-from scripted_llm import ScriptedBackend, scripted_llm, universal, yes_no
+from saexplain.testing.fake_server import FaultServer, FaultServerProcess
+from saexplain.testing.scripted import Script, ScriptedBackend, scripted_llm, universal, yes_no
 from test_pipeline import cfgs  # noqa: F401  (the fixture)
-from test_sage import Script, make_record, wife  # noqa: F401  (wife: the fixture)
-from test_scorers import GOOD, score
-from test_scorers import gt  # noqa: F401  (the fixture)
+from test_sage import make_record, wife  # noqa: F401  (wife: the fixture)
+from test_scorers import (
+    GOOD,
+    gt,  # noqa: F401  (the fixture)
+    score,
+)
 
 QUIET = {"echo": lambda m: None}
 
@@ -56,7 +59,7 @@ def test_sage_llm_faults_make_a_degraded_explanation_that_is_not_scored_and_is_r
     port = _free_port()
     llm = LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#fake", retries=0)
     c = with_run(cfgs, llm, explainers="sage", scorers="generation")
-    with FaultServerProcess("scripted_llm:sage_design_fails", port=port) as server:
+    with FaultServerProcess("sage_design_fails", port=port) as server:
         h = run_all(c, **QUIET)
         first = server.requests
     assert first > 0 and not h.ok and h.counts["explain"]["degraded"] == 2
@@ -70,7 +73,7 @@ def test_sage_llm_faults_make_a_degraded_explanation_that_is_not_scored_and_is_r
         assert s["table"]["sage|generation"]["n"] == 0
         assert db.run(h.run_id)["status"] == "incomplete"
     # the same command against a healthy server: the degraded explanations are asked again, and replaced
-    with FaultServerProcess("scripted_llm:universal", port=port) as server:
+    with FaultServerProcess("universal", port=port) as server:
         h2 = run_all(c, **QUIET)
         assert server.requests > 0
     assert h2.run_id == h.run_id and h2.ok and h2.counts["explain"]["done"] == 2
@@ -87,11 +90,11 @@ def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
             "--store", cfgs.run.store, "--model", cfgs.subject.model, "--sae", cfgs.subject.sae,
             "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
             "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake", "--retries", "0"]
-    with FaultServerProcess("scripted_llm:always_500", port=port):
+    with FaultServerProcess("always_500", port=port):
         res = CliRunner().invoke(app, args)
     assert res.exit_code == 1, res.output
     assert "explain: 2 failed, 0 degraded" in res.output
-    with FaultServerProcess("scripted_llm:universal", port=port):
+    with FaultServerProcess("universal", port=port):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
         with Store(cfgs.run.store) as db:
@@ -99,14 +102,14 @@ def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
         res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "detection",
                                        "--store", cfgs.run.store])
         assert res.exit_code == 0, res.output
-    with FaultServerProcess("scripted_llm:always_500", port=port):
+    with FaultServerProcess("always_500", port=port):
         res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "embedding,detection",
                                        "--store", cfgs.run.store])
     assert res.exit_code == 0, res.output  # embedding needs no LLM; detection is done already
     with Store(cfgs.run.store) as db:
         db.conn.execute("DELETE FROM scores WHERE scorer='detection'")
         db.conn.execute("DELETE FROM llm_cache")  # asked afresh
-    with FaultServerProcess("scripted_llm:always_500", port=port):
+    with FaultServerProcess("always_500", port=port):
         res = CliRunner().invoke(app, ["score", "--run", str(run["id"]), "--scorers", "detection",
                                        "--store", cfgs.run.store])
     assert res.exit_code == 1 and "score: 2 failed" in res.output, res.output
@@ -122,7 +125,7 @@ def test_hand_written_explanations_are_scored_beside_the_explainers_on_the_same_
             "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake"]
     texts = tmp_path / "truth.jsonl"
     texts.write_text(json.dumps({"feature": 1, "text": 'the word "water"}', "method": "truth"}) + "\n")
-    with FaultServerProcess("scripted_llm:universal", port=port):
+    with FaultServerProcess("universal", port=port):
         assert CliRunner().invoke(app, args).exit_code == 0
         with Store(cfgs.run.store) as db:
             (run,) = db.runs("run")
@@ -331,7 +334,7 @@ def test_two_concurrent_runs_on_one_store_never_attach_a_score_to_another_text(c
             "--sae", cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000",
             "--window", "16", "--sage-selection", "none",
             "--llm", f"openai-compatible:http://127.0.0.1:{port}/v1#fake"]
-    with FaultServerProcess("scripted_llm:universal", port=port):
+    with FaultServerProcess("universal", port=port):
         first = subprocess.run(args[:4] + ["--features", "0", "--explainers", "oneshot"] + args[8:],
                                capture_output=True, text=True, timeout=300)  # makes the cache and the run
         assert first.returncode == 0, first.stderr
@@ -673,8 +676,10 @@ def test_sae_checkpoints_and_broken_sae_files_are_loaded_or_refused_in_one_line(
     import shutil
 
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig, TemporalSAE, TemporalSAEConfig
-    from sae_lens.saes.matryoshka_batchtopk_sae import (MatryoshkaBatchTopKTrainingSAE,
-                                                        MatryoshkaBatchTopKTrainingSAEConfig)
+    from sae_lens.saes.matryoshka_batchtopk_sae import (
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
 
     from conftest import D_MODEL, D_SAE, make_saelens_sae
     from saexplain.subject.sae import load_sae
@@ -772,7 +777,7 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
                        for e in exps),
                 sorted((s["feature"], s["method"], s["scorer"], s["status"], s["value"]) for s in scores))
 
-    with FaultServerProcess("scripted_llm:universal", port=port) as server:
+    with FaultServerProcess("universal", port=port) as server:
         whole = subprocess.run(args(tmp_path / "whole.db"), capture_output=True, text=True, timeout=300)
         assert whole.returncode in (0, 1), whole.stderr  # 1: some items of random features fail (as they must)
         total = server.requests

@@ -25,9 +25,9 @@ from saexplain.sampling.sampler import SamplingConfig
 from saexplain.score.simulation import SimulationConfig
 from saexplain.store import Store
 from saexplain.subject.oracle import SubjectConfig
+from saexplain.testing.scripted import ScriptedBackend, universal
 from saexplain.train.data import references_from_neuronpedia
 from saexplain.web.app import create_app
-from scripted_llm import ScriptedBackend, universal
 
 XSS = '<script>window.__xss = 1</script>"><img src=x onerror="window.__xss = 2">'
 

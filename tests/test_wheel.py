@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fault_server import FaultServerProcess
+from saexplain.testing.fake_server import FaultServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_the_wheel_installs_and_runs_outside_the_repository(tmp_path):
     assert "king" in out
 
     store = work / "store.db"
-    with FaultServerProcess("scripted_llm:universal", port=_free_port()) as server:
+    with FaultServerProcess("universal", port=_free_port()) as server:
         out = _sh([cli, "run", "--features", "random:2", "--explainers", "oneshot", "--scorers", "detection",
                    "--tokens", "16384", "--llm", f"openai-compatible:{server.url}#fake",
                    "--store", str(store)], work, env, 1800)

@@ -489,6 +489,40 @@ def export(run_id: int = typer.Option(None, "--run", help="run id (default: the 
     console.print(f"{len(written)} file(s) written under {folder}")
 
 
+@app.command()
+@friendly_errors
+def snapshot(action: str = typer.Argument(..., help="save | restore"),
+             to: Path = typer.Option(None, help="the snapshot file (default: $SAEXPLAIN_HOME/snapshots/"
+                                                "<store name>.gz; required with --folder)"),
+             store: Path = typer.Option(None, help="SQLite store (default: $SAEXPLAIN_HOME/saexplain.db)"),
+             folder: Path = typer.Option(None, help="carry this folder (tar.gz) instead of a store"),
+             force: bool = typer.Option(False, help="restore over an existing store or folder"),
+             exclude: list[str] = typer.Option([], help="with --folder save: leave out files of this name or this "
+                                                        "path inside the folder (repeatable), e.g. checkpoint.pt")):
+    """Carry a store (the LLM request cache included) or a training folder to another machine as one file;
+    `save` is safe while a run writes, `restore` never overwrites without --force and refuses a damaged file."""
+    from saexplain.cache.pipeline import default_store_path
+    from saexplain.paths import home
+    from saexplain.store import snapshot as snap
+
+    if action not in ("save", "restore"):
+        raise SaexplainError(f"snapshot: unknown action {action!r} (save | restore)")
+    if folder is not None:
+        if to is None:
+            raise SaexplainError("snapshot --folder: give --to too (the snapshot file, e.g. folder.tar.gz)")
+        if action == "save":
+            console.print(f"snapshot: {to} {snap.save_folder(folder, to, tuple(exclude))} bytes")
+        else:
+            console.print(f"snapshot: {to} restored to {folder} ({snap.restore_folder(folder, to, force)} bytes)")
+        return
+    store = Path(store or default_store_path())
+    to = to or home() / "snapshots" / f"{store.name}.gz"
+    if action == "save":
+        console.print(f"snapshot: {to} {snap.save(store, to)} bytes")
+    else:
+        console.print(f"snapshot: {to} restored to {store} ({snap.restore(store, to, force)} bytes)")
+
+
 def _latest_run(db: Store, kind: str) -> int:
     runs = db.runs(kind)
     if not runs:

@@ -1,5 +1,6 @@
 """A fault-injecting OpenAI-compatible HTTP server on 127.0.0.1, started by the tests themselves: in a thread
-(`FaultServer`) or as a real separate process (`FaultServerProcess`, `python tests/fault_server.py`).
+(`FaultServer`) or as a real separate process (`FaultServerProcess`,
+`python -m saexplain.testing.fake_server`).
 
 Each request to /v1/chat/completions or /v1/completions takes the next action from a script:
   ("ok", text) · ("timeout", seconds) · ("429", retry_after) · ("500",) · ("malformed",) · ("empty",)
@@ -17,7 +18,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 
 class FaultServer:
@@ -150,19 +150,20 @@ def reply(body: dict, text: str, first: dict[str, float] | None = None) -> dict:
 
 
 class FaultServerProcess:
-    """The fake server as a separate process (`python tests/fault_server.py --handler module:function`), so that
-    tests see a real server over real sockets, as a user's run would."""
+    """The fake server as a separate process (`python -m saexplain.testing.fake_server --handler
+    module:function`), so that tests and benchmarks see a real server over real sockets, as a user's run would.
+    A handler without a module is one of `saexplain.testing.scripted`'s (e.g. "universal")."""
 
     def __init__(self, handler: str, default_text: str = "ok", port: int = 0, delay: float = 0.0):
-        self.args = [sys.executable, str(Path(__file__)), "--handler", handler, "--default-text", default_text,
-                     "--port", str(port), "--delay", str(delay)]
+        if ":" not in handler:
+            handler = f"saexplain.testing.scripted:{handler}"
+        self.args = [sys.executable, "-m", "saexplain.testing.fake_server", "--handler", handler,
+                     "--default-text", default_text, "--port", str(port), "--delay", str(delay)]
         self.proc: subprocess.Popen | None = None
         self.url = ""
 
     def __enter__(self):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                             os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         line = self.proc.stdout.readline().strip()
         if not line.startswith("http://"):
             self.proc.kill()
