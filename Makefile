@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | sha1sum 
 SAEXPLAIN_HOME ?= $(HOME)/.cache/saexplain
 LLAMA_VERSION := 0.3.36
 # With AVX-512 (BW, VL, VNNI, VBMI, BF16) the build adds it, never AMX: prompt processing of the default LLM is
-# 1.37x faster (bench/llm.py here: 95.3 vs 69.6 tok/s with the AVX2 build; generation 12.9 vs 12.0 tok/s).
+# 1.37x faster (`python -m bench llm` here: 95.3 vs 69.6 tok/s with the AVX2 build; generation 12.9 vs 12.0 tok/s).
 ifeq ($(shell uname -m),x86_64)
 AVX512 := $(shell grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo \
 	&& grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512vbmi /proc/cpuinfo && grep -qw avx512_bf16 /proc/cpuinfo && echo yes)
@@ -63,11 +63,17 @@ test: setup browser
 test-slow: setup-llm
 	$(BIN)/python -m pytest -m slow -q
 
+# `make bench`: the slow tests and the benchmarks that take minutes; `make bench NAME=web ARGS="--rounds 3"`: one
+# benchmark (`.venv/bin/python -m bench` lists them; docs/benchmarks.md has every figure with its command).
 bench: setup-llm
+ifdef NAME
+	$(BIN)/python -m bench $(NAME) $(ARGS)
+else
 	$(BIN)/python -m pytest -m slow -q
-	$(BIN)/python bench/oracle.py
-	$(BIN)/python bench/cache.py
-	$(BIN)/python bench/llm.py
+	$(BIN)/python -m bench oracle
+	$(BIN)/python -m bench cache
+	$(BIN)/python -m bench llm
+endif
 
 # The demo explains and scores with the default LLM (Qwen2.5-Coder-1.5B through llama.cpp): it needs setup-llm.
 # It serves the web UI on 127.0.0.1 while it runs and after (Ctrl-C stops it; DEMO_ARGS=--no-stay to exit at the end).

@@ -1,9 +1,9 @@
 """Latent-cache throughput against the raw truncated forward on the same batches, peak RSS at two corpus
 sizes (it must stay flat), and bytes per stored non-zero — on the default stack (Gemma 3 270M + default SAE).
 
-    .venv/bin/python bench/cache.py [--ratio-tokens 65536] [--rss-tokens 100000 800000]
+    .venv/bin/python -m bench cache [--ratio-tokens 65536] [--rss-tokens 100000 800000]
 
-The RSS runs are separate processes (`bench/cache.py --child N`), each building a fresh cache of N tokens.
+The RSS runs are separate processes (`python -m bench cache --child N`), each building a fresh cache of N tokens.
 The shipped corpus holds fewer than 1M tokens at 64-token contexts, so "1M" is capped there (or --corpus).
 Last line: `ratio: <cache tok/s ÷ raw forward tok/s>`."""
 
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from results import record
+
+from bench.common import load, record
 
 
 def child(tokens: int) -> None:
@@ -118,8 +119,9 @@ def main() -> None:
         return child(args.child)
     raw: dict = {"rss": []}
     for n in args.rss_tokens:
-        out = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True,
-                             env=os.environ, check=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run([sys.executable, "-m", "bench", "cache", "--child", str(n)], capture_output=True,
+                             text=True, env=os.environ, check=True, cwd=Path(__file__).resolve().parent.parent
+                             ).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         raw["rss"].append(r)
         print(f"{r['tokens']} tokens: {r['tokens'] / r['seconds']:.0f} tok/s, peak RSS {r['max_rss_mb']:.0f} MB, "
@@ -130,6 +132,17 @@ def main() -> None:
     figures["ratio"] = ratio(args.ratio_tokens, raw)
     record("cache", figures, raw)
     print(f"ratio: {figures['ratio']:.3f}")
+
+
+def report() -> None:
+    """The committed record's figures (`python -m bench cache --report`): nothing run."""
+    doc = load("cache")
+    for r in doc["raw"]["rss"]:
+        print(f"cache of {r['tokens']:,} tokens: peak RSS {r['max_rss_mb']:.0f} MB, "
+              f"{r['bytes_per_nonzero']:.2f} bytes per stored non-zero")
+    if doc["figures"].get("delphi_speedup"):
+        print(f"delphi_speedup: {doc['figures']['delphi_speedup']:.2f}")
+    print(f"ratio: {doc['figures']['ratio']:.3f}")
 
 
 if __name__ == "__main__":

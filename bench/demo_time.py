@@ -3,7 +3,7 @@ $SAEXPLAIN_HOME — either with nothing cached at all (`--mode cold`: llama-cpp-
 llama.cpp wheel cached (`--mode warm-wheel`). pip's own cache is switched off (PIP_NO_CACHE_DIR) so that every
 package is installed as on a new machine (from this machine's package index).
 
-    .venv/bin/python bench/demo_time.py --mode cold          # then --mode warm-wheel
+    .venv/bin/python -m bench demo_time --mode cold          # then --mode warm-wheel
     (options: --workdir /tmp/saexplain-demo-time, --keep)
 
 The clone is of this checkout's HEAD, alone in an empty folder (nothing beside it: the default corpus, the
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from results import record
+from bench.common import load, record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,12 +79,24 @@ def main() -> None:
     name = f"demo {args.mode} minutes"
     figures = {name.replace(" ", "_").replace("-", "_"): total / 60, "exit_code": rc,
                "steps_minutes": {k: v / 60 for k, v in steps.items()}}
-    record(f"demo_{args.mode.replace('-', '_')}", figures, {"log_tail": tail, "workdir": str(work)})
+    record("demo_time", figures, {"mode": args.mode, "log_tail": tail, "workdir": str(work)})
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     if rc != 0:
         print(f"make demo exited with {rc} (log kept in the raw results' tail)")
     print(f"{name}: {total / 60:.1f}")
+
+
+def report() -> None:
+    """The committed record's steps and total (`python -m bench demo_time --report`): nothing run."""
+    figures = load("demo_time")["figures"]
+    before = 0.0
+    for step, at in figures["steps_minutes"].items():  # the log's marks are minutes since the start
+        print(f"{step}: {at - before:.1f} min")
+        before = at
+    name = next(k for k in figures if k.endswith("_minutes") and k != "steps_minutes")
+    print(f"make demo exit code: {figures['exit_code']}")
+    print(f"{name.replace('_minutes', '').replace('_', ' ')} minutes: {figures[name]:.1f}")
 
 
 if __name__ == "__main__":

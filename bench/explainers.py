@@ -2,9 +2,9 @@
 SAE, the same LLM judging every method on the same score-pool windows: generation accuracy, detection,
 simulation r (with bootstrap 95 % CIs over features), LLM calls and tokens per feature.
 
-    .venv/bin/python bench/explainers.py [--features 30] [--llm default] [--tokens 256k]
+    .venv/bin/python -m bench explainers [--features 30] [--llm default] [--tokens 256k]
     # issue 18's comparison: 60 features, one-shot vs SAGE, the scorers that rank them (about 3.5 min a feature)
-    .venv/bin/python bench/explainers.py --features 60 --methods oneshot,sage --scorers generation,detection,embedding
+    .venv/bin/python -m bench explainers --features 60 --methods oneshot,sage --scorers generation,detection,embedding
 
 Resumable: it is one `saexplain run` in its own store ($SAEXPLAIN_HOME/bench.db, so the demo's runs stay
 apart); killed, it continues where it stopped and may span sessions. Uses the CPU preset of `make demo` (pipeline/presets.py). Prints the report, then the
@@ -13,12 +13,10 @@ headline line `SAGE - one-shot gen-acc delta: <value> [<lo>, <hi>]`."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from results import record
-
+from bench.common import load, record
 from saexplain.cache.pipeline import cache_key
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
@@ -36,22 +34,11 @@ def main() -> None:
     ap.add_argument("--tokens", default="262144", help="tokens to cache (the demo's 256k cache is reused)")
     ap.add_argument("--store", default=None, help="store (default: $SAEXPLAIN_HOME/bench.db)")
     ap.add_argument("--report-only", action="store_true", help="print the figures so far (no LLM work)")
-    ap.add_argument("--from-raw", default=None, metavar="JSON", help="print the report and headline of a committed "
-                    "raw record (bench/results/explainers*.json) instead of a store's run: nothing is run or written")
     ap.add_argument("--seed", type=int, default=1, help="feature choice seed (demo uses 0)")
     ap.add_argument("--methods", default="oneshot,oneshot+logitlens,sage", help="explainers compared (one-shot is "
                     "the baseline)")
     ap.add_argument("--scorers", default="generation,detection,simulation,embedding")
     args = ap.parse_args()
-    if args.from_raw:  # a committed record: its report and its own headline figures, nothing run or written
-        try:
-            doc = json.loads(Path(args.from_raw).read_text())
-            report, figs = markdown(doc["raw"]), doc["figures"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"--from-raw {args.from_raw}: not a bench/explainers.py raw record ({e!r})") from None
-        print(report)
-        headline(figs)
-        return
     store = args.store or str(home() / "bench.db")
     cfgs = cpu_preset(f"random:{args.features}", args.methods, args.scorers, args.tokens, args.seed, llm=args.llm,
                       store=store)
@@ -82,9 +69,15 @@ def main() -> None:
         with Store(store, readonly=True) as db:
             s = summarize(db, h.run_id, baseline="oneshot")
     figs = figures(s)
-    # one raw file per feature seed: a fresh held-out draw (--seed 2) does not replace seed 1's record
-    record("explainers" + (f"-seed{args.seed}" if args.seed != 1 else ""), figs, s)
+    record("explainers", figs, s)
     headline(figs)
+
+
+def report() -> None:
+    """The committed record's report and headline (`python -m bench explainers --report`): nothing run."""
+    doc = load("explainers")
+    print(markdown(doc["raw"]))
+    headline(doc["figures"])
 
 
 def figures(s: dict) -> dict:

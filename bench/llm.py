@@ -2,7 +2,7 @@
 prompt tok/s, generation tok/s, what prompt-prefix KV reuse saves on a growing conversation, and server
 throughput at 1/2/4/8 concurrent requests.
 
-    .venv/bin/python bench/llm.py [--threads 2]
+    .venv/bin/python -m bench llm [--threads 2]
 
 Last line: `generation: <tok/s in process>`."""
 
@@ -14,8 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results import record
-
+from bench.common import load, record
 from saexplain.llm import LLM, LLMConfig
 from saexplain.llm.default import qwen_gguf
 from saexplain.llm.server import start_llama_server
@@ -95,6 +94,20 @@ def main() -> None:
         server.wait()
     record("llm", {"generation": g_local}, raw)
     print(f"generation: {g_local:.1f}")
+
+
+def report() -> None:
+    """The committed record's figures (`python -m bench llm --report`): nothing run."""
+    raw = load("llm")["raw"]
+    local, server, reuse = raw["in_process"], raw.get("server") or {}, raw["prefix_reuse"]
+    print(f"in process: prompt {local['prompt_tok_s']:.1f} tok/s, generation {local['generation_tok_s']:.1f} tok/s")
+    if server:
+        print(f"server: prompt {server['prompt_tok_s']:.1f} tok/s, generation {server['generation_tok_s']:.1f} tok/s")
+        for c in server.get("concurrent", []):
+            print(f"server, {c['requests']} concurrent: {c['generated_tokens'] / c['wall_s']:.1f} generated tok/s")
+    print(f"prefix reuse: {reuse['conversation_tokens']}-token conversation, next turn {reuse['with_kv_cache_s']:.2f}s "
+          f"with the KV cache vs {reuse['from_scratch_s']:.2f}s from scratch")
+    print(f"generation: {local['generation_tok_s']:.1f}")
 
 
 if __name__ == "__main__":

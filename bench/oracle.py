@@ -5,7 +5,7 @@ pre-padded tensors through SubjectModel.hidden) and the full oracle call (tokeni
 split per text) are timed alternately; the ratio is oracle tokens/s ÷ raw tokens/s (median of repeats).
 Last line: `ratio: <worse of the two shapes>`.
 
-    .venv/bin/python bench/oracle.py [--repeats 7]
+    .venv/bin/python -m bench oracle [--repeats 7]
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import statistics
 import time
 
 import torch
-from results import record
 
+from bench.common import load, record
 from saexplain.data.corpus import default_corpus, iter_documents
 from saexplain.subject.oracle import Oracle, SubjectConfig
 
@@ -81,6 +81,15 @@ def main() -> None:
     record("oracle", {"ratio": min(ratios.values())}, {"shapes": rows, "repeats": args.repeats,
                                                        "threads": torch.get_num_threads()})
     print(f"ratio: {min(ratios.values()):.3f}")
+
+
+def report() -> None:
+    """The committed record's figures (`python -m bench oracle --report`): nothing run."""
+    doc = load("oracle")
+    for shape, r in doc["raw"]["shapes"].items():
+        print(f"{shape} tokens: raw truncated forward {r['raw_tok_s']:.0f} tok/s, oracle {r['oracle_tok_s']:.0f} tok/s, "
+              f"ratio {r['ratio']:.3f}")
+    print(f"ratio: {doc['figures']['ratio']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Throughput of `saexplain run` against a parallel LLM server: how much of the server's slots the pipeline
-keeps busy. The server is a FAKE OpenAI-compatible server (tests/fault_server.py, its own process): canned,
-schema-valid replies (tests/scripted_llm.py `universal`), a fixed latency per reply and unlimited parallel
-slots; the subject is the fast suite's tiny Gemma-3 with the ground-truth SAE (tests/tiny.py).
+keeps busy. The server is a FAKE OpenAI-compatible server (saexplain.testing.fake_server, its own process):
+canned, schema-valid replies (saexplain.testing.scripted `universal`), a fixed latency per reply and unlimited
+parallel slots; the subject is the fast suite's tiny Gemma-3 with the ground-truth SAE (saexplain.testing.tiny).
 
-    .venv/bin/python bench/pipeline.py [--features 64] [--latency 1.0] [--max-concurrency 32]
+    .venv/bin/python -m bench pipeline [--features 64] [--latency 1.0] [--max-concurrency 32]
 
 For each max_concurrency: a fresh store and $SAEXPLAIN_HOME, one `run_all` of N features × (oneshot, sage) ×
 (detection, generation, embedding, simulation). effective concurrency = Σ request latency (the call log) ÷ wall
@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from results import record  # noqa: E402
+from bench.common import FaultServerProcess, free_port, load, record, tiny_ground_truth
 
 
 def main() -> None:
@@ -36,10 +31,8 @@ def main() -> None:
     os.environ["SAEXPLAIN_HOME"] = str(tmp / "home")
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from fault_server import FaultServerProcess
     from saexplain.cache.config import CacheConfig
     from saexplain.data.contexts import CorpusConfig
-    from saexplain.data.corpus import default_corpus
     from saexplain.explain.sage import SAGEConfig
     from saexplain.llm.client import LLMConfig
     from saexplain.pipeline.configs import RunConfig, StageConfigs
@@ -48,19 +41,12 @@ def main() -> None:
     from saexplain.score.simulation import SimulationConfig
     from saexplain.store import Store
     from saexplain.subject.config import SubjectConfig
-    from tiny import write_ground_truth_sae, write_tiny_model
 
-    grimm = Path(default_corpus()[0])  # the shipped corpus's Grimm's tales
-
-    model = write_tiny_model(tmp / "model")
-    gt = write_ground_truth_sae(model, tmp / "sae")
-    corpus = tmp / "tales.txt"
-    corpus.write_text(grimm.read_text(encoding="utf-8")[:200_000])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    gt = tiny_ground_truth(tmp)
+    model, corpus = gt["model"], gt["corpus"]
+    port = free_port()
     rows = []
-    with FaultServerProcess("scripted_llm:universal", port=port, delay=args.latency):
+    with FaultServerProcess("universal", port=port, delay=args.latency):
         for mc in args.max_concurrency:
             store = tmp / f"store-{mc}.db"
             cfgs = StageConfigs(
@@ -95,6 +81,17 @@ def main() -> None:
            {"latency_s": args.latency, "runs": rows})
     print(f"effective concurrency: {last['effective_concurrency']:.2f}")
     print(f"ratio: {last['ratio']:.3f}")
+
+
+def report() -> None:
+    """The committed record's figures (`python -m bench pipeline --report`): nothing run."""
+    doc = load("pipeline")
+    for r in doc["raw"]["runs"]:
+        print(f"max_concurrency {r['max_concurrency']}: {r['requests']} requests, effective concurrency "
+              f"{r['effective_concurrency']:.2f}, ratio {r['ratio']:.3f}, {r['features_per_hour']:.0f} features/hour, "
+              f"CPU outside the LLM {r['cpu_s_per_feature']:.2f} s per feature")
+    print(f"effective concurrency: {doc['figures']['effective_concurrency']:.2f}")
+    print(f"ratio: {doc['figures']['ratio']:.3f}")
 
 
 if __name__ == "__main__":

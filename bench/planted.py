@@ -1,6 +1,6 @@
 """Planted features: do the explainers recover concepts whose truth is known? (issue 18)
 
-    .venv/bin/python bench/planted.py [--contexts 2000] [--tokens 262144] [--llm default]
+    .venv/bin/python -m bench planted [--contexts 2000] [--tokens 262144] [--llm default]
 
 1. Planted SAE (subject/planted.py): linear probes, fitted on Gemma 3 270M's residual stream at the default SAE's
    hookpoint (blocks.6.hook_resid_post) over the default corpus's first 64 tokens of each document (`--contexts`
@@ -27,14 +27,10 @@ import asyncio
 import hashlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from results import record  # noqa: E402
+from bench.common import record
 
 
 def planted_sae(args) -> Path:

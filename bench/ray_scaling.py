@@ -1,16 +1,16 @@
 """Ray scale-out on this machine: the same work with the local executor, 1 Ray worker and 2 Ray workers.
 
-    .venv/bin/python bench/ray_scaling.py [--features 32] [--latency 0.5] [--tokens 200k] [--max-concurrency 4]
+    .venv/bin/python -m bench ray_scaling [--features 32] [--latency 0.5] [--tokens 200k] [--max-concurrency 4]
 
-The subject is the fast suite's tiny Gemma-3 with the ground-truth SAE (tests/tiny.py); the LLM is a FAKE
-OpenAI-compatible server (tests/fault_server.py, its own process: canned schema-valid replies, a fixed latency per
-reply, unlimited slots). Everything runs on this machine's CPUs (Ray started with all of them, one CPU per worker).
+The subject is the fast suite's tiny Gemma-3 with the ground-truth SAE (saexplain.testing.tiny); the LLM is a FAKE
+OpenAI-compatible server (saexplain.testing.fake_server, its own process: canned schema-valid replies, a fixed
+latency per reply, unlimited slots). Everything runs on this machine's CPUs (Ray started with all of them, one CPU per worker).
 
 - run: N features × (oneshot, sage) × (detection, generation), a fresh store each time, the cache built once
   before (not timed). Throughput = features / wall time of the explain/score loop; Ray's start-up (cluster and
   workers loading the subject) is reported apart. Each worker has its own LLM client with --max-concurrency
   slots (one endpoint per node is what --ray-nodes is for), so 2 workers keep twice the requests in flight.
-- cache: `tokens` tokens of tinyshakespeare at 64-token contexts, 64 contexts per shard, a fresh
+- cache: `tokens` tokens of the shipped tiny-shakespeare at 64-token contexts, 64 contexts per shard, a fresh
   $SAEXPLAIN_HOME each time. Throughput = tokens / seconds spent writing shards (tokenising, statistics and
   start-up apart); the manifests of all three caches are compared (byte-identical shards).
 
@@ -21,16 +21,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-
-from results import record  # noqa: E402
+from bench.common import FaultServerProcess, free_port, record, tiny_ground_truth
 
 
 def main() -> None:
@@ -43,7 +38,6 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="saexplain-bench-ray-"))
     os.environ["HF_HUB_OFFLINE"] = "1"
 
-    from fault_server import FaultServerProcess
     from saexplain.cache.config import CacheConfig
     from saexplain.cache.pipeline import build_cache
     from saexplain.data.contexts import CorpusConfig
@@ -56,12 +50,10 @@ def main() -> None:
     from saexplain.sampling.sampler import SamplingConfig
     from saexplain.store import Store
     from saexplain.subject.config import SubjectConfig
-    from tiny import write_ground_truth_sae, write_tiny_model
 
-    grimm, shakespeare = map(Path, default_corpus())  # the shipped corpus
-
-    model = write_tiny_model(tmp / "model")
-    gt = write_ground_truth_sae(model, tmp / "sae")
+    shakespeare = Path(default_corpus()[1])  # the shipped corpus's tiny-shakespeare
+    gt = tiny_ground_truth(tmp)
+    model, corpus = gt["model"], gt["corpus"]
     subject = SubjectConfig(model=str(model), sae=str(gt["sae"]))
     quiet = {"echo": lambda m: None}
     variants = [("local", None), ("ray-1", RayConfig(ray="local", ray_workers=1)),
@@ -113,13 +105,9 @@ def main() -> None:
 
     # ------------------------------------------------------------------------------------------------ run
     os.environ["SAEXPLAIN_HOME"] = str(tmp / "home-run")
-    corpus = tmp / "tales.txt"
-    corpus.write_text(grimm.read_text(encoding="utf-8")[:200_000])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     run_rows = {}
-    with FaultServerProcess("scripted_llm:universal", port=port, delay=args.latency):
+    with FaultServerProcess("universal", port=port, delay=args.latency):
         def cfgs(name):
             return StageConfigs(
                 run=RunConfig(features=f"random:{args.features}", explainers="oneshot,sage",

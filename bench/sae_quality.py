@@ -1,7 +1,7 @@
 """Quality of a trained SAE on the activations it was trained from: fraction of variance explained, mean L0
 and dead features on the held-out contexts, and features that never fire on any token of the corpus.
 
-    .venv/bin/python bench/sae_quality.py [--sae <folder>]   (default: the default SAE)
+    .venv/bin/python -m bench sae_quality [--sae <folder>]   (default: the default SAE)
 
 Uses the SAE's saexplain_train_config.json to find the cached activations and the same held-out split.
 Last line: `fve: <value>`."""
@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 import torch
-from results import record
 
+from bench.common import load, record
 from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import default_sae_dir, load_sae
 from saexplain.subject.train_sae import TrainSAEConfig, cached_activations, firing_counts, sae_metrics
@@ -42,6 +42,14 @@ def main() -> None:
     print(json.dumps(metrics, indent=1))
     record("sae_quality", {"fve": metrics["fraction_variance_explained"]}, metrics)
     print(f"fve: {metrics['fraction_variance_explained']:.3f}")
+
+
+def report() -> None:
+    """The committed record's figures (`python -m bench sae_quality --report`): nothing run."""
+    m = load("sae_quality")["raw"]
+    print(f"held-out tokens: {m['eval_tokens']:,}; mean L0 {m['mean_l0']:.1f}; dead on them {100 * m['dead_fraction']:.2f} %; "
+          f"never firing on the corpus ({m['corpus_tokens']:,} tokens) {100 * m['never_fires_fraction']:.2f} %")
+    print(f"fve: {m['fraction_variance_explained']:.3f}")
 
 
 if __name__ == "__main__":

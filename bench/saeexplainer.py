@@ -1,9 +1,9 @@
 """SAEExplainer at CPU scale on the default stack: SFT → pairs → DPO round 1 → pairs → DPO round 2, then the
 evaluation on held-out features against one-shot, every method judged by the same LLM.
 
-    .venv/bin/python bench/saeexplainer.py [--train-features 1024] [--sft-epochs 3]
+    .venv/bin/python -m bench saeexplainer [--train-features 1024] [--sft-epochs 3]
     # another training folder's stages on the same held-out features, in a run of their own:
-    .venv/bin/python bench/saeexplainer.py --eval-only --dir FOLDER --eval-stages sft,round1 --eval-name NAME
+    .venv/bin/python -m bench saeexplainer --eval-only --dir FOLDER --eval-stages sft,round1 --eval-name NAME
 
 - Held-out features: those of bench/explainers.py's run (same store $SAEXPLAIN_HOME/bench.db, same preset, so
   its one-shot explanations are reused and judged by the same LLM on the same score pools; SAGE is not explained
@@ -47,23 +47,37 @@ evaluation on held-out features against one-shot, every method judged by the sam
   greedy explanation of each pair feature joins round 2's candidates and takes its first pair). Every stage resumes (store, SFT checkpoint, candidates file, TRL checkpoints), so a killed
   benchmark continues where it stopped.
 Prints the wall time of each stage, the evaluation table (generation, contrast, detection) and the headline
-`round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100)."""
+`round2 - SFT GEN delta: <points> [<lo>, <hi>]` (points = generation accuracy × 100); raw:
+bench/results/saeexplainer/heldout-<eval name>.json.
+
+The same trained stages on unseen features (band features neither trained on nor held out, 144 by default in
+the study), each explanation rewarded by the generation scorer itself, paired against SFT:
+
+    .venv/bin/python -m bench saeexplainer unseen-check --check-dir FOLDER --check-features 144 \\
+        --generation-reward --model FOLDER:STAGE[:RAW_JSON] [--model ...] [--tag TAG]
+
+(raw: bench/results/saeexplainer/unseen-<tag>.json). `python -m bench saeexplainer --report` prints the study's
+table — per trained stage: reward, pair features, held-out and unseen generation − SFT with their 95 % CIs —
+from the committed raw files under bench/results/saeexplainer/, running nothing."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shlex
+import sys
 import time
+from pathlib import Path
 
-from results import record
-
-from saexplain.explain.saeexplainer import SAEExplainerConfig
+from bench.common import RESULTS, record
+from saexplain.explain.saeexplainer import STAGES as EXPLAINER_STAGES
+from saexplain.explain.saeexplainer import ExplainerLM, SAEExplainerConfig
 from saexplain.llm import LLM
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
 from saexplain.pipeline.runner import run_all
-from saexplain.report import markdown, summarize
+from saexplain.report import bootstrap_ci, markdown, summarize
 from saexplain.store import Store
 from saexplain.train.config import TrainConfig
 from saexplain.train.pipeline import Training
@@ -76,6 +90,8 @@ def echo(message: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["unseen-check"]:
+        return unseen_check(sys.argv[2:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-features", type=int, default=1024)
     ap.add_argument("--references", choices=("top-tokens", "oneshot"), default="top-tokens")
@@ -236,7 +252,7 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
     print(markdown(s))
     sft_vs = vs_oneshot["paired"].get("saeexplainer@sft|generation") if vs_oneshot else None
     forms = text_forms(s, methods)
-    record("saeexplainer" + (f"-{args.eval_name}" if args.eval_name else ""),
+    record(f"saeexplainer/heldout-{args.eval_name or 'saeexplainer'}",
            {**{f"{stage}_minus_sft_gen": s["paired"].get(f"saeexplainer@{stage}|generation") for stage in stages[1:]},
             "sft_minus_oneshot_gen": sft_vs, "cost": {m: s["usage"].get(m) for m in ("oneshot", *methods)},
             "stage_seconds": dict(times), "text_forms": forms}, s)
@@ -260,6 +276,193 @@ def evaluate(args, store: str, tdir: str, stages: list[str], features: list[int]
                   f"{100 * d['ci95'][1]:+.1f}] points (n={d['n']} held-out features)")
         else:
             print(f"{stage} - SFT GEN delta: n/a (no held-out feature scored for both)")
+
+
+def parse_model(spec: str) -> tuple[Path, str, Path | None]:
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[1] not in EXPLAINER_STAGES or parts[1] == "base":
+        raise SystemExit(f"--model {spec!r}: FOLDER:STAGE[:RAW_JSON] with STAGE one of sft, round1, round2")
+    folder = Path(parts[0]).expanduser()
+    if not (folder / parts[1] / "adapter" / "adapter_config.json").is_file():
+        raise SystemExit(f"--model {spec!r}: {folder / parts[1] / 'adapter'} holds no trained adapter")
+    return folder, parts[1], Path(parts[2]) if len(parts) == 3 else None
+
+
+def heldout_delta(stage: str, raw: Path | None) -> float | None:
+    """The model's held-out generation delta against SFT (points), from the evaluation's raw file."""
+    if stage == "sft":
+        return 0.0
+    if raw is None:
+        return None
+    fig = json.loads(raw.read_text())["figures"].get(f"{stage}_minus_sft_gen")
+    if not fig:
+        raise SystemExit(f"{raw}: no {stage}_minus_sft_gen figure")
+    return 100 * fig["delta"]
+
+
+def by_feature(model_row: dict) -> dict[int, dict]:
+    return {x["feature"]: x for x in model_row["features"]}
+
+
+def paired_delta(base: list[dict], other: list[dict]) -> tuple[float | None, ...]:
+    """`other` − `base` check reward over the check features both rewarded, in points: (mean, low, high), the
+    percentile bootstrap 95 % interval over features (the report's)."""
+    a = {x["feature"]: x["reward"] for x in base if x["reward"] is not None}
+    diffs = [100 * (x["reward"] - a[x["feature"]]) for x in other if x["reward"] is not None and x["feature"] in a]
+    return bootstrap_ci(diffs)
+
+
+def raw_name(check_features: int | None, generation: bool, tag: str = "") -> str:
+    """The raw file's name: the check's size when not the folder's, the generation reward, a tag."""
+    return ("saeexplainer/unseen" + (f"-{check_features}" if check_features else "")
+            + ("-generation" if generation else "") + (f"-{tag}" if tag else ""))
+
+
+def moves(first: dict[int, dict], to: dict[int, dict]) -> dict[str, int]:
+    """From one set of greedy check rows to another (feature → {"text", "reward"}): the features whose reward rose
+    and fell (both rewarded; a failed reward is not compared) and whose text changed (both written)."""
+    both = [f for f in first if first[f]["reward"] is not None and to.get(f, {}).get("reward") is not None]
+    return {"rose": sum(to[f]["reward"] > first[f]["reward"] for f in both),
+            "fell": sum(to[f]["reward"] < first[f]["reward"] for f in both),
+            "changed": sum(to[f]["text"] != first[f]["text"] for f in first if f in to)}
+
+
+def unseen_check(argv: list[str]) -> None:
+    """Trained stages rewarded on unseen features, paired against SFT (see the module's docstring)."""
+    from scipy.stats import spearmanr
+
+    ap = argparse.ArgumentParser(prog="python -m bench saeexplainer unseen-check")
+    ap.add_argument("--check-dir", required=True, help="a training folder made with --dpo-features unseen "
+                    "--dpo-check reward: its check features and reward")
+    ap.add_argument("--model", action="append", required=True, help="FOLDER:STAGE[:RAW_JSON], repeated")
+    ap.add_argument("--check-features", type=int, default=None, help="check on this many unseen features instead "
+                    "of the folder's (the folder's first ones and more of the same draw; the settings go to a "
+                    "sibling folder <check-dir>-check<N>, since a folder's config is fixed)")
+    ap.add_argument("--generation-reward", action="store_true", help="reward each explanation with the "
+                    "generation scorer itself (the CPU preset's sentences, greedy, half the feature's max: the score "
+                    "bench/saeexplainer.py's evaluation gives) "
+                    "instead of the folder's reward (the settings go to a sibling folder <check-dir>[-check<N>]-gen)")
+    ap.add_argument("--tag", default="", help="append _<tag> to the raw file's name (a check of other models "
+                    "that must not replace an earlier check's record)")
+    ap.add_argument("--tokens", default="262144")
+    args = ap.parse_args(argv)
+    models = [parse_model(m) for m in args.model]
+    check_dir = Path(args.check_dir).expanduser()
+    saved = json.loads((check_dir / "config.json").read_text())["training"]
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.model_fields})
+    if cfg.dpo_features != "unseen" or cfg.dpo_check != "reward":
+        raise SystemExit(f"--check-dir {check_dir}: made with --dpo-features {cfg.dpo_features} --dpo-check "
+                         f"{cfg.dpo_check}, not unseen / reward")
+    more = bool(args.check_features) and args.check_features != cfg.dpo_check_features
+    if more:
+        cfg = cfg.model_copy(update={"dpo_check_features": args.check_features,
+                                     "dir": str(check_dir.parent / f"{check_dir.name}-check{args.check_features}")})
+    if args.generation_reward:
+        gen = cpu_preset("", "", "", args.tokens).generation
+        cfg = cfg.model_copy(update={"reward_source": "generation", "reward_texts": gen.sentences,
+                                     "reward_repeats": 1, "reward_fraction": gen.fraction, "dir": f"{cfg.folder()}-gen"})
+    store = cfg.store or str(home() / "bench.db")
+    stages = cpu_preset("", "", "", args.tokens, store=store)
+    t = Training(cfg, stages, echo=lambda m: print(m, flush=True))
+    rows = []
+    try:
+        check = t.reward_check(lambda: LLM(stages.llm, store=t.store), t.vectors())
+        for folder, stage, raw in models:
+            t0 = time.perf_counter()
+            ecfg = t.explainer.model_copy(update={"train_dir": str(folder), "stage": stage,
+                                                  "device": cfg.train_device, "dtype": cfg.train_dtype})
+            lm = ExplainerLM.load(ecfg, ecfg.adapters())
+            res = check(lm)
+            del lm
+            rows.append({"folder": str(folder), "stage": stage, "check_reward": res["value"],
+                         "rewarded": res["rewarded"], "heldout_delta": heldout_delta(stage, raw),
+                         "features": res["features"], "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"{folder.name}:{stage}: check reward {res['value']:.3f} over {res['rewarded']} features, "
+                  f"held-out delta {rows[-1]['heldout_delta']} ({rows[-1]['seconds']:.0f}s)", flush=True)
+    finally:
+        t.close()
+    sft = next((r for r in rows if r["stage"] == "sft"), None)
+    print("| model | check reward (unseen) | − SFT (points, 95 % CI) | vs SFT: rose / fell / texts changed "
+          "| held-out generation − SFT (points) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        m = moves(by_feature(sft), by_feature(r)) if sft is not None and r is not sft else None
+        c = paired_delta(sft["features"], r["features"]) if m is not None else None
+        r["vs_sft"], r["vs_sft_points"] = m, c
+        d = r["heldout_delta"]
+        print(f"| {Path(r['folder']).name}:{r['stage']} | {r['check_reward']:.3f} | "
+              f"{'' if c is None else f'{c[0]:+.1f} [{c[1]:+.1f}, {c[2]:+.1f}]'} | "
+              f"{'' if m is None else '{rose} / {fell} / {changed}'.format(**m)} | "
+              f"{'n/a' if d is None else f'{d:+.1f}'} |")
+    both = [(r["check_reward"], r["heldout_delta"]) for r in rows if r["heldout_delta"] is not None]
+    rho = float(spearmanr(*zip(*both))[0]) if len(both) >= 3 else None
+    name = raw_name(args.check_features if more else None, args.generation_reward, args.tag)
+    record(name, {"check_dir": str(check_dir), "check_features": len(t.check_features()), "spearman": rho,
+                  "reward_source": cfg.reward_source,
+                  "models": len(both),
+                  "check_reward": {f"{Path(r['folder']).name}:{r['stage']}": r["check_reward"] for r in rows}},
+           rows)
+    print(f"unseen check vs held-out delta Spearman: {'n/a' if rho is None else f'{rho:.3f}'} (n={len(both)})")
+
+
+def _option(command: str, name: str, default: str) -> str:
+    args = shlex.split(command)
+    return args[args.index(name) + 1] if name in args else default
+
+
+def _points(d: dict | None) -> str:
+    if not d or not d.get("n"):
+        return "—"
+    return f"{100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.1f}, {100 * d['ci95'][1]:+.1f}]"
+
+
+def report() -> None:
+    """The study's table from the committed raw files (bench/results/saeexplainer/): one row per trained stage —
+    its folder, reward, pair features, held-out generation − SFT (60 features) and the same on the unseen check
+    features (the evaluation's generation scorer, paired against SFT), each with its 95 % CI."""
+    folder = RESULTS / "saeexplainer"
+    heldout = sorted(folder.glob("heldout-*.json"), key=lambda p: json.loads(p.read_text())["finished"])
+    unseen = [json.loads(p.read_text()) for p in sorted(folder.glob("unseen-*.json"))]
+    if not heldout:
+        raise SystemExit(f"{folder}: no held-out raw files (run `python -m bench saeexplainer` first)")
+    unseen_delta: dict[str, tuple] = {}
+    for doc in unseen:
+        rows = {f"{Path(r['folder']).name}:{r['stage']}": r for r in doc["raw"]}
+        sft = next(r for r in rows.values() if r["stage"] == "sft")
+        for key, r in rows.items():
+            if r is not sft and key not in unseen_delta:
+                unseen_delta[key] = (paired_delta(sft["features"], r["features"]), len(r["features"]))
+    lines = ["| trained stage (folder) | reward | pair features × pairs each | held-out − SFT (points, n) "
+             "| unseen − SFT (points, n) | commit |", "|---|---|---|---|---|---|"]
+    seen = set()
+    sft_vs_oneshot = None
+    for path in heldout:
+        doc = json.loads(path.read_text())
+        cmd, fig = doc["command"], doc["figures"]
+        sft_vs_oneshot = sft_vs_oneshot or fig.get("sft_minus_oneshot_gen")
+        name = Path(_option(cmd, "--dir", "bench")).name
+        for stage in ("round1", "round2"):
+            d = fig.get(f"{stage}_minus_sft_gen")
+            if d is None:
+                continue
+            key = f"{name}:{stage}"
+            seen.add(key)
+            u, n_u = unseen_delta.get(key, ((None,), 0))
+            lines.append(f"| {key} | {_option(cmd, '--reward-source', 'llm')} | "
+                         f"{_option(cmd, '--pair-features', '32')} × {_option(cmd, '--pairs-per-feature', '1')} | "
+                         f"{_points(d)} (n={d['n']}) | "
+                         f"{'—' if u[0] is None else f'{u[0]:+.1f} [{u[1]:+.1f}, {u[2]:+.1f}] (n={n_u})'} | "
+                         f"{doc['commit']} |")
+    for key, (u, n_u) in unseen_delta.items():
+        if key not in seen:
+            lines.append(f"| {key} | share | — | not evaluated | {u[0]:+.1f} [{u[1]:+.1f}, {u[2]:+.1f}] (n={n_u}) | — |")
+    if sft_vs_oneshot:
+        lines.append(f"SFT - one-shot GEN delta: {_points(sft_vs_oneshot)} points (n={sft_vs_oneshot['n']})")
+    best = max((json.loads(p.read_text())["figures"].get("round2_minus_sft_gen") or {"delta": -9} for p in heldout),
+               key=lambda d: d["delta"])
+    if best.get("n"):
+        lines.append(f"round2 - SFT GEN delta: {_points(best)} points (n={best['n']} held-out features, best round 2)")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 and how stable each score is between two runs with different seeds (a different score pool drawn for each
 seed; generation/contrast writers at temperature 0.7 with the seed), as the correlation over features.
 
-    .venv/bin/python bench/scorers.py [--features 30] [--scorers detection,fuzzing,...] [--limit N]
+    .venv/bin/python -m bench scorers [--features 30] [--scorers detection,fuzzing,...] [--limit N]
 
 Steering is not in the default list (its cost is the subject model's, not the LLM's: bisection and greedy
 continuations for the feature and two distractors at four strengths); `--scorers steering --limit 10` measures
@@ -20,8 +20,8 @@ import json
 import time
 
 import numpy as np
-from results import record
 
+from bench.common import load, record
 from saexplain.llm import LLM
 from saexplain.paths import home
 from saexplain.pipeline.presets import cpu_preset
@@ -102,19 +102,29 @@ def main() -> None:
             await llm.aclose()
 
         asyncio.run(go())
+    rows = [r for r in done.values() if r["feature"] in features and r["scorer"] in names]  # this run's only
+    rs = table(rows, names)
+    # the default list writes bench/results/scorers.json; another list (e.g. steering alone) a file of its own
+    result = "scorers" if args.scorers == ALL else "scorers-" + "-".join(names)
+    record(result, {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None}, rows)
+    print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
+
+
+def table(rows: list[dict], names: list[str]) -> list[float]:
+    """Print the per-scorer table of cost and seed-to-seed stability; returns each scorer's r."""
     print("\n| scorer | features | LLM calls / feature | tokens / feature | seconds / feature | failed | "
           "seed-to-seed r (n) | mean seed 0 / seed 1 | mean abs. difference | n fresh |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
     rs = []
     for name in names:
-        rows = [r for r in done.values() if r["scorer"] == name and r["feature"] in features]  # this run's only
-        ok = [r for r in rows if r["error"] is None]
+        mine = [r for r in rows if r["scorer"] == name]
+        ok = [r for r in mine if r["error"] is None]
         by = {(r["feature"], r["seed"]): r["value"] for r in ok if r["value"] is not None}
         pairs = [(by[(f, 0)], by[(f, 1)]) for f in {k[0] for k in by} if (f, 0) in by and (f, 1) in by]
         r = pearson([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) > 2 else None
         if r is not None:
             rs.append(r)
-        feats = len({x["feature"] for x in rows})
+        feats = len({x["feature"] for x in mine})
         # costs from scores that made every call afresh: a seed-0 score can repeat requests that an earlier
         # run made (the same score pool at temperature 0) and then costs nothing
         fresh = [x for x in ok if not x["cached"]]
@@ -122,14 +132,19 @@ def main() -> None:
         m0, m1 = (np.mean([p[i] for p in pairs]) if pairs else float("nan") for i in (0, 1))
         diff = np.mean([abs(a - b) for a, b in pairs]) if pairs else float("nan")
         print(f"| {name} | {feats} | {mean('calls'):.1f} | {mean('tokens'):.0f} | {mean('seconds'):.1f} | "
-              f"{len(rows) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) | "
+              f"{len(mine) - len(ok)} | {'n/a' if r is None else f'{r:.2f}'} ({len(pairs)}) | "
               f"{m0:.3f} / {m1:.3f} | {diff:.3f} | {len(fresh)} |")
     print("(costs: mean over the scores that made no cached call; r: Pearson over features, seed 0 vs seed 1)")
-    # the default list writes bench/results/scorers.json; another list (e.g. steering alone) a file of its own
-    result = "scorers" if args.scorers == ALL else "scorers-" + "-".join(names)
-    record(result, {"mean_seed_to_seed_r": float(np.mean(rs)) if rs else None},
-           [r for r in done.values() if r["feature"] in features and r["scorer"] in names])
-    print(f"mean seed-to-seed r: {np.mean(rs):.3f}" if rs else "mean seed-to-seed r: n/a")
+    return rs
+
+
+def report() -> None:
+    """The committed record's table and headline (`python -m bench scorers --report`): nothing run."""
+    doc = load("scorers")
+    names = list(dict.fromkeys(r["scorer"] for r in doc["raw"]))
+    table(doc["raw"], names)
+    r = doc["figures"]["mean_seed_to_seed_r"]
+    print("mean seed-to-seed r: n/a" if r is None else f"mean seed-to-seed r: {r:.3f}")
 
 
 if __name__ == "__main__":

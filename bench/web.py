@@ -1,7 +1,7 @@
 """Feature-page latency of `saexplain serve` on a real cache: the default SAE (4,096 features) over the default
 corpus (the largest cache of it: the shipped corpus holds fewer than 1M tokens at 64-token contexts).
 
-    .venv/bin/python bench/web.py [--features 64] [--rounds 3] [--tokens 1000000]
+    .venv/bin/python -m bench web [--features 64] [--rounds 3] [--tokens 1000000]
 
 Set-up (in a fresh store of its own, `$SAEXPLAIN_HOME/bench-web.db`): the cache is built or reused
 (`build_cache`, the same as `saexplain cache`), N random live features are sampled (explain + score pools, the
@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-from results import record
+
+from bench.common import record
 
 
 def build_store(path: Path, n_features: int, tokens: int) -> tuple[int, list[int], int]:
