@@ -1,5 +1,5 @@
 """Settings sized for the offline default stack on 2 CPU cores (the default LLM writes about 16–20 tok/s):
-`make demo` and bench/explainers.py use the same ones, so what the demo shows is what was measured."""
+`make demo` and `python -m bench explainers` use the same ones, so what the demo shows is what was measured."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Planted features: an SAE (SAELens format, JumpReLU) whose latents are linear probes, fitted on the subject's
 residual stream at the hookpoint, for concepts whose token labels a rule computes — so an explanation of a latent
-can be checked against the truth without an LLM (bench/planted.py).
+can be checked against the truth without an LLM (`python -m bench planted`).
 
 Two kinds of concept:
 - lexical sets (colour words, family relations, …): a token fires when it is one of the set's words;

@@ -1,4 +1,4 @@
-"""`saexplain serve` as a child process on 127.0.0.1: what `saexplain demo`, bench/web.py, the screenshot script
+"""`saexplain serve` as a child process on 127.0.0.1: what `saexplain demo`, `python -m bench web`, the screenshot script
 and the browser tests start. Imports no web framework (the child does)."""
 
 from __future__ import annotations
