@@ -1,15 +1,30 @@
-"""Tiny *real* models for the fast suite (saexplain.testing.tiny): a randomly initialised 2-block Gemma-3
-(d_model 64) with a BPE tokenizer trained here, and SAEs of each architecture written by sae-lens itself (or in
-sparsify's format). TEST_DATA: the suite's own corpus files (tests/data/README.md)."""
+"""The fast suite's shared fixtures and helpers (no test module imports another): tiny *real* models
+(saexplain.testing.tiny: a randomly initialised 2-block Gemma-3 with a BPE tokenizer trained here, SAEs of each
+architecture written by sae-lens itself or in sparsify's format, the ground-truth SAE), run configs on it, the
+scorers' and SAGE's helpers, and TEST_DATA: the suite's own corpus files (tests/data/README.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
+from saexplain.cache.latents import CacheConfig
+from saexplain.data.contexts import CorpusConfig
+from saexplain.explain.sage import SAGEConfig
+from saexplain.llm.client import LLMConfig
+from saexplain.pipeline.runner import RunConfig, StageConfigs, prepare
+from saexplain.sampling.record import FeatureRecord, Window
+from saexplain.sampling.sampler import SamplingConfig
+from saexplain.score import SCORERS
+from saexplain.score.simulation import SimulationConfig
+from saexplain.store import Store
+from saexplain.subject.oracle import Oracle, SubjectConfig
+from saexplain.testing.scripted import scripted_llm
 from saexplain.testing.tiny import (  # noqa: F401  (re-exported)
     D_MODEL,
     D_SAE,
@@ -87,3 +102,92 @@ def sae_folders(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def ground_truth(tiny_model_dir, tmp_path_factory) -> dict:
     return write_ground_truth_sae(tiny_model_dir, tmp_path_factory.mktemp("ground_truth_sae"))
+
+
+# ------------------------------------------------------------------ shared by several test modules
+@pytest.fixture()
+def cfgs(ground_truth, tmp_path):
+    corpus = tmp_path / "tales.txt"
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    return StageConfigs(
+        run=RunConfig(features="0,1", explainers="oneshot,sage", scorers="detection,generation,simulation",
+                      store=str(tmp_path / "store.db")),
+        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
+        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
+        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"),
+        simulation=SimulationConfig(logprobs=False))
+
+
+@pytest.fixture(scope="module")
+def wife(ground_truth):
+    """The oracle of the ground-truth SAE (feature 0 fires on "wife" only)."""
+    oracle = Oracle.from_config(SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])))
+    return oracle
+
+
+def make_record(oracle, texts: list[str], feature: int = 0) -> FeatureRecord:
+    """A record whose explain pool holds the given texts (measured by the oracle) plus silent negatives."""
+    windows = []
+    for i, res in enumerate(oracle.activations(texts, [feature])):
+        windows.append(Window(res.tokens, res.feature(feature), "explain", "top", i))
+    for i, res in enumerate(oracle.activations(["The river ran.", "A bird sang."], [feature])):
+        windows.append(Window(res.tokens, res.feature(feature), "explain", "random", i))
+    top = max(w.max_act for w in windows)
+    return FeatureRecord(feature, top, 0.01, [], windows)
+
+
+GOOD = 'the word "wife"'
+WRONG = 'the word "sea"'
+
+
+@pytest.fixture(scope="module")
+def gt(ground_truth, tmp_path_factory):
+    corpus = tmp_path_factory.mktemp("gt_corpus") / "tales.txt"
+    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
+    cfgs = StageConfigs(
+        run=RunConfig(features="0,1", explainers="oneshot", scorers="detection"),
+        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
+        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
+        sampling=SamplingConfig(window=16))
+    store = Store(tmp_path_factory.mktemp("gt_store") / "s.db")
+    oracle = Oracle.from_config(cfgs.subject)
+    h = prepare(cfgs, store, oracle, features=[0, 1], echo=lambda m: None)
+    return {"handle": h, "store": store, "oracle": oracle, "record": h.records[0], **ground_truth}
+
+
+def score(name, cfg, record, explanation, handler, oracle):
+    llm, backend = scripted_llm(handler)
+    res = asyncio.run(SCORERS.get(name)(cfg).score(record, explanation, llm, oracle))
+    return res, backend
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_run(cfgs, llm: LLMConfig | None = None, **run):
+    d = dict(cfgs.__dict__)
+    d["run"] = RunConfig(**{**cfgs.run.model_dump(), **run})
+    if llm is not None:
+        d["llm"] = llm
+    return StageConfigs(**d)
+
+
+def stored_results(store: str):
+    """A run's explanations and scores as sortable tuples (to compare two runs' stores)."""
+    with Store(store) as db:
+        (run,) = db.runs("run")
+        exps = sorted((e["feature"], e["method"], e["status"], e["description"], tuple(e["labels"]))
+                      for e in db.explanations(run["id"]))
+        scores = sorted((s["feature"], s["method"], s["scorer"], s["status"],
+                         None if s["value"] is None else round(s["value"], 6)) for s in db.scores(run["id"]))
+    return exps, scores
+
+
+def margin(lm, prompt: str, chosen: str, rejected: str, vector) -> float:
+    from saexplain.train.dpo import pair_margins
+
+    return pair_margins(lm, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "feature": 0}],
+                        {0: vector}, 128)[0]

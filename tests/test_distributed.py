@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from conftest import free_port, stored_results, with_run
 from saexplain.cache.config import CacheConfig
 from saexplain.cache.latents import LatentCache, shard_ranges
 from saexplain.cache.pipeline import build_cache
@@ -23,8 +24,6 @@ from saexplain.llm import LLMConfig
 from saexplain.pipeline.runner import run_all
 from saexplain.store import Store
 from saexplain.testing.fake_server import FaultServerProcess
-from test_pipeline import cfgs  # noqa: F401  (the fixture)
-from test_trust import _free_port, _stored, with_run
 
 QUIET = {"echo": lambda m: None}
 RAY2 = RayConfig(ray="local", ray_num_cpus=2, ray_workers=2)
@@ -34,7 +33,7 @@ def _manifest(cache: LatentCache) -> list[tuple]:
     return [(e["name"], e["start"], e["end"], e["bytes"], e["sha256"]) for e in cache.meta["shards"]]
 
 
-def test_a_cache_written_by_ray_workers_is_the_local_cache_byte_for_byte(cfgs, tmp_path, monkeypatch):  # noqa: F811
+def test_a_cache_written_by_ray_workers_is_the_local_cache_byte_for_byte(cfgs, tmp_path, monkeypatch):
     cache_cfg = CacheConfig(tokens=30_000, shard_contexts=64)
     monkeypatch.setenv("SAEXPLAIN_HOME", str(tmp_path / "home-local"))
     with Store(tmp_path / "local.db") as db:
@@ -68,14 +67,14 @@ def test_a_cache_written_by_ray_workers_is_the_local_cache_byte_for_byte(cfgs, t
         assert {p.name: p.stat().st_mtime_ns for p in again.cache.shard_paths() if p.name in kept} == kept
 
 
-def _server_cfgs(cfgs, url: str, store, **run):  # noqa: F811
+def _server_cfgs(cfgs, url: str, store, **run):
     return with_run(cfgs, LLMConfig(llm=f"openai-compatible:{url}#fake", max_concurrency=4),
                     features="0,1,2,3,4,5", explainers="oneshot,sage", scorers="detection,generation",
                     store=str(store), **run)
 
 
-def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_path):  # noqa: F811
-    with FaultServerProcess("universal", port=_free_port()) as server:
+def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_path):
+    with FaultServerProcess("universal", port=free_port()) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)  # (some items of the fake LLM's replies fail, as they must: failures match too)
         remote = _server_cfgs(cfgs, server.url, tmp_path / "ray.db")
@@ -83,8 +82,8 @@ def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_pat
             h = run_all(remote, ray=ray, **QUIET)
             served = ray.run_executor.workers.served
         assert len(served) == 2 and min(served.values()) >= 6  # both workers did a share
-    assert _stored(remote.run.store) == _stored(local.run.store)
-    exps, scores = _stored(remote.run.store)
+    assert stored_results(remote.run.store) == stored_results(local.run.store)
+    exps, scores = stored_results(remote.run.store)
     assert len(exps) == 12 and len(scores) == 2 * sum(e[2] == "ok" for e in exps) >= 8
     with Store(remote.run.store) as db:  # the workers' LLM call logs were written by the driver
         calls = db.conn.execute("SELECT COUNT(*), COUNT(DISTINCT feature) FROM llm_calls WHERE run_id=?",
@@ -92,10 +91,10 @@ def test_a_run_on_two_ray_workers_stores_what_the_local_run_stores(cfgs, tmp_pat
     assert calls[0] > 12 and calls[1] == 6
 
 
-def test_a_ray_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cfgs, tmp_path):  # noqa: F811
+def test_a_ray_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cfgs, tmp_path):
     import ray as ray_module
 
-    with FaultServerProcess("universal", port=_free_port(), delay=0.05) as server:
+    with FaultServerProcess("universal", port=free_port(), delay=0.05) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)
         total = server.requests
@@ -120,13 +119,13 @@ def test_a_ray_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(cfgs, 
             assert "error" not in outcome, outcome.get("error")
             assert len(workers.died) == 1 and workers._next == 3  # the dead one was replaced …
             assert workers.served.get(2, 0) > 0  # … and its replacement did work
-    assert _stored(remote.run.store) == _stored(local.run.store)
+    assert stored_results(remote.run.store) == stored_results(local.run.store)
     with Store(remote.run.store) as db:
         n = db.conn.execute("SELECT COUNT(*) FROM explanations").fetchone()[0]
     assert n == 12  # one row per (feature, method): nothing duplicated
 
 
-def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_stores(cfgs, tmp_path):  # noqa: F811
+def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_stores(cfgs, tmp_path):
     def args(url, store):
         return [sys.executable, "-m", "saexplain.cli", "run", "--ray", "--ray-num-cpus", "2", "--ray-workers", "2",
                 "--features", "0,1,2,3,4,5", "--explainers", "oneshot,sage", "--scorers", "generation,detection",
@@ -134,7 +133,7 @@ def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_sto
                 "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
                 "--sage-selection", "none", "--llm", f"openai-compatible:{url}#fake", "--max-concurrency", "4"]
 
-    with FaultServerProcess("universal", port=_free_port(), delay=0.05) as server:
+    with FaultServerProcess("universal", port=free_port(), delay=0.05) as server:
         local = _server_cfgs(cfgs, server.url, tmp_path / "local.db")
         run_all(local, **QUIET)
         total = server.requests
@@ -153,7 +152,7 @@ def test_a_driver_killed_mid_run_resumes_on_ray_to_what_an_uninterrupted_run_sto
         assert "ray: 2 run worker(s)" in resumed.stdout
         assert "LLM requests in flight ≤ 4 per worker" in resumed.stdout  # the workers' clients' cap
     assert 0 < partial
-    assert _stored(str(killed)) == _stored(local.run.store)
+    assert stored_results(str(killed)) == stored_results(local.run.store)
 
 
 def test_ray_option_addresses_and_per_node_endpoints():

@@ -9,32 +9,12 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import TEST_DATA
-from saexplain.cache.latents import CacheConfig
 from saexplain.cli import app
-from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError
-from saexplain.explain.sage import SAGEConfig
 from saexplain.pipeline.runner import RunConfig, StageConfigs, choose_features, run_all
 from saexplain.report import bootstrap_ci, summarize
-from saexplain.sampling.sampler import SamplingConfig
-from saexplain.score.simulation import SimulationConfig
 from saexplain.store import Store
-from saexplain.subject.oracle import SubjectConfig
 from saexplain.testing.scripted import ScriptedBackend, universal
-
-
-@pytest.fixture()
-def cfgs(ground_truth, tmp_path):
-    corpus = tmp_path / "tales.txt"
-    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
-    return StageConfigs(
-        run=RunConfig(features="0,1", explainers="oneshot,sage", scorers="detection,generation,simulation",
-                      store=str(tmp_path / "store.db")),
-        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
-        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
-        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"),
-        simulation=SimulationConfig(logprobs=False))
 
 
 def test_run_end_to_end_then_resume_without_redoing(cfgs):

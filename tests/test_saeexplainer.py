@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TEST_DATA
+from conftest import TEST_DATA, margin
 from saexplain.cache.latents import CacheConfig
 from saexplain.data.contexts import CorpusConfig
 from saexplain.errors import ConfigError, SaexplainError
@@ -368,27 +368,20 @@ def test_neuronpedia_export_is_read_and_bad_files_are_one_line(tmp_path):
         references_from_neuronpedia(tmp_path / "missing.json", [3])
 
 
-def _margin(lm: ExplainerLM, prompt: str, chosen: str, rejected: str, vector) -> float:
-    from saexplain.train.dpo import pair_margins
-
-    return pair_margins(lm, [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "feature": 0}],
-                        {0: vector}, 128)[0]
-
-
 def test_one_dpo_step_raises_the_chosen_minus_rejected_margin(tiny_model_dir, tmp_path):
     from datasets import Dataset
 
     lm = _lm(tiny_model_dir)
     vec = torch.randn(lm.d_model, generator=torch.Generator().manual_seed(3))
     prompt, chosen, rejected = lm.prompt(), " the king and his wife", " stocks fell sharply"
-    before = _margin(lm, prompt, chosen, rejected, vec)
+    before = margin(lm, prompt, chosen, rejected, vec)
     pairs = Dataset.from_list([{"prompt": prompt, "chosen": chosen, "rejected": rejected, "feature": 4}] * 2)
     cfg = TrainConfig(dpo_batch=2, lr1=5e-3, lora_dropout=0.0)
     adapter = train_dpo(lm, pairs, {4: vec}, cfg, 1, tmp_path / "round1", max_steps=1)
     assert (adapter / "adapter_config.json").is_file()
     log = json.loads((tmp_path / "round1" / "dpo_log.json").read_text())
     assert log[0]["step"] == 1
-    after = _margin(lm, prompt, chosen, rejected, vec)  # lm.model now carries the trained adapter
+    after = margin(lm, prompt, chosen, rejected, vec)  # lm.model now carries the trained adapter
     assert after > before + 1e-3, (before, after)
 
 
@@ -422,19 +415,19 @@ def test_dpo_early_stopping_keeps_the_previous_stage_when_the_held_out_margin_fa
             for f in features for _ in range(2)]
     trained, kept = split_holdout(Dataset.from_list(rows), cfg.dpo_holdout, cfg.train_seed + 1)
     assert held not in set(trained["feature"]) and {r["feature"] for r in kept} == {held}
-    before = _margin(lm, prompt, b, a, vec)
+    before = margin(lm, prompt, b, a, vec)
     adapter = train_dpo(lm, Dataset.from_list(rows), dict.fromkeys(features, vec), cfg, 1, tmp_path / "round1")
     state = json.loads((tmp_path / "round1" / "early_stop.json").read_text())
     assert [e["epoch"] for e in state["epochs"]] == [0, 1] and state["stopped_after_epoch"] == 1
     assert state["epochs"][1]["heldout_margin"] < state["epochs"][0]["heldout_margin"]
     assert state["best_epoch"] == 0 and state["heldout_pairs"] == 2
-    assert _margin(lm, prompt, b, a, vec) < before  # the model in memory learnt the training pairs' preference …
+    assert margin(lm, prompt, b, a, vec) < before  # the model in memory learnt the training pairs' preference …
     fresh = _lm(tiny_model_dir)
     from peft import PeftModel
 
     kept_model = PeftModel.from_pretrained(fresh.model, str(adapter))
     fresh.model = kept_model
-    assert _margin(fresh, prompt, b, a, vec) == pytest.approx(before, abs=1e-4)  # … the kept adapter did not
+    assert margin(fresh, prompt, b, a, vec) == pytest.approx(before, abs=1e-4)  # … the kept adapter did not
 
 
 def test_dpo_reward_check_decides_the_kept_epoch_instead_of_held_out_pairs(tiny_model_dir, tmp_path):
@@ -450,7 +443,7 @@ def test_dpo_reward_check_decides_the_kept_epoch_instead_of_held_out_pairs(tiny_
     cfg = TrainConfig(dpo_preset="lora", dpo_batch=2, lr1=5e-3, lora_dropout=0.0, dpo_epochs=3, dpo_holdout=0.0,
                       save_steps=1000)
     rows = [{"prompt": prompt, "chosen": a, "rejected": b, "feature": f} for f in (1, 2) for _ in range(2)]
-    before = _margin(lm, prompt, a, b, vec)
+    before = margin(lm, prompt, a, b, vec)
     values, seen = iter([0.5, 0.2, 0.9]), []
 
     def check(model_lm):
@@ -464,10 +457,10 @@ def test_dpo_reward_check_decides_the_kept_epoch_instead_of_held_out_pairs(tiny_
     assert [(e["epoch"], e["check_reward"], e["texts"]) for e in state["epochs"]] == [(0, 0.5, ["x"]),
                                                                                        (1, 0.2, ["x"])]
     assert state["best_epoch"] == 0 and state["stopped_after_epoch"] == 1
-    assert _margin(lm, prompt, a, b, vec) > before  # the pairs were learnt …
+    assert margin(lm, prompt, a, b, vec) > before  # the pairs were learnt …
     fresh = _lm(tiny_model_dir)
     fresh.model = PeftModel.from_pretrained(fresh.model, str(adapter))
-    assert _margin(fresh, prompt, a, b, vec) == pytest.approx(before, abs=1e-4)  # … the kept epoch is 0
+    assert margin(fresh, prompt, a, b, vec) == pytest.approx(before, abs=1e-4)  # … the kept epoch is 0
 
 
 def test_dpo_early_stopping_keeps_the_best_epoch_when_the_held_out_pairs_agree(tiny_model_dir, tmp_path):
@@ -482,7 +475,7 @@ def test_dpo_early_stopping_keeps_the_best_epoch_when_the_held_out_pairs_agree(t
     cfg = TrainConfig(dpo_preset="lora", dpo_batch=2, lr1=2e-3, lora_dropout=0.0, dpo_epochs=2, dpo_holdout=0.25,
                       save_steps=1000)
     rows = [{"prompt": prompt, "chosen": a, "rejected": b, "feature": f} for f in (1, 2, 3, 4) for _ in range(2)]
-    before = _margin(lm, prompt, a, b, vec)
+    before = margin(lm, prompt, a, b, vec)
     adapter = train_dpo(lm, Dataset.from_list(rows), dict.fromkeys((1, 2, 3, 4), vec), cfg, 1, tmp_path / "r1")
     state = json.loads((tmp_path / "r1" / "early_stop.json").read_text())
     margins = [e["heldout_margin"] for e in state["epochs"]]
@@ -490,7 +483,7 @@ def test_dpo_early_stopping_keeps_the_best_epoch_when_the_held_out_pairs_agree(t
     assert state["best_epoch"] == max(range(3), key=lambda i: margins[i]) >= 1
     fresh = _lm(tiny_model_dir)
     fresh.model = PeftModel.from_pretrained(fresh.model, str(adapter))
-    kept = _margin(fresh, prompt, a, b, vec)
+    kept = margin(fresh, prompt, a, b, vec)
     assert kept == pytest.approx(margins[state["best_epoch"]], abs=1e-4) and kept > before
 
 

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
+from conftest import margin
 from saexplain.explain.saeexplainer import ExplainerLM, SAEExplainerConfig
 from saexplain.subject.sae import load_sae
 from saexplain.train.config import TrainConfig
 from saexplain.train.dpo import train_dpo
-from test_saeexplainer import _margin
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_real_gemma_dpo_step_with_injected_decoder_vectors(tmp_path):
     prompt = lm.prompt()
     rows = [{"prompt": prompt, "chosen": " sports scores and results", "rejected": " the letter Y", "feature": 10},
             {"prompt": prompt, "chosen": " names of cities", "rejected": " given text", "feature": 20}]
-    before = [_margin(lm, prompt, r["chosen"], r["rejected"], vec[r["feature"]]) for r in rows]
+    before = [margin(lm, prompt, r["chosen"], r["rejected"], vec[r["feature"]]) for r in rows]
     # the injected vector reaches the output: the two features' next-token distributions differ
     ids = lm.tokenizer(prompt, return_tensors="pt")["input_ids"]
     outs = []
@@ -38,6 +38,6 @@ def test_real_gemma_dpo_step_with_injected_decoder_vectors(tmp_path):
     lm.injector.vectors = None
     assert not torch.allclose(outs[0], outs[1])
     train_dpo(lm, Dataset.from_list(rows), vec, TrainConfig(lr1=1e-4, dpo_batch=2), 1, tmp_path / "r1", max_steps=1)
-    after = [_margin(lm, prompt, r["chosen"], r["rejected"], vec[r["feature"]]) for r in rows]
+    after = [margin(lm, prompt, r["chosen"], r["rejected"], vec[r["feature"]]) for r in rows]
     assert sum(after) > sum(before), (before, after)
     assert json.loads((tmp_path / "r1" / "dpo_log.json").read_text())[0]["step"] == 1

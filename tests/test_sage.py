@@ -11,6 +11,7 @@ import re
 import numpy as np
 import pytest
 
+from conftest import make_record
 from saexplain.explain.sage import SAGE, SAGEConfig, _dedupe
 from saexplain.llm import LLMError
 from saexplain.sampling.record import FeatureRecord, Window
@@ -32,23 +33,7 @@ def run_sage(record, oracle, script, **cfg):
     return asyncio.run(agent.explain(record, llm, oracle)), backend
 
 
-@pytest.fixture(scope="module")
-def wife(ground_truth):
-    from saexplain.subject.oracle import Oracle, SubjectConfig
 
-    oracle = Oracle.from_config(SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])))
-    return oracle
-
-
-def make_record(oracle, texts: list[str], feature: int = 0) -> FeatureRecord:
-    """A record whose explain pool holds the given texts (measured by the oracle) plus silent negatives."""
-    windows = []
-    for i, res in enumerate(oracle.activations(texts, [feature])):
-        windows.append(Window(res.tokens, res.feature(feature), "explain", "top", i))
-    for i, res in enumerate(oracle.activations(["The river ran.", "A bird sang."], [feature])):
-        windows.append(Window(res.tokens, res.feature(feature), "explain", "random", i))
-    top = max(w.max_act for w in windows)
-    return FeatureRecord(feature, top, 0.01, [], windows)
 
 
 TEXTS = ["The man and his wife lived by the sea.", "The wife said nothing.", "His wife was glad."]

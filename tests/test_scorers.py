@@ -10,42 +10,13 @@ import math
 
 import pytest
 
-from conftest import TEST_DATA
-from saexplain.cache.latents import CacheConfig
-from saexplain.data.contexts import CorpusConfig
+from conftest import GOOD, WRONG, score
 from saexplain.llm import LLMError, LLMParseError
-from saexplain.pipeline.runner import RunConfig, StageConfigs, prepare, score_stage
-from saexplain.sampling.sampler import SamplingConfig
-from saexplain.score import SCORERS, auroc, balanced_accuracy, pearson
+from saexplain.pipeline.runner import score_stage
+from saexplain.score import auroc, balanced_accuracy, pearson
 from saexplain.score.classifier import DetectionConfig, FuzzingConfig
 from saexplain.score.simulation import SimulationConfig, expected_values
-from saexplain.store import Store
-from saexplain.subject.oracle import Oracle, SubjectConfig
 from saexplain.testing.scripted import keyword_judge, last_user, scripted_llm, yes_no
-
-GOOD = 'the word "wife"'
-WRONG = 'the word "sea"'
-
-
-@pytest.fixture(scope="module")
-def gt(ground_truth, tmp_path_factory):
-    corpus = tmp_path_factory.mktemp("gt_corpus") / "tales.txt"
-    corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
-    cfgs = StageConfigs(
-        run=RunConfig(features="0,1", explainers="oneshot", scorers="detection"),
-        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
-        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
-        sampling=SamplingConfig(window=16))
-    store = Store(tmp_path_factory.mktemp("gt_store") / "s.db")
-    oracle = Oracle.from_config(cfgs.subject)
-    h = prepare(cfgs, store, oracle, features=[0, 1], echo=lambda m: None)
-    return {"handle": h, "store": store, "oracle": oracle, "record": h.records[0], **ground_truth}
-
-
-def score(name, cfg, record, explanation, handler, oracle):
-    llm, backend = scripted_llm(handler)
-    res = asyncio.run(SCORERS.get(name)(cfg).score(record, explanation, llm, oracle))
-    return res, backend
 
 
 # ------------------------------------------------------------------------------------------ arithmetic

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,46 +16,26 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import GOOD, free_port, make_record, score, stored_results, with_run
 from saexplain.cli import app
 from saexplain.errors import SaexplainError
 from saexplain.explain.sage import SAGE, SAGEConfig
 from saexplain.llm import LLM, LLMConfig
 from saexplain.llm.base import Backend, LLMError, Usage
 from saexplain.llm.client import _cost
-from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
+from saexplain.pipeline.runner import StageConfigs, run_all
 from saexplain.report import summarize
 from saexplain.score.classifier import DetectionConfig
 from saexplain.store import RunBusy, StaleScore, Store
 from saexplain.testing.fake_server import FaultServer, FaultServerProcess
 from saexplain.testing.scripted import Script, ScriptedBackend, scripted_llm, universal, yes_no
-from test_pipeline import cfgs  # noqa: F401  (the fixture)
-from test_sage import make_record, wife  # noqa: F401  (wife: the fixture)
-from test_scorers import (
-    GOOD,
-    gt,  # noqa: F401  (the fixture)
-    score,
-)
 
 QUIET = {"echo": lambda m: None}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def with_run(cfgs, llm: LLMConfig | None = None, **run):
-    d = dict(cfgs.__dict__)
-    d["run"] = RunConfig(**{**cfgs.run.model_dump(), **run})
-    if llm is not None:
-        d["llm"] = llm
-    return StageConfigs(**d)
-
-
 # ------------------------------------------------------------------------------- failures never pass as results
 def test_sage_llm_faults_make_a_degraded_explanation_that_is_not_scored_and_is_retried(cfgs):
-    port = _free_port()
+    port = free_port()
     llm = LLMConfig(llm=f"openai-compatible:http://127.0.0.1:{port}/v1#fake", retries=0)
     c = with_run(cfgs, llm, explainers="sage", scorers="generation")
     with FaultServerProcess("sage_design_fails", port=port) as server:
@@ -85,7 +64,7 @@ def test_sage_llm_faults_make_a_degraded_explanation_that_is_not_scored_and_is_r
 
 
 def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
-    port = _free_port()
+    port = free_port()
     args = ["run", "--features", "0,1", "--explainers", "oneshot", "--scorers", "generation",
             "--store", cfgs.run.store, "--model", cfgs.subject.model, "--sae", cfgs.subject.sae,
             "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
@@ -118,7 +97,7 @@ def test_run_and_score_commands_exit_non_zero_when_anything_failed(cfgs):
 def test_hand_written_explanations_are_scored_beside_the_explainers_on_the_same_windows(cfgs, tmp_path):
     """`score --feature N --text "…"` (and --texts FILE) adds a hand-written explanation as its own method, scored
     by the run's scorers on the same score pool and judge, and reported in the same table."""
-    port = _free_port()
+    port = free_port()
     args = ["run", "--features", "0,1", "--explainers", "oneshot", "--scorers", "detection,generation",
             "--store", cfgs.run.store, "--model", cfgs.subject.model, "--sae", cfgs.subject.sae,
             "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000", "--window", "16",
@@ -184,7 +163,7 @@ def test_a_failed_redo_keeps_the_good_explanation_and_its_scores(cfgs, monkeypat
         assert not {e["id"] for e in final.values()} & {e["id"] for e in before.values()}
 
 
-def test_p_yes_records_per_window_where_it_came_from(gt):  # noqa: F811
+def test_p_yes_records_per_window_where_it_came_from(gt):
     n = {"i": 0}
 
     def half_without_logprobs(req):
@@ -328,7 +307,7 @@ def test_a_second_process_on_the_same_run_is_refused_until_the_first_stops(cfgs)
 def test_two_concurrent_runs_on_one_store_never_attach_a_score_to_another_text(cfgs, tmp_path):
     """Two processes run the same command at once: one is refused (one line), the other completes; every
     stored score is on the text it was computed on."""
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "saexplain.cli", "run", "--features", "0,1", "--explainers", "oneshot,sage",
             "--scorers", "generation,detection", "--store", cfgs.run.store, "--model", cfgs.subject.model,
             "--sae", cfgs.subject.sae, "--corpus", cfgs.corpus.corpus[0], "--context", "48", "--tokens", "30000",
@@ -353,7 +332,7 @@ def test_two_concurrent_runs_on_one_store_never_attach_a_score_to_another_text(c
         assert len(db.explanations(run["id"])) == 4 and len(db.scores(run["id"])) == 8
 
 
-def test_a_sage_run_killed_midway_resumes_to_what_an_uninterrupted_run_stores(wife, tmp_path):  # noqa: F811
+def test_a_sage_run_killed_midway_resumes_to_what_an_uninterrupted_run_stores(wife, tmp_path):
     record = make_record(wife, ["His wife came home.", "The wife and the husband.", "A wife sang.",
                                 "The river ran.", "The sky was blue."])
     cfg = SAGEConfig(selection="none", max_llm_calls=7)  # the call budget binds: cached replies must count
@@ -755,7 +734,7 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
     replies are a function of the request)."""
     import signal
 
-    port = _free_port()
+    port = free_port()
 
     def args(store):
         return [sys.executable, "-m", "saexplain.cli", "run", "--features", ",".join(map(str, range(16))),
@@ -799,16 +778,6 @@ def test_a_run_killed_with_sigkill_resumes_to_what_an_uninterrupted_run_stores(c
 
 
 # ------------------------------------------------------------------------------------ concurrent pipeline
-def _stored(store: str):
-    with Store(store) as db:
-        (run,) = db.runs("run")
-        exps = sorted((e["feature"], e["method"], e["status"], e["description"], tuple(e["labels"]))
-                      for e in db.explanations(run["id"]))
-        scores = sorted((s["feature"], s["method"], s["scorer"], s["status"],
-                         None if s["value"] is None else round(s["value"], 6)) for s in db.scores(run["id"]))
-    return exps, scores
-
-
 def test_a_run_at_concurrency_16_stores_what_a_run_at_concurrency_1_stores(cfgs, tmp_path):
     from saexplain.score.simulation import SimulationConfig
 
@@ -819,7 +788,7 @@ def test_a_run_at_concurrency_16_stores_what_a_run_at_concurrency_1_stores(cfgs,
         c = StageConfigs(**{**c.__dict__, "simulation": SimulationConfig(logprobs=False)})
         backend = ScriptedBackend(universal)
         run_all(c, backend=backend, **QUIET)  # the scripted LLM fails some items: failures must match too
-        stored[n] = _stored(c.run.store)
+        stored[n] = stored_results(c.run.store)
     assert stored[1] == stored[16]
     exps, scores = stored[1]
     assert len(exps) == 12 and len(scores) == 4 * sum(e[2] == "ok" for e in exps) >= 40
@@ -855,7 +824,7 @@ def test_the_oracle_batches_concurrent_callers_and_each_gets_its_solo_result(gro
     assert isinstance(bad, SaexplainError) and good[0].features == [0]
 
 
-def test_sages_time_budget_counts_its_own_time_not_waits_for_slots_held_by_other_features(wife):  # noqa: F811
+def test_sages_time_budget_counts_its_own_time_not_waits_for_slots_held_by_other_features(wife):
     class Slow(ScriptedBackend):
         async def complete(self, request, timeout):
             await asyncio.sleep(0.1)
@@ -876,7 +845,7 @@ def test_sages_time_budget_counts_its_own_time_not_waits_for_slots_held_by_other
     assert exp.evidence["stop_reason"] == "all hypotheses decided"
 
 
-def test_sages_design_calls_of_a_round_run_together_against_a_server(wife):  # noqa: F811
+def test_sages_design_calls_of_a_round_run_together_against_a_server(wife):
     class Tracking(ScriptedBackend):
         local = False
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from saexplain.testing.fake_server import FaultServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sh(args: list[str], cwd: Path, env: dict, timeout: float) -> str:
@@ -58,12 +52,12 @@ def test_the_wheel_installs_and_runs_outside_the_repository(tmp_path):
     assert "king" in out
 
     store = work / "store.db"
-    with FaultServerProcess("universal", port=_free_port()) as server:
+    with FaultServerProcess("universal", port=free_port()) as server:
         out = _sh([cli, "run", "--features", "random:2", "--explainers", "oneshot", "--scorers", "detection",
                    "--tokens", "16384", "--llm", f"openai-compatible:{server.url}#fake",
                    "--store", str(store)], work, env, 1800)
     assert "report" in out
-    port = _free_port()
+    port = free_port()
     serve = subprocess.Popen([cli, "serve", "--store", str(store), "--port", str(port), "--no-probe"],
                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -379,6 +379,6 @@ class Transformers(Backend):
 
 @BACKENDS.register("transformers")
 def _transformers(target: str, cfg) -> Backend:
-    from saexplain.subject.model import check_device
+    from saexplain.devices import check_device
 
     return Transformers(target, check_device(cfg.llm_device, "--llm-device"))

@@ -13,10 +13,11 @@ import numpy as np
 import torch
 
 from saexplain.batching import Batcher
+from saexplain.devices import check_device
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.subject.config import SubjectConfig  # noqa: F401  (its home is a light module)
 from saexplain.subject.hookpoints import Hookpoint
-from saexplain.subject.model import SubjectModel, check_device, load_model_and_tokenizer
+from saexplain.subject.model import SubjectModel, load_model_and_tokenizer
 from saexplain.subject.sae import encoder_for, load_sae, sae_hook_name, sae_prepend_bos
 
 
