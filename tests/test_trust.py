@@ -26,6 +26,7 @@ from saexplain.llm.client import _cost
 from saexplain.pipeline.runner import StageConfigs, run_all
 from saexplain.report import summarize
 from saexplain.score.classifier import DetectionConfig
+from saexplain.status import Status
 from saexplain.store import RunBusy, StaleScore, Store
 from saexplain.testing.fake_server import FaultServer, FaultServerProcess
 from saexplain.testing.scripted import Script, ScriptedBackend, scripted_llm, universal, yes_no
@@ -262,6 +263,23 @@ def test_scores_without_a_value_are_counted_not_dropped(cfgs):
 
 
 # ------------------------------------------------------------------------------------ rows keep their identity
+def test_statuses_are_one_enum_ordered_by_worth_and_checked_at_the_store(tmp_path):
+    """Status is the one vocabulary of every stage: a row is replaced only by one at least as good, an unknown
+    status or a non-ok row without its reason is refused, and rows read back compare equal to the enum."""
+    assert [s.worth for s in (Status.FAILED, Status.DEGRADED, Status.OK)] == [0, 1, 2]
+    with Store(tmp_path / "s.db") as db:
+        run = db.get_or_create_run("run", "k", "{}")
+        args = (run, 3, "oneshot", "text", [], {}, {}, [])
+        assert db.put_explanation(*args, status="ok") is not None
+        assert db.put_explanation(*args, error="the LLM timed out", status=Status.DEGRADED) is None  # kept the ok
+        (row,) = db.explanations(run)
+        assert row["status"] == Status.OK and row["redo_error"].startswith("degraded")
+        with pytest.raises(ValueError, match="unknown status 'fine'"):
+            db.put_explanation(*args, status="fine")
+        with pytest.raises(ValueError, match="needs its reason"):
+            db.put_explanation(*args, status=Status.FAILED)
+
+
 def test_explanation_ids_are_never_reused_and_scores_follow_their_text(tmp_path):
     with Store(tmp_path / "s.db") as db:
         run = db.get_or_create_run("run", "h", "{}")

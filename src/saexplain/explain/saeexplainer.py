@@ -166,8 +166,7 @@ class ExplainerLM:
     @classmethod
     def load(cls, cfg: SAEExplainerConfig, adapters: Sequence[Path] = ()) -> ExplainerLM:
         """The base model on `cfg.device` in `cfg.dtype`, with the adapters merged in order."""
-        from saexplain.devices import check_device
-        from saexplain.subject.model import load_model_and_tokenizer
+        from saexplain.subject.model import check_device, load_model_and_tokenizer
 
         check_device(cfg.device, "--saex-device")
         model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.dtype, cfg.device)

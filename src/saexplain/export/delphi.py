@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from saexplain.export import EXPORTS, ExportOptions, run_info
+from saexplain.status import Status
 from saexplain.store import Store
 
 
@@ -32,13 +33,13 @@ def export(db: Store, run_id: int, opts: ExportOptions) -> dict[str, bytes]:
     info = run_info(db, run_id)
     module = opts.sae_id or info["hookpoint"]
     files: dict[str, bytes] = {}
-    exps = {e["id"]: e for e in db.explanations(run_id) if e["status"] == "ok"}
+    exps = {e["id"]: e for e in db.explanations(run_id) if e["status"] == Status.OK}
     for e in exps.values():
         files[f"{e['method']}/explanations/{module}_latent{e['feature']}.txt"] = json.dumps(
             e["description"], ensure_ascii=False).encode()
     for s in db.scores(run_id):
         e = exps.get(s["explanation_id"])
-        if e is None or s["status"] != "ok":
+        if e is None or s["status"] != Status.OK:
             continue
         body = _classifier(s["details"]) if s["scorer"] in ("detection", "fuzzing") and s["details"].get("windows") \
             else {"score": s["value"], "details": s["details"]}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from saexplain.export import EXPORTS, ExportOptions, run_info
+from saexplain.status import Status
 from saexplain.store import Store
 
 
@@ -19,14 +20,14 @@ def export(db: Store, run_id: int, opts: ExportOptions) -> dict[str, bytes]:
     layer = opts.sae_id or f"{info['hookpoint']}-saexplain"
     scores: dict[int, list[dict]] = {}
     for s in db.scores(run_id):
-        if s["status"] == "ok" and s["value"] is not None:
+        if s["status"] == Status.OK and s["value"] is not None:
             scores.setdefault(s["explanation_id"], []).append({
                 "value": s["value"], "explanationScoreTypeName": f"saexplain-{s['scorer']}",
                 "explanationScoreModelName": info["llm"],
                 "jsonDetails": json.dumps(s["details"], ensure_ascii=False, default=float)})
     rows = []
     for e in db.explanations(run_id):
-        if e["status"] != "ok":
+        if e["status"] != Status.OK:
             continue
         rows.append({"modelId": model_id, "layer": layer, "index": str(e["feature"]),
                      "description": e["description"], "typeName": f"saexplain-{e['method']}",

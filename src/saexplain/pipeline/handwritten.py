@@ -9,6 +9,7 @@ from pathlib import Path
 from saexplain.errors import SaexplainError
 from saexplain.explain import EXPLAINERS
 from saexplain.explain.rules import clean_text
+from saexplain.status import Status
 from saexplain.store import Store
 
 
@@ -49,7 +50,7 @@ def put_hand_written(db: Store, run_id: int, written: list[tuple[int, str, str]]
     added = 0
     for f, m, t in written:
         have = db.explanations(run_id, feature=f, method=m)
-        if have and have[0]["description"] == t and have[0]["status"] == "ok":
+        if have and have[0]["description"] == t and have[0]["status"] == Status.OK:
             continue
         db.put_explanation(run_id, f, m, t, [], {"source": "hand-written"}, {}, [], config_hash="hand-written")
         added += 1

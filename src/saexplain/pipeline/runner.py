@@ -26,6 +26,7 @@ from saexplain.pipeline.configs import EXPLAINER_CONFIG, SCORER_CONFIG, RunConfi
 from saexplain.sampling.pipeline import sample_features
 from saexplain.sampling.record import FeatureRecord, make_record
 from saexplain.sampling.search import CorpusSearch
+from saexplain.status import Status
 from saexplain.store import StaleScore, Store
 from saexplain.subject.oracle import Oracle
 
@@ -213,7 +214,7 @@ def plan_explanations(h: RunHandle, store: Store, feature: int) -> list[ExplainI
     for name in h.configs.run.explainer_names:
         explainer, fp = h.explainer(name)
         have = store.explanations(h.run_id, feature=feature, method=name)
-        if not (have and have[0]["status"] == "ok" and have[0]["config_hash"] in ("", fp)):
+        if not (have and have[0]["status"] == Status.OK and have[0]["config_hash"] in ("", fp)):
             due.append(ExplainItem(feature, name, explainer, fp))
     return due
 
@@ -226,7 +227,7 @@ def plan_scores(h: RunHandle, store: Store, feature: int, scorers: list[str]) ->
         for name in scorers:
             scorer, cfg_hash = h.scorer(name)
             old = store.score(e["id"], name)
-            if old is not None and old["status"] == "ok" and old["config_hash"] == cfg_hash \
+            if old is not None and old["status"] == Status.OK and old["config_hash"] == cfg_hash \
                     and old["text_hash"] == e["text_hash"]:
                 done += 1
             else:
@@ -276,7 +277,7 @@ def persist_explanation(store: Store, h: RunHandle, item: ExplainItem, result, c
     f, name, fp = item.feature, item.method, item.fingerprint
     if isinstance(result, Exception):
         kept = store.put_explanation(h.run_id, f, name, "", [], {}, {}, [], error=_error_text(result),
-                                     config_hash=fp, status="failed") is None
+                                     config_hash=fp, status=Status.FAILED) is None
         counts["failed"] += 1
         if not isinstance(result, LLMError):
             log.error("explainer %s failed on feature %s", name, f, exc_info=result)
@@ -287,7 +288,7 @@ def persist_explanation(store: Store, h: RunHandle, item: ExplainItem, result, c
     kept = store.put_explanation(h.run_id, f, name, exp.description, exp.labels, exp.evidence, exp.usage,
                                  exp.trace, seconds=exp.seconds, config_hash=fp, status=exp.status,
                                  error=exp.reason) is None
-    if exp.status == "ok":
+    if exp.status == Status.OK:
         counts["done"] += 1
         echo(f"  feature {f} {name} ({exp.seconds:.0f}s, {exp.usage.get('calls', 0)} LLM calls): {exp.description}")
     else:
@@ -303,7 +304,7 @@ def persist_score(store: Store, item: ScoreItem, result, seconds: float, counts:
     if isinstance(result, Exception):
         if not isinstance(result, LLMError):
             log.error("scorer %s failed on feature %s", name, e["feature"], exc_info=result)
-        if _put_score(store, e, name, None, {}, {}, item.config_hash, seconds, "failed", _error_text(result), echo):
+        if _put_score(store, e, name, None, {}, {}, item.config_hash, seconds, Status.FAILED, _error_text(result), echo):
             echo(f"{where}: FAILED ({_error_text(result)})")
         counts["failed"] += 1
         return
@@ -312,7 +313,7 @@ def persist_score(store: Store, item: ScoreItem, result, seconds: float, counts:
         counts["failed"] += 1
         return
     value = "n/a" if result.value is None else f"{result.value:.3f}"
-    if result.status == "ok":
+    if result.status == Status.OK:
         counts["done"] += 1
         echo(f"{where}: {value} ({seconds:.0f}s)")
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from saexplain.status import Status
 from saexplain.store import Store
 
 BOOTSTRAP = 2000
@@ -49,9 +50,9 @@ def summarize(store: Store, run_id: int, baseline: str | None = None,
     degraded: dict[tuple[str, str], int] = defaultdict(int)
     for s in scores:
         key = (s["method"], s["scorer"])
-        if s["status"] == "failed":
+        if s["status"] == Status.FAILED:
             failed[key] += 1
-        elif s["status"] == "degraded":
+        elif s["status"] == Status.DEGRADED:
             degraded[key] += 1
             if include_degraded and s["value"] is not None:
                 value[key][s["feature"]] = s["value"]
@@ -80,9 +81,9 @@ def summarize(store: Store, run_id: int, baseline: str | None = None,
                                        "losses": sum(d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs)}
     usage: dict[str, dict[str, float]] = {}
     explanation_status = {m: {st: sum(1 for e in explanations if e["method"] == m and e["status"] == st)
-                              for st in ("ok", "degraded", "failed")} for m in methods}
+                              for st in Status} for m in methods}
     for m in methods:
-        rows = [e for e in explanations if e["method"] == m and e["status"] == "ok"]
+        rows = [e for e in explanations if e["method"] == m and e["status"] == Status.OK]
         if rows:
             usage[m] = {"features": len(rows),
                         "llm_calls": float(np.mean([e["usage"].get("calls", 0) for e in rows])),
@@ -93,7 +94,7 @@ def summarize(store: Store, run_id: int, baseline: str | None = None,
                         "degraded": explanation_status[m]["degraded"], "failed": explanation_status[m]["failed"]}
     scorer_usage = {}
     for sc in scorers:
-        rows = [s for s in scores if s["scorer"] == sc and s["status"] == "ok"]
+        rows = [s for s in scores if s["scorer"] == sc and s["status"] == Status.OK]
         if rows:
             scorer_usage[sc] = {"scored": len(rows),
                                 "llm_calls": float(np.mean([s["usage"].get("calls", 0) for s in rows])),
@@ -171,7 +172,7 @@ def markdown(summary: dict[str, Any]) -> str:
               "|---|---|---|" + "---|" * len(summary["scorers"])]
     for f, by_method in summary["features"].items():
         for m, e in by_method.items():
-            text = e["description"] if e["status"] == "ok" else f"{e['status'].upper()} ({e['error']}): {e['description']}"
+            text = e["description"] if e["status"] == Status.OK else f"{e['status'].upper()} ({e['error']}): {e['description']}"
             if e.get("redo_error"):
                 text += f" (a later attempt did not replace it: {e['redo_error']})"
             text = text.replace("|", "\\|").replace("\n", " ")

@@ -15,6 +15,7 @@ from saexplain.config import Config
 from saexplain.metrics import auroc, balanced_accuracy, pearson  # noqa: F401  (re-exported)
 from saexplain.registry import Registry
 from saexplain.sampling.record import FeatureRecord
+from saexplain.status import Status
 
 
 @dataclass
@@ -24,12 +25,12 @@ class ScoreResult:
     usage: dict[str, Any] = field(default_factory=dict)
     # "ok"; "degraded" when the value is not what the config asked for (e.g. AUROC asked, logprobs missing for
     # some windows) or there is no value: stored apart, left out of comparisons, retried by the next run
-    status: str = "ok"
+    status: Status = Status.OK
     reason: str | None = None
 
     def __post_init__(self):
-        if self.value is None and self.status == "ok":
-            self.status, self.reason = "degraded", str(self.details.get("error") or "no value")
+        if self.value is None and self.status == Status.OK:
+            self.status, self.reason = Status.DEGRADED, str(self.details.get("error") or "no value")
 
 
 class Scorer(ABC):

@@ -20,7 +20,16 @@ from saexplain.config import Config
 from saexplain.llm import LLMParseError
 from saexplain.llm.prompts import template
 from saexplain.sampling.record import FeatureRecord, Window
-from saexplain.score.base import SCORERS, Scorer, ScoreResult, auroc, balanced_accuracy, p_yes_with_source, snippet
+from saexplain.score.base import (
+    SCORERS,
+    Scorer,
+    ScoreResult,
+    auroc,
+    balanced_accuracy,
+    p_yes_with_source,
+    snippet,
+)
+from saexplain.status import Status
 
 
 def spread(windows: list[Window], n: int) -> list[Window]:
@@ -115,7 +124,7 @@ class ClassifierScorer(Scorer):
         details["metric"] = "auroc" if use_auroc else "balanced_accuracy"
         result = ScoreResult(details[details["metric"]], details)
         if self.cfg.metric == "auroc" and self.cfg.logprobs and per == 1 and not use_auroc:
-            result.status = "degraded"
+            result.status = Status.DEGRADED
             result.reason = (f"AUROC asked for, but only {details['windows_from_logprobs']} of {len(sources)} "
                              f"windows had yes/no in the top logprobs: the value is balanced accuracy")
         return result

@@ -1,5 +1,5 @@
 """The SQLite store: one module (db.py) owns all SQL."""
 
-from saexplain.store.db import STATUSES, RunBusy, StaleScore, Store, text_hash
+from saexplain.store.db import RunBusy, StaleScore, Store, text_hash
 
-__all__ = ["STATUSES", "RunBusy", "StaleScore", "Store", "text_hash"]
+__all__ = ["RunBusy", "StaleScore", "Store", "text_hash"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from saexplain.errors import NotFound, SaexplainError
+from saexplain.status import Status
 
 _MIGRATIONS: list[str] = [
     # 0 → 1
@@ -170,7 +171,6 @@ _MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
-STATUSES = ("failed", "degraded", "ok")  # in order of worth: a row is replaced only by one at least as good
 
 
 def text_hash(text: str) -> str:
@@ -426,7 +426,7 @@ class Store:
             old = c.execute("SELECT id, status FROM explanations WHERE run_id=? AND feature=? AND method=?",
                             (run_id, feature, method)).fetchone()
             if old is not None:
-                if STATUSES.index(status) < STATUSES.index(old["status"]):
+                if status.worth < Status(old["status"]).worth:
                     c.execute("UPDATE explanations SET redo_error=? WHERE id=?", (f"{status}: {error}", old["id"]))
                     return None
                 c.execute("DELETE FROM scores WHERE explanation_id=?", (old["id"],))
@@ -437,7 +437,7 @@ class Store:
                 "INSERT INTO explanations (run_id, feature, method, description, labels, evidence, usage, created, "
                 "error, seconds, config_hash, status, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, feature, method, description, json.dumps(labels), json.dumps(evidence, default=_jsonable),
-                 json.dumps(usage), now, None if status == "ok" else error, seconds, config_hash, status,
+                 json.dumps(usage), now, None if status == Status.OK else error, seconds, config_hash, status,
                  text_hash(description)))
             eid = int(cur.lastrowid)
             c.executemany("INSERT INTO traces (explanation_id, run_id, feature, method, step, kind, content, created) "
@@ -494,7 +494,7 @@ class Store:
         StaleScore when that explanation is gone or now holds another text. Status as for explanations (an ok
         score has a value); a score is replaced only by one at least as good. Returns whether it was written."""
         status = _status(status, error, "score")
-        if status == "ok" and value is None:
+        if status == Status.OK and value is None:
             raise ValueError("an ok score has a value (a score without one is degraded, with why)")
         with self.transaction() as c:
             row = c.execute("SELECT text_hash FROM explanations WHERE id=?",
@@ -504,12 +504,12 @@ class Store:
                                  "the score was not stored")
             old = c.execute("SELECT status FROM scores WHERE explanation_id=? AND scorer=?",
                             (explanation_id, scorer)).fetchone()
-            if old is not None and STATUSES.index(status) < STATUSES.index(old["status"]):
+            if old is not None and status.worth < Status(old["status"]).worth:
                 return False
             c.execute("INSERT OR REPLACE INTO scores (explanation_id, scorer, value, details, usage, created, error, "
                       "config_hash, seconds, status, text_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       (explanation_id, scorer, value, json.dumps(details, default=_jsonable), json.dumps(usage),
-                       time.time(), None if status == "ok" else error, config_hash, seconds, status,
+                       time.time(), None if status == Status.OK else error, config_hash, seconds, status,
                        row["text_hash"]))
             return True
 
@@ -539,12 +539,13 @@ class Store:
         return out
 
 
-def _status(status: str | None, error: str | None, what: str) -> str:
+def _status(status: str | None, error: str | None, what: str) -> Status:
     """The row's status (default: failed with an error, else ok), checked: unless ok, it has its reason."""
-    status = status or ("failed" if error else "ok")
-    if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    if status != "ok" and not error:
+    try:
+        status = Status(status or (Status.FAILED if error else Status.OK))
+    except ValueError:
+        raise ValueError(f"unknown status {status!r}") from None
+    if status != Status.OK and not error:
         raise ValueError(f"a {status} {what} needs its reason")
     return status
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saexplain.devices import check_device  # noqa: F401  (explain/saeexplainer.py imports it from here)
 from saexplain.errors import ConfigError, SaexplainError
 from saexplain.registry import Registry
 from saexplain.subject.hookpoints import Hookpoint

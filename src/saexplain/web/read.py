@@ -15,9 +15,8 @@ from pydantic import BaseModel
 from saexplain.errors import ConfigError, NotFound, SaexplainError
 from saexplain.paths import home
 from saexplain.report import summarize
+from saexplain.status import Status
 from saexplain.store import Store
-
-STATUSES = ("ok", "degraded", "failed")
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -244,8 +243,8 @@ class Reader:
             model=subject.get("model"), sae=subject.get("sae"), hookpoint=subject.get("hookpoint"),
             llm=llm.get("llm"), explainers=_names(run.get("explainers")), scorers=_names(run.get("scorers")),
             features=len({e["feature"] for e in exps}),
-            explanations=Counts(**{s: sum(e["status"] == s for e in exps) for s in STATUSES}),
-            scores=Counts(**{s: sum(x["status"] == s for x in scores) for s in STATUSES}),
+            explanations=Counts(**{s: sum(e["status"] == s for e in exps) for s in Status}),
+            scores=Counts(**{s: sum(x["status"] == s for x in scores) for s in Status}),
             llm_calls=sum(c["calls"] or 0 for c in calls), tokens_in=sum(c["tokens_in"] or 0 for c in calls),
             tokens_out=sum(c["tokens_out"] or 0 for c in calls), cost_usd=cost, cache_run=cache_run)
 
@@ -279,10 +278,10 @@ class Reader:
                     feature=e["feature"], density=stats.get(e["feature"], {}).get("frequency"),
                     max_act=stats.get(e["feature"], {}).get("max_act"), explanations={}, scores={},
                     disagreement=None))
-                row.explanations[e["method"]] = e["description"] if e["status"] == "ok" else \
+                row.explanations[e["method"]] = e["description"] if e["status"] == Status.OK else \
                     f"[{e['status']}] {e['description']}"
             for s in db.scores(run_id):
-                if s["status"] == "ok" and s["feature"] in rows:
+                if s["status"] == Status.OK and s["feature"] in rows:
                     rows[s["feature"]].scores.setdefault(s["method"], {})[s["scorer"]] = s["value"]
         scorers = _names(cfg.get("run", {}).get("scorers"))
         scorer = scorer or (scorers[0] if scorers else None)
