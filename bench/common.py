@@ -4,7 +4,7 @@
   them, the command line, the commit the benchmark started at (and whether src/ or bench/ had uncommitted changes
   then) and the machine; one file per benchmark, replaced by a rerun (git keeps the old ones). `load(name)` reads
   it back and `report_lines(doc)` prints its figures as `name: value` lines (`python -m bench NAME --report`).
-- Set-up: a free port on 127.0.0.1, the tiny real subject with its ground-truth SAE and a corpus cut from the
+- Set-up: a free port on 127.0.0.1 (`saexplain.net`), the tiny real subject with its ground-truth SAE and a corpus cut from the
   shipped Grimm's tales (`saexplain.testing.tiny`), and the FAKE OpenAI-compatible server process
   (`saexplain.testing.fake_server`: canned replies after a fixed latency, unlimited slots)."""
 
@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from saexplain.net import free_port  # noqa: F401  (for the benchmarks' servers)
 from saexplain.testing.fake_server import FaultServerProcess  # noqa: F401  (the fake server, for benchmarks)
 
 BENCH = Path(__file__).resolve().parent
@@ -38,7 +38,8 @@ def _git(*args: str) -> str:
 STARTED_AT = _git("rev-parse", "--short", "HEAD")
 # (an untracked script counts: a new benchmark not yet committed is not the code of the commit it names; the
 # results the benchmarks write themselves do not)
-STARTED_DIRTY = bool(_git("status", "--porcelain", "--", "../src", ".", ":(exclude)results"))
+STARTED_DIRTY = bool(_git("status", "--porcelain", "--", str(BENCH.parent / "src"), str(BENCH),
+                           ":(exclude)results"))
 
 
 def record(name: str, figures: dict[str, Any], raw: Any = None) -> Path:
@@ -106,12 +107,6 @@ def flat(figures: dict, prefix: str = "") -> list[tuple[str, Any]]:
 def report_lines(doc: dict) -> list[str]:
     """The provenance line, then every figure of a raw file as `name: value`."""
     return [provenance(doc)] + [f"{k}: {fmt(v)}" for k, v in flat(doc.get("figures") or {})]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_ground_truth(folder: Path, corpus_chars: int = 200_000) -> dict:

@@ -421,7 +421,7 @@ def report() -> None:
     its folder, reward, pair features, held-out generation − SFT (60 features) and the same on the unseen check
     features (the evaluation's generation scorer, paired against SFT), each with its 95 % CI."""
     folder = RESULTS / "saeexplainer"
-    heldout = sorted(folder.glob("heldout-*.json"), key=lambda p: json.loads(p.read_text())["finished"])
+    heldout = sorted((json.loads(p.read_text()) for p in folder.glob("heldout-*.json")), key=lambda d: d["finished"])
     unseen = [json.loads(p.read_text()) for p in sorted(folder.glob("unseen-*.json"))]
     if not heldout:
         raise SystemExit(f"{folder}: no held-out raw files (run `python -m bench saeexplainer` first)")
@@ -436,8 +436,7 @@ def report() -> None:
              "| unseen − SFT (points, n) | commit |", "|---|---|---|---|---|---|"]
     seen = set()
     sft_vs_oneshot = None
-    for path in heldout:
-        doc = json.loads(path.read_text())
+    for doc in heldout:
         cmd, fig = doc["command"], doc["figures"]
         sft_vs_oneshot = sft_vs_oneshot or fig.get("sft_minus_oneshot_gen")
         name = Path(_option(cmd, "--dir", "bench")).name
@@ -458,9 +457,9 @@ def report() -> None:
             lines.append(f"| {key} | share | — | not evaluated | {u[0]:+.1f} [{u[1]:+.1f}, {u[2]:+.1f}] (n={n_u}) | — |")
     if sft_vs_oneshot:
         lines.append(f"SFT - one-shot GEN delta: {_points(sft_vs_oneshot)} points (n={sft_vs_oneshot['n']})")
-    best = max((json.loads(p.read_text())["figures"].get("round2_minus_sft_gen") or {"delta": -9} for p in heldout),
-               key=lambda d: d["delta"])
-    if best.get("n"):
+    rounds2 = [d["figures"]["round2_minus_sft_gen"] for d in heldout if d["figures"].get("round2_minus_sft_gen")]
+    best = max(rounds2, key=lambda d: d["delta"], default=None)
+    if best and best.get("n"):
         lines.append(f"round2 - SFT GEN delta: {_points(best)} points (n={best['n']} held-out features, best round 2)")
     print("\n".join(lines))
 

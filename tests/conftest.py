@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -105,17 +104,23 @@ def ground_truth(tiny_model_dir, tmp_path_factory) -> dict:
 
 
 # ------------------------------------------------------------------ shared by several test modules
+def tiny_configs(ground_truth, corpus: Path, tokens: int = 30_000, sage: str = "none", **run) -> StageConfigs:
+    """A run's configs on the ground-truth SAE over `corpus` (48-token contexts, 16-token windows, simulation
+    without logprobs); `run` sets RunConfig fields (features "0,1" unless given)."""
+    return StageConfigs(
+        run=RunConfig(**{"features": "0,1", **run}),
+        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
+        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=tokens),
+        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection=sage),
+        simulation=SimulationConfig(logprobs=False))
+
+
 @pytest.fixture()
 def cfgs(ground_truth, tmp_path):
     corpus = tmp_path / "tales.txt"
     corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
-    return StageConfigs(
-        run=RunConfig(features="0,1", explainers="oneshot,sage", scorers="detection,generation,simulation",
-                      store=str(tmp_path / "store.db")),
-        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
-        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
-        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="none"),
-        simulation=SimulationConfig(logprobs=False))
+    return tiny_configs(ground_truth, corpus, explainers="oneshot,sage", scorers="detection,generation,simulation",
+                        store=str(tmp_path / "store.db"))
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +149,7 @@ WRONG = 'the word "sea"'
 def gt(ground_truth, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("gt_corpus") / "tales.txt"
     corpus.write_text((TEST_DATA / "grimm_tales.txt").read_text(encoding="utf-8")[:120_000])
-    cfgs = StageConfigs(
-        run=RunConfig(features="0,1", explainers="oneshot", scorers="detection"),
-        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
-        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=30_000),
-        sampling=SamplingConfig(window=16))
+    cfgs = tiny_configs(ground_truth, corpus, explainers="oneshot", scorers="detection")
     store = Store(tmp_path_factory.mktemp("gt_store") / "s.db")
     oracle = Oracle.from_config(cfgs.subject)
     h = prepare(cfgs, store, oracle, features=[0, 1], echo=lambda m: None)
@@ -159,12 +160,6 @@ def score(name, cfg, record, explanation, handler, oracle):
     llm, backend = scripted_llm(handler)
     res = asyncio.run(SCORERS.get(name)(cfg).score(record, explanation, llm, oracle))
     return res, backend
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def with_run(cfgs, llm: LLMConfig | None = None, **run):

@@ -15,12 +15,13 @@ import time
 
 import pytest
 
-from conftest import free_port, stored_results, with_run
+from conftest import stored_results, with_run
 from saexplain.cache.config import CacheConfig
 from saexplain.cache.latents import LatentCache, shard_ranges
 from saexplain.cache.pipeline import build_cache
 from saexplain.distributed import RayConfig, RaySession
 from saexplain.llm import LLMConfig
+from saexplain.net import free_port
 from saexplain.pipeline.runner import run_all
 from saexplain.store import Store
 from saexplain.testing.fake_server import FaultServerProcess

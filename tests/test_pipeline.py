@@ -9,6 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import with_run
 from saexplain.cli import app
 from saexplain.errors import ConfigError
 from saexplain.pipeline.runner import RunConfig, StageConfigs, choose_features, run_all
@@ -49,7 +50,7 @@ def test_run_end_to_end_then_resume_without_redoing(cfgs):
 
 def test_a_crash_mid_run_loses_no_finished_feature(cfgs):
     # one feature at a time, so that the crash falls in feature 1 (test_trust kills concurrent runs)
-    cfgs = StageConfigs(**{**cfgs.__dict__, "run": RunConfig(**{**cfgs.run.model_dump(), "run_concurrency": 1})})
+    cfgs = with_run(cfgs, run_concurrency=1)
     state = {"n": 0}
 
     def crashing(req):
@@ -86,7 +87,7 @@ def test_failed_explanations_are_recorded_and_retried(cfgs):
             return "no json"
         return universal(req)
 
-    cfgs = StageConfigs(**{**cfgs.__dict__, "run": RunConfig(**{**cfgs.run.model_dump(), "explainers": "oneshot"})})
+    cfgs = with_run(cfgs, explainers="oneshot")
     h = run_all(cfgs, echo=lambda m: None, backend=ScriptedBackend(broken))
     with Store(cfgs.run.store) as db:
         rows = db.explanations(h.run_id)
@@ -154,8 +155,7 @@ def test_an_edited_prompt_file_makes_its_explanations_again(cfgs, tmp_path, monk
 
     import saexplain.explain.base as base
 
-    cfgs = StageConfigs(**{**cfgs.__dict__, "run": RunConfig(**{**cfgs.run.model_dump(), "explainers": "oneshot",
-                                                               "scorers": "generation"})})
+    cfgs = with_run(cfgs, explainers="oneshot", scorers="generation")
     backend = ScriptedBackend(universal)
     h = run_all(cfgs, echo=lambda m: None, backend=backend)
     with Store(cfgs.run.store) as db:

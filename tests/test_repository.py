@@ -12,9 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BYTES = 2 * 1024 * 1024
 LARGE_ALLOWED = {"src/saexplain/subject/default_sae/sae_weights.safetensors"}  # the shipped default SAE
-CHECKED = ("src/", "tests/", "bench/", "docs/", ".ci/", "Makefile", "README.md", "pyproject.toml")
-# a sibling folder named in a path: ../shared, shared/data, Path(...) / "shared"
-OUTSIDE = re.compile(r"""\.\./shared\b|\bshared/data\b|/\s*["']shared["']""")
+CHECKED = ("src/", "tests/", "bench/", "docs/", ".ci/", "Makefile", "README.md", "pyproject.toml", "constraints.txt",
+           "requirements")
+CODE = (".py", ".md", ".toml", ".txt", ".cfg", ".sh", ".yml", ".yaml", "")  # code, commands and docs, not corpora
+# a relative path that climbs (not a URL's `/static/` + up), and a path part that is `..` itself
+UP = re.compile(r"(?<![\w/.])((?:\.\./)+)")
+UP_PART = re.compile(r"""/\s*(["'])\.\.\1""")
 PARENTS = re.compile(r"Path\(__file__\)\.resolve\(\)\.parents\[(\d+)\]((?:\.parent)*)")
 
 
@@ -29,25 +32,33 @@ def repository_files() -> list[str]:
 
 
 def escapes_repository(rel: str, text: str) -> list[str]:
-    """The lines of a file that name a folder outside the repository."""
+    """The lines of a file that name a path outside the repository: a relative path that climbs above the root
+    (counted from the root, where commands and code run; for a markdown link, from the file's own folder), a `..`
+    path part, or `Path(__file__).resolve().parents[N]` above the root."""
     depth = len(Path(rel).parts)  # parents[depth - 1] of a file at this depth is the repository root
+    climb = depth - 1 if rel.endswith(".md") else 0
     bad = []
     for n, line in enumerate(text.splitlines(), 1):
-        if OUTSIDE.search(line):
+        ups = [m.group(1).count("/") for m in UP.finditer(line)]
+        parents = [int(m.group(1)) + m.group(2).count(".parent") for m in PARENTS.finditer(line)]
+        if any(u > climb for u in ups) or UP_PART.search(line) or any(x > depth - 1 for x in parents):
             bad.append(f"{rel}:{n}: {line.strip()}")
-        for m in PARENTS.finditer(line):
-            if int(m.group(1)) + m.group(2).count(".parent") > depth - 1:
-                bad.append(f"{rel}:{n}: {line.strip()}")
     return bad
 
 
 def test_the_checks_catch_what_they_are_for(tmp_path):
-    assert escapes_repository("tests/tiny.py", 'X = Path(__file__).resolve().parents[2] / "shared" / "data"')
-    assert escapes_repository("src/saexplain/data/corpus.py", "X = Path(__file__).resolve().parents[3].parent")
-    assert escapes_repository("docs/x.md", "saexplain cache --corpus ../shared/data")
-    assert not escapes_repository("bench/x.py", "ROOT = Path(__file__).resolve().parents[1]")
-    assert not escapes_repository("src/saexplain/data/corpus.py", "X = Path(__file__).resolve().parents[3]")
-    assert not escapes_repository("src/saexplain/x.py", "a shared filesystem, shared state")
+    up, here = "." * 2 + "/", "Path(__file__).resolve()"  # built, so that this file names no outside path itself
+    assert escapes_repository("tests/tiny.py", f'X = {here}.parents[2] / "corpora"')
+    assert escapes_repository("src/saexplain/data/corpus.py", f"X = {here}.parents[3].parent")
+    assert escapes_repository("README.md", f"saexplain cache --corpus {up}corpora/news.csv")
+    assert escapes_repository("bench/x.py", f'corpus = "{up}corpora/news.csv"')
+    assert escapes_repository("docs/x.md", f"see [the data]({up}{up}corpora/README.md)")
+    assert escapes_repository("bench/x.py", f'ROOT / "{up[:2]}" / "corpora"')
+    assert not escapes_repository("docs/x.md", f"see [the README]({up}README.md)")
+    assert not escapes_repository("tests/test_web.py", f'client.get("/static/{up}{up}store.db")')
+    assert not escapes_repository("bench/x.py", f"ROOT = {here}.parents[1]")
+    assert not escapes_repository("src/saexplain/data/corpus.py", f"X = {here}.parents[3]")
+    assert not escapes_repository("src/x.py", "text... more text")
     mod = tmp_path / "m.py"
     mod.write_text("import os, sys as system\nfrom saexplain import cli\n    from saexplain.web.app import (create_app,\n"
                    "        x)\n")
@@ -58,13 +69,9 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
 def test_nothing_reads_a_folder_beside_the_repository():
     bad = []
     for rel in repository_files():
-        if rel == "tests/test_repository.py" or not rel.startswith(CHECKED):
-            continue
         path = ROOT / rel
-        if path.suffix not in (".py", ".md", ".toml", ".txt", ".cfg", ".sh", ".yml", ".yaml", "") \
-                and path.name not in ("Makefile", "run"):
-            continue
-        if path.stat().st_size > MAX_BYTES:
+        corpus = "/default_corpus/" in rel or rel.startswith("tests/data/")
+        if not rel.startswith(CHECKED) or path.suffix not in CODE or corpus:
             continue
         bad += escapes_repository(rel, path.read_text(encoding="utf-8", errors="replace"))
     assert not bad, "files that read outside the repository:\n" + "\n".join(bad)

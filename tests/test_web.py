@@ -15,16 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import TEST_DATA
-from saexplain.cache.latents import CacheConfig
-from saexplain.data.contexts import CorpusConfig
-from saexplain.explain.sage import SAGEConfig
+from conftest import TEST_DATA, tiny_configs
 from saexplain.export import export_files
-from saexplain.pipeline.runner import RunConfig, StageConfigs, run_all
-from saexplain.sampling.sampler import SamplingConfig
-from saexplain.score.simulation import SimulationConfig
+from saexplain.pipeline.runner import run_all
 from saexplain.store import Store
-from saexplain.subject.oracle import SubjectConfig
 from saexplain.testing.scripted import ScriptedBackend, universal
 from saexplain.train.data import references_from_neuronpedia
 from saexplain.web.app import create_app
@@ -41,13 +35,8 @@ def site(ground_truth, tmp_path_factory):
     home = tmp_path_factory.getbasetemp() / "saexplain_home"  # the home conftest gives every fast test
     mp = pytest.MonkeyPatch()
     mp.setenv("SAEXPLAIN_HOME", str(home))
-    cfgs = StageConfigs(
-        run=RunConfig(features="0,1", explainers="oneshot,sage", scorers="detection,generation",
-                      store=str(root / "store.db")),
-        subject=SubjectConfig(model=str(ground_truth["model"]), sae=str(ground_truth["sae"])),
-        corpus=CorpusConfig(corpus=[str(corpus)], context=48), cache=CacheConfig(tokens=20_000),
-        sampling=SamplingConfig(window=16), sage=SAGEConfig(selection="measured"),
-        simulation=SimulationConfig(logprobs=False))
+    cfgs = tiny_configs(ground_truth, corpus, tokens=20_000, sage="measured", explainers="oneshot,sage",
+                        scorers="detection,generation", store=str(root / "store.db"))
     h = run_all(cfgs, echo=lambda m: None, backend=ScriptedBackend(universal))
     with Store(cfgs.run.store) as db:  # an explanation as an LLM could write it: markup must stay text
         db.put_explanation(h.run_id, 1, "handwritten", f"fires on {XSS}", [XSS], {}, {}, [

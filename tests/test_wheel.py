@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from saexplain.net import free_port
 from saexplain.testing.fake_server import FaultServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent

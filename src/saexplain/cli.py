@@ -479,8 +479,9 @@ def export(run_id: int = typer.Option(None, "--run", help="run id (default: the 
     from saexplain.export import ExportOptions, export_files, formats, write_export
     from saexplain.pipeline.runner import run_folder
 
-    if fmt not in formats():  # the arguments are checked before the store is opened
-        raise SaexplainError(f"unknown export format {fmt!r} (known: {', '.join(formats())})")
+    known = formats()
+    if fmt not in known:  # the arguments are checked before the store is opened
+        raise SaexplainError(f"unknown export format {fmt!r} (known: {', '.join(known)})")
     with Store(store or default_store_path(), readonly=True) as db:
         run_id = run_id or _latest_run(db, "run")
         files = export_files(db, run_id, fmt, ExportOptions(model_id, sae_id))

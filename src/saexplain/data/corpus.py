@@ -18,6 +18,7 @@ tokenised corpora and caches made from it."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import re
@@ -200,6 +201,11 @@ _RESOURCES = ExitStack()  # keeps the default corpus's files on disk for the pro
 def default_corpus() -> list[str]:
     """The public-domain texts shipped with the package (data/default_corpus/, its README names the sources and
     licences), as file paths: read through importlib.resources, so a wheel install finds them too."""
+    return list(_default_corpus_paths())
+
+
+@functools.cache
+def _default_corpus_paths() -> tuple[str, ...]:
     folder = resources.files("saexplain.data") / "default_corpus"
     paths = []
     for name in DEFAULT_CORPUS_FILES:
@@ -208,4 +214,4 @@ def default_corpus() -> list[str]:
             raise SaexplainError(f"default corpus file {name} missing from the saexplain package "
                                  f"({folder}): reinstall saexplain or pass --corpus")
         paths.append(str(_RESOURCES.enter_context(resources.as_file(res))))
-    return paths
+    return tuple(paths)

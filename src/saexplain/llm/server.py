@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -10,15 +9,14 @@ import urllib.request
 from pathlib import Path
 
 from saexplain.llm.base import LLMError
+from saexplain.net import free_port
 
 
 def start_llama_server(model: str | Path, log_path: str | Path, n_ctx: int = 2048, threads: int | None = None,
                        timeout: float = 180.0) -> tuple[subprocess.Popen, str]:
     """(process, base URL `http://127.0.0.1:<port>/v1`) once /v1/models answers. The server's output goes to
     `log_path` (a file, not a pipe: llama.cpp is chatty and a full pipe would block it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1", "--port",
            str(port), "--n_ctx", str(n_ctx), "--logits_all", "true"]
     if threads:

@@ -3,7 +3,6 @@ and the browser tests start. Imports no web framework (the child does)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,16 +12,7 @@ from pathlib import Path
 from typing import Self
 
 from saexplain.errors import SaexplainError
-
-
-def free_port(preferred: int = 0) -> int:
-    """`preferred` when it can be bound on 127.0.0.1, else a port the system picks."""
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from saexplain.net import free_port
 
 
 class ServerProcess:
